@@ -1,0 +1,24 @@
+"""django_cachestrat: caching strategies for Django models, on Redis.
+
+The public names, and nothing else::
+
+    from django_cachestrat import (
+        CacheAsideMixin, WriteThroughMixin, CachedManager, CachedQuerySet,
+        invalidate, invalidate_model,
+    )
+
+Events are in ``django_cachestrat.signals``.
+"""
+
+from django_cachestrat.invalidation import invalidate, invalidate_model
+from django_cachestrat.managers import CachedManager, CachedQuerySet
+from django_cachestrat.mixins import CacheAsideMixin, WriteThroughMixin
+
+__all__ = [
+    "CacheAsideMixin",
+    "CachedManager",
+    "CachedQuerySet",
+    "WriteThroughMixin",
+    "invalidate",
+    "invalidate_model",
+]

@@ -1,0 +1,57 @@
+"""Transports, one per cache alias, built on first use and dropped when settings change."""
+
+from __future__ import annotations
+
+import threading
+
+from django.core.exceptions import ImproperlyConfigured
+
+from django_cachestrat.backends.redis import CacheUnavailable, RedisTransport
+
+__all__ = ["CacheUnavailable", "RedisTransport", "get", "reset"]
+
+_lock = threading.Lock()
+_transports: dict[str, RedisTransport] = {}
+
+
+def get(alias: str) -> RedisTransport:
+    """Return the transport of cache ``alias``, building it on first use."""
+    transport = _transports.get(alias)
+    if transport is None:
+        with _lock:
+            transport = _transports.get(alias)
+            if transport is None:
+                transport = _transports[alias] = _build(alias)
+    return transport
+
+
+def _build(alias: str) -> RedisTransport:
+    from django.conf import settings as django_settings
+    from django_redis import get_redis_connection
+
+    from django_cachestrat import conf
+
+    if alias not in django_settings.CACHES:
+        raise ImproperlyConfigured(
+            f"CACHESTRAT['CACHE_ALIAS'] is {alias!r}, which is not in CACHES "
+            f"({', '.join(django_settings.CACHES) or 'empty'})."
+        )
+    try:
+        client = get_redis_connection(alias)
+    except NotImplementedError as exc:
+        raise ImproperlyConfigured(
+            f"CACHES[{alias!r}] must use django_redis.cache.RedisCache: django_cachestrat "
+            "needs a Redis connection."
+        ) from exc
+    options = conf.settings()
+    return RedisTransport(
+        client,
+        cooldown=options.FAILURE_COOLDOWN,
+        max_pending=options.MAX_PENDING_INVALIDATIONS,
+    )
+
+
+def reset() -> None:
+    """Forget every transport (settings changed); the next ``get`` builds anew."""
+    with _lock:
+        _transports.clear()

@@ -1,0 +1,309 @@
+"""Transport: every Redis call the app makes, its Lua scripts, and the circuit breaker.
+
+Policy (when to read, fill or invalidate) lives in ``strategies``; this module only moves
+bytes. Every public method raises ``CacheUnavailable`` instead of a Redis error, and after
+a failure it raises at once, without touching the network, for ``FAILURE_COOLDOWN``
+seconds, so a dead Redis costs callers nothing but a database read. Invalidations that
+could not be sent are kept (bounded) and replayed before anything else once Redis answers
+again, so an outage does not leave stale rows behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from django_cachestrat import signals
+
+logger = logging.getLogger("django_cachestrat")
+
+
+class CacheUnavailable(Exception):
+    """Redis could not be used for this call; the caller falls back to the database."""
+
+
+# Fill a missed row only if the caller still holds the lease it took before reading the
+# database. An invalidation deletes the lease, so a reader that read the old row before a
+# write committed can no longer store it afterwards.
+FILL = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+# A write-through save announces itself before its commit: it joins the set of writes in
+# flight (each with a deadline, so a writer that died or rolled back drops out by itself)
+# and takes the next epoch. The epoch starts from the clock, never from 1, so a writer
+# that outlived an expired epoch key cannot match a fresh one.
+WRITE_BEGIN = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + window * 1000000, ARGV[1])
+redis.call('EXPIRE', KEYS[1], window + 1)
+redis.call('SET', KEYS[2], now, 'NX')
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], window + 1)
+return {epoch, redis.call('ZCARD', KEYS[1])}
+"""
+
+# After commit: store the saved row only when no other write of the row overlapped this
+# one (none in flight when it began, none begun since). Otherwise the commit order is
+# unknown, so delete the entry and let the next read fill from the database.
+WRITE_END = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[4])
+if ARGV[3] == '0' and redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
+  return 1
+end
+redis.call('DEL', KEYS[3])
+return 0
+"""
+
+# A model's version: created from the clock when missing (an evicted or lost version key
+# must never bring back entries tagged with an old number), incremented to bump.
+VERSION = """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+if ARGV[2] == '1' then return tostring(redis.call('INCR', KEYS[1])) end
+return v
+"""
+
+
+class RedisTransport:
+    """Redis I/O for one cache alias, behind a circuit breaker.
+
+    Built from ``django_redis.get_redis_connection`` so the connection pool, the
+    timeouts and the server list are the ones the user configured in ``CACHES``.
+    """
+
+    def __init__(self, client: Any, *, cooldown: float, max_pending: int):
+        self.client = client
+        self.cooldown = cooldown
+        self.max_pending = max_pending
+        self._fill = client.register_script(FILL)
+        self._write_begin = client.register_script(WRITE_BEGIN)
+        self._write_end = client.register_script(WRITE_END)
+        self._version = client.register_script(VERSION)
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        # version key -> entry keys to delete, or None: bump the whole model.
+        self._pending: dict[str, set[str] | None] = {}
+        self._pending_count = 0
+
+    # -- the breaker -------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._down_until:
+            if time.monotonic() < self._down_until:
+                raise CacheUnavailable("Redis is marked down")
+            # Half-open: the first call after the cooldown is the probe.
+        try:
+            if self._pending:
+                self._replay()
+            result = fn(*args)
+        except RedisError as exc:
+            self._trip(exc)
+            raise CacheUnavailable(str(exc)) from exc
+        if self._down_until:
+            with self._lock:
+                if self._down_until:
+                    self._down_until = 0.0
+                    logger.warning("django_cachestrat: Redis answers again; using the cache.")
+        return result
+
+    def _trip(self, exc: Exception) -> None:
+        with self._lock:
+            first = not self._down_until
+            self._down_until = time.monotonic() + self.cooldown
+        if first:
+            # Once per episode, not once per call.
+            logger.error(
+                "django_cachestrat: Redis failed (%s: %s); reading and writing the database "
+                "only for %.1fs at a time until it answers.",
+                type(exc).__name__,
+                exc,
+                self.cooldown,
+            )
+        if signals.cache_error.receivers:
+            signals.cache_error.send(sender=None, error=exc, model=None)
+
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open."""
+        return not self._down_until or time.monotonic() >= self._down_until
+
+    # -- reads -------------------------------------------------------------------------
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None]:
+        """Values of ``keys`` in one round trip."""
+        return self._call(self.client.mget, keys)
+
+    def get(self, key: str) -> bytes | None:
+        """Value of ``key``."""
+        return self._call(self.client.get, key)
+
+    def version(self, key: str, *, bump: bool = False) -> bytes:
+        """Return a model's version, creating it when missing; ``bump`` increments it."""
+        initial = time.time_ns() // 1000
+        return _as_bytes(self._call(self._version, [key], [initial, "1" if bump else "0"]))
+
+    # -- fills -------------------------------------------------------------------------
+
+    def acquire_leases(self, keys: Sequence[str], token: str, timeout: float) -> list[bool]:
+        """Try to take each lease (``SET NX PX``) in one round trip; True where taken."""
+
+        def run() -> list[bool]:
+            pipe = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipe.set(key, token, nx=True, px=max(1, int(timeout * 1000)))
+            return [bool(r) for r in pipe.execute()]
+
+        return self._call(run)
+
+    def fill_many(self, items: Sequence[tuple[str, str, bytes, int]], token: str) -> list[bool]:
+        """Store ``(lease_key, entry_key, value, ttl)`` items whose lease ``token`` still holds."""
+
+        def run() -> list[bool]:
+            pipe = self.client.pipeline(transaction=False)
+            for lease_key, entry_key, value, ttl in items:
+                self._fill(keys=[lease_key, entry_key], args=[token, value, ttl], client=pipe)
+            return [bool(r) for r in pipe.execute()]
+
+        return self._call(run)
+
+    def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        """``SET key value EX ttl`` for each item, in one round trip (lookup pointers)."""
+
+        def run() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for key, value, ttl in items:
+                pipe.set(key, value, ex=ttl)
+            pipe.execute()
+
+        self._call(run)
+
+    # -- write-through -----------------------------------------------------------------
+
+    def write_begin(
+        self, version_key: str, keys: tuple[str, str], token: str, window: int
+    ) -> tuple[bytes, bool, bytes]:
+        """Announce a write of one row; return ``(epoch, contended, model_version)``.
+
+        ``keys`` are the row's in-flight set and epoch keys; ``token`` names this write.
+        One round trip: the model's version is read in the same pipeline.
+        """
+        initial = time.time_ns() // 1000
+
+        def run() -> tuple[bytes, bool, bytes]:
+            pipe = self.client.pipeline(transaction=False)
+            self._write_begin(keys=list(keys), args=[token, window], client=pipe)
+            self._version(keys=[version_key], args=[initial, "0"], client=pipe)
+            (epoch, inflight), ver = pipe.execute()
+            return str(epoch).encode(), inflight > 1, _as_bytes(ver)
+
+        return self._call(run)
+
+    def write_end(
+        self,
+        version_key: str,
+        keys: tuple[str, str, str, str],
+        token: str,
+        epoch: bytes,
+        contended: bool,
+        value: bytes,
+        ttl: int,
+    ) -> bool:
+        """Finish a write after commit: store ``value`` if uncontended, else delete the entry.
+
+        ``keys`` are the row's in-flight set, epoch, entry and lease keys. If Redis cannot
+        be reached the entry's deletion is kept for replay, as for ``delete``.
+        """
+        args = [token, epoch, "1" if contended else "0", value, ttl]
+        try:
+            return bool(self._call(self._write_end, list(keys), args))
+        except CacheUnavailable:
+            self._remember(version_key, keys[2:])
+            raise
+
+    def write_abort(self, inflight_key: str, token: str) -> None:
+        """Take back a ``write_begin`` whose save failed before it reached the database."""
+        self._call(self.client.zrem, inflight_key, token)
+
+    # -- invalidation ------------------------------------------------------------------
+
+    def delete(self, version_key: str, keys: Sequence[str]) -> None:
+        """Delete ``keys`` (one model's); kept for replay if Redis cannot be reached."""
+        try:
+            self._call(self.client.delete, *keys)
+        except CacheUnavailable:
+            self._remember(version_key, keys)
+            raise
+
+    def bump(self, version_key: str) -> None:
+        """Bump a model's version; kept for replay if Redis cannot be reached."""
+        try:
+            self.version(version_key, bump=True)
+        except CacheUnavailable:
+            self._remember(version_key, None)
+            raise
+
+    def _remember(self, version_key: str, keys: Sequence[str] | None) -> None:
+        with self._lock:
+            known = self._pending.get(version_key, set())
+            if known is None:
+                return
+            if keys is None or self._pending_count + len(keys) > self.max_pending:
+                # Too many to remember one by one: the whole model is bumped on replay.
+                self._pending_count -= len(known)
+                self._pending[version_key] = None
+                return
+            fresh = set(keys) - known
+            known |= fresh
+            self._pending[version_key] = known
+            self._pending_count += len(fresh)
+
+    def _replay(self) -> None:
+        with self._lock:
+            pending, self._pending, self._pending_count = self._pending, {}, 0
+        initial = time.time_ns() // 1000
+        pipe = self.client.pipeline(transaction=False)
+        for version_key, entry_keys in pending.items():
+            if entry_keys is None:
+                self._version(keys=[version_key], args=[initial, "1"], client=pipe)
+            else:
+                pipe.delete(*entry_keys)
+        try:
+            pipe.execute()
+        except RedisError:
+            with self._lock:
+                for version_key, entry_keys in pending.items():
+                    self._pending_count += len(entry_keys or ())
+                    self._pending.setdefault(version_key, set())
+                    if entry_keys is None or self._pending[version_key] is None:
+                        self._pending[version_key] = None
+                    else:
+                        self._pending[version_key] |= entry_keys
+            raise
+        logger.warning(
+            "django_cachestrat: replayed %d invalidations that failed while Redis was down.",
+            sum(len(k) if k is not None else 1 for k in pending.values()),
+        )
+
+
+def _as_bytes(value: Any) -> bytes:
+    # Scripts return INCR results as integers and GET results as bytes.
+    return value if isinstance(value, bytes) else str(value).encode()

@@ -1,0 +1,78 @@
+"""System checks, with stable ids.
+
+- ``cachestrat.E001``: the ``CACHESTRAT`` setting is invalid.
+- ``cachestrat.E002``: ``CACHE_ALIAS`` is not in ``CACHES``.
+- ``cachestrat.E003``: that cache is not a django-redis cache.
+- ``cachestrat.E004``: a cached model's default manager is not a ``CachedManager``.
+- ``cachestrat.E005``: a cached model's ``CacheMeta`` is wrong, or its pk cannot be cached.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings as django_settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
+
+from django_cachestrat import conf, options
+from django_cachestrat.handlers import cached_models
+
+
+@checks.register(checks.Tags.caches)
+def check_settings(app_configs=None, **kwargs):
+    """Check ``CACHESTRAT`` and the cache it names."""
+    try:
+        cfg = conf.settings()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="cachestrat.E001")]
+    caches = getattr(django_settings, "CACHES", {})
+    if cfg.CACHE_ALIAS not in caches:
+        return [
+            checks.Error(
+                f"CACHESTRAT['CACHE_ALIAS'] is {cfg.CACHE_ALIAS!r}, which is not in CACHES.",
+                hint=f"Add it to CACHES or set CACHE_ALIAS to one of: {', '.join(caches)}.",
+                id="cachestrat.E002",
+            )
+        ]
+    from django_redis.cache import RedisCache
+
+    backend = caches[cfg.CACHE_ALIAS].get("BACKEND", "")
+    try:
+        is_redis = issubclass(import_string(backend), RedisCache)
+    except ImportError:
+        is_redis = False
+    if not is_redis:
+        return [
+            checks.Error(
+                f"CACHES[{cfg.CACHE_ALIAS!r}] uses {backend!r}; django_cachestrat needs "
+                "django_redis.cache.RedisCache.",
+                id="cachestrat.E003",
+            )
+        ]
+    return []
+
+
+@checks.register(checks.Tags.models)
+def check_models(app_configs=None, **kwargs):
+    """Check every cached model's manager and ``CacheMeta``."""
+    from django_cachestrat.managers import CachedManager
+
+    errors = []
+    for model in cached_models():
+        if app_configs is not None and model._meta.app_config not in app_configs:
+            continue
+        if not isinstance(model._default_manager, CachedManager):
+            errors.append(
+                checks.Error(
+                    f"{model._meta.label} has a caching mixin but its default manager "
+                    f"{model._default_manager.name!r} is not a CachedManager.",
+                    hint="Add `objects = CachedManager()` as the model's first manager.",
+                    obj=model,
+                    id="cachestrat.E004",
+                )
+            )
+        errors.extend(
+            checks.Error(problem, obj=model, id="cachestrat.E005")
+            for problem in options.errors(model)
+        )
+    return errors

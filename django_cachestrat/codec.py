@@ -1,0 +1,70 @@
+"""Cache entries <-> model instances.
+
+An entry is ``<model version>:<serialized field values>``. The version tag lets
+``invalidate_model`` retire every row at once; the values are the row's concrete fields in
+model order, rebuilt with ``Model.from_db`` as if the database had returned them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import models
+from django.db.models.expressions import Combinable
+from django.db.models.expressions import DatabaseDefault
+
+from django_cachestrat import conf, signals
+from django_cachestrat.options import CacheOptions
+
+logger = logging.getLogger("django_cachestrat")
+
+
+class Unstorable(Exception):
+    """The instance's values are not what the database holds (deferred or expressions)."""
+
+
+def encode(opts: CacheOptions, version: bytes, instance: models.Model, *, clean=False) -> bytes:
+    """Return the entry bytes of ``instance`` tagged with ``version``.
+
+    ``clean=True`` runs each value through ``Field.to_python`` first, for instances the
+    user filled in by hand (a ``"5"`` for an IntegerField must come back as ``5``).
+    Raises ``Unstorable`` for deferred fields and expressions such as ``F("n") + 1``.
+    """
+    state = instance.__dict__
+    try:
+        values = tuple(state[f.attname] for f in opts.fields)
+    except KeyError as exc:
+        raise Unstorable(f"field {exc.args[0]!r} is deferred") from None
+    if clean:
+        if any(isinstance(v, Combinable | DatabaseDefault) for v in values):
+            raise Unstorable("a field holds an expression; its value is the database's")
+        values = tuple(f.to_python(v) for f, v in zip(opts.fields, values, strict=True))
+    return version + b":" + conf.settings().serializer.dumps(values)
+
+
+def decode(
+    opts: CacheOptions, data: bytes, version: bytes, using: str, cls: type[models.Model]
+) -> models.Model | None:
+    """Return the ``cls`` instance ``data`` stands for, or None when stale or unreadable.
+
+    ``cls`` is the model asked for: the cached model itself or one of its proxies.
+
+    Unreadable bytes (corrupted, written by another program, or by another serializer)
+    are logged and sent as ``cache_error``; the caller counts them as a miss.
+    """
+    tag, sep, payload = data.partition(b":")
+    if tag != version:
+        return None
+    try:
+        if not sep:
+            raise ValueError("no version tag")
+        values = conf.settings().serializer.loads(payload)
+        if len(values) != len(opts.fields):
+            raise ValueError(f"{len(values)} values for {len(opts.fields)} fields")
+        return cls.from_db(using, None, values)
+    except Exception as exc:
+        logger.warning("django_cachestrat: unreadable entry for %s (%s); treated as a miss.",
+                       opts.label, exc)
+        if signals.cache_error.receivers:
+            signals.cache_error.send(sender=opts.model, error=exc, model=opts.model)
+        return None

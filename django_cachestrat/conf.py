@@ -1,0 +1,122 @@
+"""The ``CACHESTRAT`` setting: defaults, validation and reload.
+
+Everything the app can be told lives in one dict setting. It is read at call time
+(never at import time), validated once, and re-read when ``setting_changed`` fires,
+so ``override_settings(CACHESTRAT=...)`` works in tests.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+
+@dataclass(frozen=True)
+class _Key:
+    default: Any
+    types: tuple[type, ...]
+    help: str
+    minimum: float | None = 0
+
+
+# One table says what each key is, its type and its default; the README's settings
+# reference is written from it.
+KEYS: dict[str, _Key] = {
+    "CACHE_ALIAS": _Key("default", (str,), "alias in CACHES of a django-redis cache", None),
+    "DEFAULT_TTL": _Key(3600, (int,), "seconds an entry lives unless CacheMeta.ttl says"),
+    "TTL_JITTER": _Key(0.1, (int, float), "fraction of the TTL taken off at random"),
+    "KEY_PREFIX": _Key("cachestrat", (str,), "first part of every Redis key", None),
+    "SERIALIZER": _Key(
+        "django_cachestrat.serializers.PickleSerializer",
+        (str,),
+        "dotted path of a Serializer subclass",
+        None,
+    ),
+    "LEASE_TIMEOUT": _Key(5.0, (int, float), "seconds a reader's fill lease lasts"),
+    "WRITE_WINDOW": _Key(60, (int,), "seconds a write-through write stays in flight at most"),
+    "FAILURE_COOLDOWN": _Key(
+        5.0, (int, float), "seconds Redis is left alone after a connection failure"
+    ),
+    "MAX_PENDING_INVALIDATIONS": _Key(
+        10_000, (int,), "failed invalidations kept per process to replay on recovery"
+    ),
+    "ENABLED": _Key(True, (bool,), "False sends every read to the database", None),
+}
+
+
+class Settings:
+    """The validated ``CACHESTRAT`` values, read as attributes (``conf.settings().DEFAULT_TTL``)."""
+
+    def __init__(self, user: Any):
+        if user is None:
+            user = {}
+        if not isinstance(user, dict):
+            raise ImproperlyConfigured(
+                f"CACHESTRAT must be a dict, not {type(user).__name__}."
+            )
+        for name, value in user.items():
+            spec = KEYS.get(name)
+            if spec is None:
+                near = difflib.get_close_matches(str(name), KEYS, n=1)
+                hint = f" Did you mean {near[0]!r}?" if near else ""
+                raise ImproperlyConfigured(
+                    f"CACHESTRAT has an unknown key {name!r}.{hint} "
+                    f"Valid keys: {', '.join(sorted(KEYS))}."
+                )
+            _check_type(name, value, spec)
+        for name, spec in KEYS.items():
+            setattr(self, name, user.get(name, spec.default))
+        try:
+            serializer_class = import_string(self.SERIALIZER)
+        except ImportError as exc:
+            raise ImproperlyConfigured(
+                f"CACHESTRAT['SERIALIZER'] = {self.SERIALIZER!r} cannot be imported: {exc}"
+            ) from exc
+        from django_cachestrat.serializers import Serializer
+
+        if not (isinstance(serializer_class, type) and issubclass(serializer_class, Serializer)):
+            raise ImproperlyConfigured(
+                f"CACHESTRAT['SERIALIZER'] = {self.SERIALIZER!r} is not a subclass of "
+                "django_cachestrat.serializers.Serializer."
+            )
+        self.serializer = serializer_class()
+        if not 0 <= self.TTL_JITTER < 1:
+            raise ImproperlyConfigured("CACHESTRAT['TTL_JITTER'] must be in [0, 1).")
+
+
+def _check_type(name: str, value: Any, spec: _Key) -> None:
+    # bool is an int in Python; a True TTL is a mistake worth naming.
+    wrong = not isinstance(value, spec.types) or (
+        isinstance(value, bool) and bool not in spec.types
+    )
+    if wrong:
+        expected = " or ".join(t.__name__ for t in spec.types)
+        raise ImproperlyConfigured(
+            f"CACHESTRAT[{name!r}] must be {expected}, not {type(value).__name__} ({value!r})."
+        )
+    if spec.minimum is not None and value < spec.minimum:
+        raise ImproperlyConfigured(f"CACHESTRAT[{name!r}] must be >= {spec.minimum}, not {value}.")
+
+
+@functools.cache
+def settings() -> Settings:
+    """Return the validated setting; raises ``ImproperlyConfigured`` when it is wrong."""
+    from django.conf import settings as django_settings
+
+    return Settings(getattr(django_settings, "CACHESTRAT", None))
+
+
+@receiver(setting_changed, dispatch_uid="cachestrat.conf.reload")
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("CACHESTRAT", "CACHES"):
+        settings.cache_clear()
+        from django_cachestrat import backends
+
+        backends.reset()

@@ -1,0 +1,117 @@
+"""Invalidate one row, some rows, or a whole model: always after the commit.
+
+Dropping a row deletes its entry and its lease, so a reader that read the row before the
+write committed can no longer store it. Dropping a model bumps its version: O(1), no
+``KEYS``/``SCAN``. Inside a transaction the work waits for the commit (and is dropped on
+rollback); outside one it happens at once. If Redis cannot be reached, the transport keeps
+the work and replays it when Redis answers again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import partial
+
+from django.db import models, router, transaction
+
+from django_cachestrat import backends, conf, keys, options, signals, transactions
+from django_cachestrat.backends import CacheUnavailable
+
+
+def rows(model: type[models.Model], pks: Iterable[object], using: str) -> None:
+    """Drop the cached rows ``pks`` of ``model`` once the transaction on ``using`` commits."""
+    pks = list(pks)
+    if not pks:
+        return
+    mark_written(model, using)
+    transaction.on_commit(partial(_drop_rows, model, pks), using=using)
+
+
+def model(model: type[models.Model], using: str) -> None:
+    """Drop every cached row of ``model`` once the transaction on ``using`` commits."""
+    mark_written(model, using)
+    transaction.on_commit(partial(_drop_model, model), using=using)
+
+
+def mark_written(model: type[models.Model], using: str) -> None:
+    """Note that the open transaction on ``using`` wrote ``model`` (and so its family)."""
+    for member in options.family(model):
+        transactions.mark_written(using, options.get(member).label)
+
+
+def _drop_rows(model: type[models.Model], pks: list[object]) -> None:
+    cfg = conf.settings()
+    transport = backends.get(cfg.CACHE_ALIAS)
+    prefix = cfg.KEY_PREFIX
+    # A child's entry (multi-table inheritance) holds its parents' columns and the other
+    # way round, so a row is dropped from every cached model of the family.
+    for member in options.family(model):
+        opts = options.get(member)
+        doomed = []
+        for pk in pks:
+            doomed.append(keys.entry(prefix, opts.label, opts.fingerprint, pk))
+            doomed.append(keys.lease(prefix, opts.label, pk))
+        try:
+            transport.delete(keys.version(prefix, opts.label), doomed)
+        except CacheUnavailable:
+            pass  # kept by the transport and replayed when Redis answers
+        if signals.cache_invalidate.receivers:
+            signals.cache_invalidate.send(sender=member, pks=pks)
+
+
+def _drop_model(model: type[models.Model]) -> None:
+    cfg = conf.settings()
+    transport = backends.get(cfg.CACHE_ALIAS)
+    for member in options.family(model):
+        try:
+            transport.bump(keys.version(cfg.KEY_PREFIX, options.get(member).label))
+        except CacheUnavailable:
+            pass  # kept by the transport and replayed when Redis answers
+        if signals.cache_invalidate.receivers:
+            signals.cache_invalidate.send(sender=member, pks=None)
+
+
+def invalidate(
+    obj: models.Model | type[models.Model], pk: object = None, *, using: str | None = None
+) -> None:
+    """Drop one cached row: ``invalidate(author)`` or ``invalidate(Author, pk=1)``.
+
+    For writes the app cannot see (raw SQL, other programs). Inside a transaction the row
+    is dropped when it commits. ``using`` names the database whose transaction to wait
+    for (default: the router's write database for the model).
+    """
+    if isinstance(obj, models.Model):
+        if pk is not None:
+            raise TypeError("invalidate(instance) takes no pk; use invalidate(Model, pk=...)")
+        model_class, pk = type(obj), obj.pk
+        if pk is None:
+            raise ValueError(f"cannot invalidate an unsaved {model_class.__name__} (its pk is None)")
+    elif isinstance(obj, type) and issubclass(obj, models.Model):
+        model_class = obj
+        if pk is None:
+            raise TypeError(
+                f"invalidate({obj.__name__}) needs pk=...; "
+                f"use invalidate_model({obj.__name__}) to drop every row"
+            )
+    else:
+        raise TypeError(f"invalidate() takes a model instance or class, not {type(obj).__name__}")
+    _require_cached(model_class)
+    rows(model_class, [options.get(model_class).to_pk(pk)], using or router.db_for_write(model_class))
+
+
+def invalidate_model(model_class: type[models.Model], *, using: str | None = None) -> None:
+    """Drop every cached row of ``model_class`` in O(1) (a version bump, no key scan)."""
+    if not (isinstance(model_class, type) and issubclass(model_class, models.Model)):
+        raise TypeError(f"invalidate_model() takes a model class, not {model_class!r}")
+    _require_cached(model_class)
+    model(model_class, using or router.db_for_write(model_class))
+
+
+def _require_cached(model_class: type[models.Model]) -> None:
+    from django_cachestrat.mixins import CachedModelMixin
+
+    if not issubclass(model_class, CachedModelMixin):
+        raise TypeError(
+            f"{model_class._meta.label} is not cached: add CacheAsideMixin or "
+            "WriteThroughMixin to its bases."
+        )

@@ -1,0 +1,54 @@
+"""Pure key building: no I/O, no settings access.
+
+Every key of one row shares a Redis Cluster hash tag (``{app.model:pk}``), so scripts
+that touch the entry, its lease and its write marker run on one node. The model's version
+key has a tag of its own. Values that could be unsafe in a key (spaces, braces, colons,
+unicode, long strings) are hashed; a hashed part starts with ``#``, which no literal part
+contains, so the two never collide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+_SAFE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}\Z")
+
+
+def token(value: object) -> str:
+    """Return ``value`` as a key part: itself when short and plain, else a hash of it."""
+    text = str(value)
+    if _SAFE.match(text):
+        return text
+    return "#" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
+def fingerprint(parts: list[str]) -> str:
+    """Return a short hash of a model's schema description (field names, types, columns)."""
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=6).hexdigest()
+
+
+def entry(prefix: str, label: str, fp: str, pk: object) -> str:
+    """Key of a row's cached field values; the schema fingerprint makes old layouts misses."""
+    return f"{prefix}:{{{label}:{token(pk)}}}:{fp}"
+
+
+def lease(prefix: str, label: str, pk: object) -> str:
+    """Key of the lease a reader takes before it fills a missed row."""
+    return f"{prefix}:{{{label}:{token(pk)}}}:lease"
+
+
+def writes(prefix: str, label: str, pk: object) -> tuple[str, str]:
+    """Keys of the writes in flight for a row and of its write epoch (write-through)."""
+    tag = f"{prefix}:{{{label}:{token(pk)}}}"
+    return f"{tag}:inflight", f"{tag}:epoch"
+
+
+def lookup(prefix: str, label: str, field: str, value: object) -> str:
+    """Key of the pointer from a unique field's value to the row's pk."""
+    return f"{prefix}:{{{label}:{field}={token(value)}}}:pk"
+
+
+def version(prefix: str, label: str) -> str:
+    """Key of a model's version; bumping it makes every cached row of the model a miss."""
+    return f"{prefix}:{{{label}}}:version"

@@ -1,0 +1,37 @@
+"""``manage.py cachestrat_invalidate app_label.Model [pk ...]``."""
+
+from django.apps import apps
+from django.core.management.base import BaseCommand, CommandError
+
+from django_cachestrat import invalidate, invalidate_model
+
+
+class Command(BaseCommand):
+    """Drop cached rows after writes the app could not see (raw SQL, other programs)."""
+
+    help = (
+        "Drop cached rows of a model: the given pks, or every row (a version bump, O(1)) "
+        "when no pk is given."
+    )
+
+    def add_arguments(self, parser):
+        """Take the model label and the pks."""
+        parser.add_argument("model", help="app_label.ModelName")
+        parser.add_argument("pks", nargs="*", help="primary keys; none: the whole model")
+
+    def handle(self, *args, model, pks, **options):
+        """Drop the rows and say what was dropped."""
+        try:
+            model_class = apps.get_model(model)
+        except (LookupError, ValueError) as exc:
+            raise CommandError(f"Unknown model {model!r}: {exc}") from exc
+        try:
+            if pks:
+                for pk in pks:
+                    invalidate(model_class, pk=pk)
+            else:
+                invalidate_model(model_class)
+        except (TypeError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        what = f"{len(pks)} row(s)" if pks else "every row"
+        self.stdout.write(self.style.SUCCESS(f"Dropped {what} of {model_class._meta.label}."))

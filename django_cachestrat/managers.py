@@ -1,0 +1,153 @@
+"""``CachedManager`` (cached reads) and ``CachedQuerySet`` (bulk writes that invalidate).
+
+``get_cached`` and ``get_many_cached`` live on the manager only, never on a queryset: a
+filtered queryset's rows are not what the cache holds by pk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models, router, transaction
+
+from django_cachestrat import invalidation, options
+
+
+def _require_cached(model: type[models.Model]) -> None:
+    from django_cachestrat.mixins import CachedModelMixin
+
+    if not issubclass(model, CachedModelMixin):
+        raise ImproperlyConfigured(
+            f"{model._meta.label} uses CachedManager but has no strategy mixin "
+            "(CacheAsideMixin or WriteThroughMixin)."
+        )
+
+
+class CachedQuerySet(models.QuerySet):
+    """A queryset whose bulk writes drop the rows they touch from the cache, after commit.
+
+    ``delete()`` needs nothing of its own: Django sends ``post_delete`` for each row of a
+    model that has receivers, and the cached models have them.
+    """
+
+    #: Above this many rows, an ``update()`` drops the whole model (a version bump)
+    #: instead of listing the rows.
+    bulk_row_limit = 1000
+
+    def _is_cached(self) -> bool:
+        from django_cachestrat.mixins import CachedModelMixin
+
+        return issubclass(self.model, CachedModelMixin)
+
+    def update(self, **kwargs) -> int:
+        """Update the rows, then drop them from the cache once the transaction commits."""
+        if not self._is_cached():
+            return super().update(**kwargs)
+        using = self._db or router.db_for_write(self.model, **self._hints)
+        with transaction.atomic(using=using, savepoint=False):
+            # Lock the rows while listing them, so the set updated is the set listed.
+            locking = self.using(using).select_for_update(
+                **({"of": ("self",)} if self._supports_of(using) else {})
+            )
+            pks = list(locking.values_list("pk", flat=True)[: self.bulk_row_limit + 1])
+            count = super().update(**kwargs)
+            if len(pks) > self.bulk_row_limit:
+                invalidation.model(self.model, using)
+            else:
+                invalidation.rows(self.model, pks, using)
+        return count
+
+    update.alters_data = True
+
+    async def aupdate(self, **kwargs) -> int:
+        """Async ``update()``, with the same invalidation."""
+        return await sync_to_async(self.update)(**kwargs)
+
+    aupdate.alters_data = True
+
+    @staticmethod
+    def _supports_of(using: str) -> bool:
+        from django.db import connections
+
+        return connections[using].features.has_select_for_update_of
+
+    def bulk_update(self, objs: Iterable[models.Model], fields, batch_size=None) -> int:
+        """``bulk_update``, then drop the rows from the cache once the transaction commits."""
+        objs = list(objs)
+        count = super().bulk_update(objs, fields, batch_size=batch_size)
+        if self._is_cached():
+            using = self._db or router.db_for_write(self.model, **self._hints)
+            invalidation.rows(self.model, [obj.pk for obj in objs], using)
+        return count
+
+    bulk_update.alters_data = True
+
+    def bulk_create(self, objs: Iterable[models.Model], *args, **kwargs) -> list[models.Model]:
+        """``bulk_create``, then drop the rows it created or updated, after commit.
+
+        With ``update_conflicts=True`` on a database that does not return the pks of the
+        rows it updated, the whole model is dropped (a version bump).
+        """
+        objs = super().bulk_create(objs, *args, **kwargs)
+        if self._is_cached():
+            using = self._db or router.db_for_write(self.model, **self._hints)
+            pks = [obj.pk for obj in objs if obj.pk is not None]
+            if kwargs.get("update_conflicts") and len(pks) < len(objs):
+                invalidation.model(self.model, using)
+            else:
+                invalidation.rows(self.model, pks, using)
+        return objs
+
+    bulk_create.alters_data = True
+
+
+class CachedManager(models.Manager.from_queryset(CachedQuerySet)):
+    """The manager of a cached model: ``get_cached``, ``get_many_cached`` and their async forms.
+
+    Cached reads bypass any filtering a custom ``get_queryset`` does: they return the row
+    by its key, as ``Model._base_manager`` would.
+    """
+
+    def _using(self) -> str:
+        return self._db or router.db_for_read(self.model, **self._hints)
+
+    def get_cached(self, **lookup) -> models.Model:
+        """Return one row by ``pk=`` or by a field named in ``CacheMeta.lookups``.
+
+        Raises ``DoesNotExist`` as ``get()`` does, ``ValueError`` for any other lookup.
+        """
+        _require_cached(self.model)
+        if len(lookup) != 1:
+            raise TypeError(
+                f"get_cached() takes exactly one lookup, e.g. get_cached(pk=1); got {len(lookup)}."
+            )
+        ((name, value),) = lookup.items()
+        opts = options.get(self.model)
+        pk = opts.pk_field
+        if name in ("pk", pk.name, pk.attname):
+            name = "pk"
+        elif name not in opts.lookups:
+            allowed = ", ".join(["pk", *opts.lookups])
+            raise ValueError(
+                f"get_cached() on {self.model._meta.label} accepts {allowed}; got {name!r}. "
+                f"Add it to {self.model.__name__}.CacheMeta.lookups if it is unique."
+            )
+        return self.model.cache_strategy.get(self.model, self._using(), name, value)
+
+    def get_many_cached(self, pks: Iterable[object]) -> dict[object, models.Model]:
+        """Return ``{pk: instance}`` for the rows of ``pks`` that exist, in one Redis round
+        trip when all are cached and one query for the rest."""
+        _require_cached(self.model)
+        if isinstance(pks, str | bytes) or not isinstance(pks, Iterable):
+            raise TypeError(f"get_many_cached() takes an iterable of pks, not {pks!r}.")
+        return self.model.cache_strategy.get_many(self.model, self._using(), list(pks))
+
+    async def aget_cached(self, **lookup) -> models.Model:
+        """Async ``get_cached``."""
+        return await sync_to_async(self.get_cached)(**lookup)
+
+    async def aget_many_cached(self, pks: Iterable[object]) -> dict[object, models.Model]:
+        """Async ``get_many_cached``."""
+        return await sync_to_async(self.get_many_cached)(pks)

@@ -1,0 +1,147 @@
+"""Per-model options, read from the model's inner ``class CacheMeta``.
+
+```python
+class Author(WriteThroughMixin, models.Model):
+    class CacheMeta:
+        ttl = 600            # seconds; None or absent: CACHESTRAT["DEFAULT_TTL"]
+        lookups = ["email"]  # unique fields get_cached accepts besides pk
+```
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from django.core.exceptions import ImproperlyConfigured, ValidationError
+from django.db import models
+
+from django_cachestrat import keys
+
+# The attributes CacheMeta may have, and what each must be.
+ALLOWED = {"ttl": "a positive int or None", "lookups": "a list of unique field names"}
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """What the cache needs to know about one model, computed once."""
+
+    model: type[models.Model]
+    label: str
+    ttl: int | None
+    lookups: tuple[str, ...]
+    fields: tuple[models.Field, ...]
+    fingerprint: str
+
+    @property
+    def pk_field(self) -> models.Field:
+        """The model's primary key field."""
+        return self.model._meta.pk
+
+    def to_pk(self, value: object) -> object:
+        """Normalize a pk the way the database would (``"1"`` -> ``1``), or raise ``ValueError``."""
+        if isinstance(value, models.Model):
+            raise ValueError(f"expected a primary key value, got a {type(value).__name__} instance")
+        try:
+            return self.pk_field.to_python(value)
+        except ValidationError as exc:
+            raise ValueError(
+                f"{value!r} is not a valid primary key for {self.label}: {exc.messages[0]}"
+            ) from None
+
+
+def errors(model: type[models.Model]) -> list[str]:
+    """Return what is wrong with ``model``'s caching setup, as readable sentences."""
+    problems = []
+    meta = model._meta
+    if meta.pk is None or getattr(meta, "is_composite_pk", False):
+        problems.append(f"{meta.label} has a composite or no primary key; it cannot be cached.")
+    cache_meta = getattr(model, "CacheMeta", None)
+    if cache_meta is None:
+        return problems
+    for name in vars(cache_meta):
+        if not name.startswith("_") and name not in ALLOWED:
+            allowed = ", ".join(sorted(ALLOWED))
+            problems.append(f"{meta.label}.CacheMeta has an unknown attribute {name!r} ({allowed}).")
+    ttl = getattr(cache_meta, "ttl", None)
+    if ttl is not None and (type(ttl) is not int or ttl <= 0):
+        problems.append(f"{meta.label}.CacheMeta.ttl must be {ALLOWED['ttl']}, not {ttl!r}.")
+    lookups = getattr(cache_meta, "lookups", ())
+    if not isinstance(lookups, list | tuple) or not all(isinstance(n, str) for n in lookups):
+        problems.append(f"{meta.label}.CacheMeta.lookups must be {ALLOWED['lookups']}.")
+        return problems
+    for name in lookups:
+        problem = _lookup_problem(model, name)
+        if problem:
+            problems.append(f"{meta.label}.CacheMeta.lookups: {problem}")
+    return problems
+
+
+def _lookup_problem(model: type[models.Model], name: str) -> str | None:
+    try:
+        field = model._meta.get_field(name)
+    except Exception:
+        return f"{name!r} is not a field of {model._meta.label}."
+    if not getattr(field, "concrete", False) or field.many_to_many:
+        return f"{name!r} is not a concrete field."
+    if field.primary_key:
+        return f"{name!r} is the primary key; get_cached(pk=...) already covers it."
+    # A single-field unconditional UniqueConstraint is as good as unique=True.
+    constrained = any(
+        isinstance(c, models.UniqueConstraint)
+        and tuple(c.fields) == (name,)
+        and c.condition is None
+        and not c.expressions
+        for c in model._meta.constraints
+    )
+    if not (field.unique or constrained):
+        return f"{name!r} is not unique, so it cannot name one row."
+    return None
+
+
+def get(model: type[models.Model]) -> CacheOptions:
+    """Return ``model``'s options; raises ``ImproperlyConfigured`` when they are wrong.
+
+    A proxy shares its concrete model's options (and so its cache entries).
+    """
+    return _get(model._meta.concrete_model)
+
+
+@functools.cache
+def family(model: type[models.Model]) -> tuple[type[models.Model], ...]:
+    """Return ``model``'s concrete model and every cached model that inherits from it or that
+    it inherits from (multi-table inheritance): their entries hold the same rows' columns.
+    """
+    from django.apps import apps
+
+    from django_cachestrat.mixins import CachedModelMixin
+
+    concrete = model._meta.concrete_model
+    related = [
+        other
+        for other in apps.get_models()
+        if other is not concrete
+        and not other._meta.proxy
+        and issubclass(other, CachedModelMixin)
+        and (concrete in other._meta.all_parents or other in concrete._meta.all_parents)
+    ]
+    return (concrete, *related)
+
+
+@functools.cache
+def _get(model: type[models.Model]) -> CacheOptions:
+    problems = errors(model)
+    if problems:
+        raise ImproperlyConfigured(" ".join(problems))
+    meta = model._meta
+    cache_meta = getattr(model, "CacheMeta", None)
+    fields = tuple(meta.concrete_fields)
+    schema = [f"{f.attname}:{f.column}:{f.get_internal_type()}" for f in fields]
+    return CacheOptions(
+        model=model,
+        label=meta.label_lower,
+        ttl=getattr(cache_meta, "ttl", None),
+        lookups=tuple(getattr(cache_meta, "lookups", ())),
+        fields=fields,
+        fingerprint=keys.fingerprint(schema),
+    )

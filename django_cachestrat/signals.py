@@ -1,0 +1,22 @@
+"""Events the core sends; statistics and your own code listen to them.
+
+Each is sent with ``sender`` set to the model class (``None`` for a transport error).
+The core checks ``signal.receivers`` before building any arguments, so an event nobody
+listens to costs one attribute read.
+
+- ``cache_hit(sender, keys=int)``: rows served from Redis by one call.
+- ``cache_miss(sender, keys=int)``: rows one call did not find (or found unusable).
+- ``cache_fill(sender, keys=int)``: rows a reader stored after a miss.
+- ``cache_invalidate(sender, pks=list | None)``: rows dropped; ``pks=None`` means the
+  whole model (a version bump).
+- ``cache_error(sender, error=Exception, model=type | None)``: Redis failed, or bytes
+  under one of our keys could not be read back (counted as a miss too).
+"""
+
+from django.dispatch import Signal
+
+cache_hit = Signal()
+cache_miss = Signal()
+cache_fill = Signal()
+cache_invalidate = Signal()
+cache_error = Signal()

@@ -1,0 +1,66 @@
+import pytest
+import redis
+from django.conf import settings
+
+from django_cachestrat import backends, conf
+from django_cachestrat.signals import cache_error, cache_fill, cache_hit, cache_invalidate, cache_miss
+
+
+@pytest.fixture
+def raw_redis():
+    """A plain client on the suite's Redis."""
+    client = redis.Redis.from_url(settings.CACHES["default"]["LOCATION"])
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def clean_cache(raw_redis):
+    """Every test starts with none of our keys and a fresh transport (breaker closed)."""
+    prefix = conf.settings().KEY_PREFIX
+
+    def wipe():
+        keys = list(raw_redis.scan_iter(f"{prefix}:*", count=1000))
+        if keys:
+            raw_redis.delete(*keys)
+
+    wipe()
+    backends.reset()
+    yield
+    backends.reset()
+
+
+class Events:
+    """Counts the core's events by name and model."""
+
+    def __init__(self):
+        self.counts = {}
+        self.errors = []
+        self._receivers = []
+        for name, signal in [("hit", cache_hit), ("miss", cache_miss), ("fill", cache_fill)]:
+            self._listen(signal, name, lambda kw: kw["keys"])
+        self._listen(cache_invalidate, "invalidate", lambda kw: 1)
+        self._listen(cache_error, "error", lambda kw: self.errors.append(kw["error"]) or 1)
+
+    def _listen(self, signal, name, amount):
+        def receiver(sender, **kwargs):
+            key = (name, sender._meta.label if sender else None)
+            self.counts[key] = self.counts.get(key, 0) + amount(kwargs)
+
+        signal.connect(receiver, weak=False)
+        self._receivers.append((signal, receiver))
+
+    def __call__(self, name, model=None):
+        label = model._meta.label if model else None
+        return sum(v for (n, m), v in self.counts.items() if n == name and (model is None or m == label))
+
+    def close(self):
+        for signal, receiver in self._receivers:
+            signal.disconnect(receiver)
+
+
+@pytest.fixture
+def events():
+    recorder = Events()
+    yield recorder
+    recorder.close()

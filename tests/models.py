@@ -1,0 +1,62 @@
+import uuid
+
+from django.db import models
+
+from django_cachestrat import CacheAsideMixin, CachedManager, WriteThroughMixin
+
+
+class Author(WriteThroughMixin, models.Model):
+    name = models.CharField(max_length=100)
+    email = models.EmailField(unique=True)
+    age = models.IntegerField(default=0)
+    bio = models.TextField(null=True, blank=True)
+    joined = models.DateTimeField(null=True, blank=True)
+
+    objects = CachedManager()
+
+    class CacheMeta:
+        ttl = 600
+        lookups = ["email"]
+
+    def __str__(self):
+        return self.name
+
+
+class AuthorProxy(Author):
+    class Meta:
+        proxy = True
+
+
+class Book(CacheAsideMixin, models.Model):
+    title = models.CharField(max_length=200)
+    isbn = models.CharField(max_length=20, unique=True)
+    author = models.ForeignKey(Author, on_delete=models.CASCADE, null=True, related_name="books")
+    pages = models.IntegerField(default=100)
+    price = models.DecimalField(max_digits=8, decimal_places=2, default=0)
+    uid = models.UUIDField(default=uuid.uuid4)
+
+    objects = CachedManager()
+
+    class CacheMeta:
+        lookups = ["isbn"]
+
+
+class Novel(Book):
+    """Multi-table inheritance: a Novel row is also a Book row."""
+
+    genre = models.CharField(max_length=50, default="")
+
+
+class Tag(CacheAsideMixin, models.Model):
+    """A text primary key, for keys built from unsafe values."""
+
+    name = models.CharField(max_length=20000, primary_key=True)
+    weight = models.IntegerField(default=0)
+
+    objects = CachedManager()
+
+
+class Plain(models.Model):
+    """Not cached."""
+
+    name = models.CharField(max_length=10)
