@@ -64,3 +64,19 @@ def events():
     recorder = Events()
     yield recorder
     recorder.close()
+
+
+def child_env():
+    """Environment for a process a test starts: same Redis, same (test) database."""
+    import os
+
+    from django.db import connection
+
+    env = dict(os.environ)
+    env["REDIS_URL"] = settings.CACHES["default"]["LOCATION"]
+    env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
+    if connection.vendor == "postgresql":
+        env["PGDATABASE"] = connection.settings_dict["NAME"]
+    else:
+        env["CACHESTRAT_TEST_DB_NAME"] = connection.settings_dict["NAME"]
+    return env

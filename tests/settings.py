@@ -11,10 +11,34 @@ TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [
+    "django.contrib.admin",
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.messages",
     "django_cachestrat",
     "tests",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
 ]
 
 if os.environ.get("CACHESTRAT_TEST_DB", "sqlite") == "postgres":
@@ -30,7 +54,9 @@ if os.environ.get("CACHESTRAT_TEST_DB", "sqlite") == "postgres":
     }
 else:
     # A file, not memory: tests with threads and worker processes share the database.
-    _db_file = os.path.join(tempfile.gettempdir(), f"cachestrat-tests-{os.getpid()}.sqlite3")
+    _db_file = os.environ.get("CACHESTRAT_TEST_DB_NAME") or os.path.join(
+        tempfile.gettempdir(), f"cachestrat-tests-{os.getpid()}.sqlite3"
+    )
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",

@@ -1,0 +1,265 @@
+import asyncio
+import logging
+from decimal import Decimal
+
+import pytest
+from django.test import override_settings
+
+from django_cachestrat import keys, options
+from tests.models import Author, AuthorProxy, Book, Plain, Tag
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def entry_key(model, pk):
+    opts = options.get(model)
+    return keys.entry("cstest", opts.label, opts.fingerprint, pk)
+
+
+@pytest.fixture
+def book():
+    return Book.objects.create(title="Dune", isbn="978-0441", pages=412, price=Decimal("9.99"))
+
+
+def test_miss_then_hit_with_zero_queries(book, django_assert_num_queries, events):
+    with django_assert_num_queries(1):
+        first = Book.objects.get_cached(pk=book.pk)
+    with django_assert_num_queries(0):
+        second = Book.objects.get_cached(pk=book.pk)
+    for got in (first, second):
+        assert (got.pk, got.title, got.pages, got.price, got.uid) == (
+            book.pk, "Dune", 412, Decimal("9.99"), book.uid
+        )
+        assert got._state.adding is False and got._state.db == "default"
+    assert (events("miss", Book), events("fill", Book), events("hit", Book)) == (1, 1, 1)
+
+
+def test_hit_is_a_full_instance_that_saves(book):
+    Book.objects.get_cached(pk=book.pk)
+    got = Book.objects.get_cached(pk=book.pk)
+    got.pages = 500
+    got.save()
+    assert Book.objects.get(pk=book.pk).pages == 500
+
+
+def test_pk_is_normalized(book, django_assert_num_queries):
+    Book.objects.get_cached(pk=book.pk)
+    with django_assert_num_queries(0):
+        assert Book.objects.get_cached(pk=str(book.pk)).pk == book.pk
+        assert Book.objects.get_cached(id=book.pk).pk == book.pk
+
+
+def test_missing_row_raises_does_not_exist():
+    with pytest.raises(Book.DoesNotExist):
+        Book.objects.get_cached(pk=12345)
+    with pytest.raises(Book.DoesNotExist):
+        Book.objects.get_cached(pk=None)
+    with pytest.raises(Book.DoesNotExist):
+        Book.objects.get_cached(isbn="none")
+
+
+def test_bad_lookups_are_clear_errors(book):
+    with pytest.raises(ValueError, match=r"accepts pk, isbn; got 'title'"):
+        Book.objects.get_cached(title="Dune")
+    with pytest.raises(TypeError, match="exactly one lookup"):
+        Book.objects.get_cached(pk=1, isbn="x")
+    with pytest.raises(TypeError, match="exactly one lookup"):
+        Book.objects.get_cached()
+    with pytest.raises(ValueError, match="not a valid primary key"):
+        Book.objects.get_cached(pk="abc")
+    with pytest.raises(ValueError, match="expected a primary key value"):
+        Book.objects.get_cached(pk=book)
+    with pytest.raises(TypeError, match="iterable of pks"):
+        Book.objects.get_many_cached(5)
+    with pytest.raises(TypeError, match="iterable of pks"):
+        Book.objects.get_many_cached("12")
+
+
+def test_manager_on_an_uncached_model_is_an_error():
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_cachestrat import CachedManager
+
+    manager = CachedManager()
+    manager.model = Plain
+    with pytest.raises(ImproperlyConfigured, match="no strategy mixin"):
+        manager.get_cached(pk=1)
+    # Bulk writes on it are plain Django.
+    Plain.objects.create(name="x")
+    qs = CachedManager.from_queryset  # noqa: F841
+    assert manager.get_queryset().update(name="y") == 1
+
+
+def test_lookup_reads(book, django_assert_num_queries, events):
+    with django_assert_num_queries(1):
+        assert Book.objects.get_cached(isbn="978-0441").pk == book.pk
+    # The pointer is stored; the row itself is filled by the pk path (under a lease).
+    with django_assert_num_queries(1):
+        assert Book.objects.get_cached(isbn="978-0441").pk == book.pk
+    with django_assert_num_queries(0):
+        assert Book.objects.get_cached(isbn="978-0441").title == "Dune"
+
+
+def test_lookup_follows_a_changed_value(django_assert_num_queries):
+    a = Author.objects.create(name="A", email="a@example.org")
+    b = Author.objects.create(name="B", email="b@example.org")
+    Author.objects.get_cached(email="a@example.org")
+    # a gives up its email and b takes it: the old pointer leads to a row whose email
+    # no longer matches, which is a miss, never a wrong row.
+    a.email = "old@example.org"
+    a.save()
+    b.email = "a@example.org"
+    b.save()
+    assert Author.objects.get_cached(email="a@example.org").pk == b.pk
+    assert Author.objects.get_cached(email="old@example.org").pk == a.pk
+    with django_assert_num_queries(0):
+        assert Author.objects.get_cached(email="a@example.org").name == "B"
+
+
+def test_lookup_with_a_corrupted_pointer(book, raw_redis):
+    Book.objects.get_cached(isbn="978-0441")
+    pointer = keys.lookup("cstest", "tests.book", "isbn", "978-0441")
+    raw_redis.set(pointer, b"\xff\xfe not a pk")
+    assert Book.objects.get_cached(isbn="978-0441").pk == book.pk
+    assert raw_redis.get(pointer) == str(book.pk).encode()
+
+
+def test_get_many_cached(book, django_assert_num_queries, events):
+    other = Book.objects.create(title="Emma", isbn="2")
+    Book.objects.get_cached(pk=book.pk)
+    with django_assert_num_queries(1):
+        got = Book.objects.get_many_cached([other.pk, 999999, book.pk, str(other.pk)])
+    assert list(got) == [other.pk, book.pk]
+    assert got[other.pk].title == "Emma" and got[book.pk].title == "Dune"
+    with django_assert_num_queries(0):
+        again = Book.objects.get_many_cached([book.pk, other.pk])
+    assert list(again) == [book.pk, other.pk]
+    assert Book.objects.get_many_cached([]) == {}
+
+
+def test_get_many_cached_all_hits_is_one_round_trip(raw_redis):
+    pks = [Book.objects.create(title=f"b{i}", isbn=str(i)).pk for i in range(100)]
+    Book.objects.get_many_cached(pks)
+    before = raw_redis.info("stats")["total_commands_processed"]
+    got = Book.objects.get_many_cached(pks)
+    after = raw_redis.info("stats")["total_commands_processed"]
+    assert len(got) == 100
+    # One MGET; the second INFO counts itself.
+    assert after - before == 2
+
+
+def test_single_hit_is_one_round_trip(book, raw_redis):
+    Book.objects.get_cached(pk=book.pk)
+    before = raw_redis.info("commandstats")
+    Book.objects.get_cached(pk=book.pk)
+    after = raw_redis.info("commandstats")
+    changed = {k: after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after}
+    changed = {k: v for k, v in changed.items() if v and k != "cmdstat_info"}
+    assert changed == {"cmdstat_mget": 1}
+
+
+def test_async_reads(book):
+    async def read():
+        one = await Book.objects.aget_cached(pk=book.pk)
+        many = await Book.objects.aget_many_cached([book.pk])
+        return one, many
+
+    one, many = asyncio.run(read())
+    assert one.title == "Dune" and many[book.pk].title == "Dune"
+
+
+def test_proxy_reads_share_entries(django_assert_num_queries):
+    a = Author.objects.create(name="P", email="p@example.org")
+    with django_assert_num_queries(0):
+        got = AuthorProxy.objects.get_cached(pk=a.pk)
+    assert type(got) is AuthorProxy and got.name == "P"
+    got.name = "Q"
+    got.save()
+    with django_assert_num_queries(0):
+        assert Author.objects.get_cached(pk=a.pk).name == "Q"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["plain", "with space", "ünïcödé ✓", "{brace}:colon", "x" * 10_000, "#hash-like"],
+)
+def test_keys_for_any_pk_value(name, raw_redis, django_assert_num_queries):
+    Tag.objects.create(name=name, weight=3)
+    Tag.objects.get_cached(pk=name)
+    with django_assert_num_queries(0):
+        assert Tag.objects.get_cached(pk=name).weight == 3
+    for key in raw_redis.scan_iter("cstest:*tests.tag*"):
+        assert len(key) < 200
+        assert b" " not in key
+
+
+def test_corrupted_bytes_are_a_logged_miss(book, raw_redis, events, caplog):
+    Book.objects.get_cached(pk=book.pk)
+    version = raw_redis.get(keys.version("cstest", "tests.book"))
+    for junk in [b"garbage", version + b":not pickle", version + b":" + b"\x80\x05K\x01.", b""]:
+        raw_redis.set(entry_key(Book, book.pk), junk)
+        with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
+            assert Book.objects.get_cached(pk=book.pk).title == "Dune"
+    assert events("error", Book) >= 2
+    assert "unreadable entry" in caplog.text
+    # The miss refilled the entry with good bytes.
+    assert Book.objects.get_cached(pk=book.pk).title == "Dune"
+
+
+def test_wrong_number_of_values_is_a_miss(book, raw_redis, events):
+    import pickle
+
+    Book.objects.get_cached(pk=book.pk)
+    version = raw_redis.get(keys.version("cstest", "tests.book"))
+    raw_redis.set(entry_key(Book, book.pk), version + b":" + pickle.dumps((1, 2)))
+    assert Book.objects.get_cached(pk=book.pk).title == "Dune"
+    assert events("error", Book) == 1
+
+
+def test_schema_change_makes_old_entries_misses(book, monkeypatch, django_assert_num_queries):
+    Book.objects.get_cached(pk=book.pk)
+    fields = [f"{f.attname}:{f.column}:{f.get_internal_type()}" for f in Book._meta.concrete_fields]
+    assert keys.fingerprint(fields) == options.get(Book).fingerprint
+    assert keys.fingerprint([*fields, "new:new:IntegerField"]) != options.get(Book).fingerprint
+    # After a deploy that changed the fields, the new code computes another fingerprint.
+    real = keys.fingerprint
+    monkeypatch.setattr(keys, "fingerprint", lambda parts: real([*parts, "new:new:IntegerField"]))
+    options._get.cache_clear()
+    try:
+        with django_assert_num_queries(1):
+            assert Book.objects.get_cached(pk=book.pk).title == "Dune"
+        with django_assert_num_queries(0):
+            assert Book.objects.get_cached(pk=book.pk).title == "Dune"
+    finally:
+        monkeypatch.undo()
+        options._get.cache_clear()
+
+
+def test_other_serializer_reads_its_own_bytes(book, raw_redis, django_assert_num_queries):
+    import pickle
+
+    custom = {"KEY_PREFIX": "cstest", "SERIALIZER": "tests.serializers.ReversedPickle"}
+    with override_settings(CACHESTRAT=custom):
+        Book.objects.get_cached(pk=book.pk)
+        with django_assert_num_queries(0):
+            assert Book.objects.get_cached(pk=book.pk).title == "Dune"
+        payload = raw_redis.get(entry_key(Book, book.pk)).partition(b":")[2]
+        assert pickle.loads(payload[::-1])[1] == "Dune"
+
+
+def test_disabled_reads_the_database(book, django_assert_num_queries, raw_redis):
+    with override_settings(CACHESTRAT={"KEY_PREFIX": "cstest", "ENABLED": False}):
+        with django_assert_num_queries(1):
+            assert Book.objects.get_cached(pk=book.pk).title == "Dune"
+        with django_assert_num_queries(1):
+            assert Book.objects.get_many_cached([book.pk])[book.pk].title == "Dune"
+        with django_assert_num_queries(1):
+            Book.objects.get_cached(isbn=book.isbn)
+    assert raw_redis.get(entry_key(Book, book.pk)) is None
+
+
+def test_ttl_is_jittered_below_the_model_ttl(raw_redis):
+    authors = [Author.objects.create(name=str(i), email=f"{i}@x.org") for i in range(30)]
+    ttls = {raw_redis.ttl(entry_key(Author, a.pk)) for a in authors}
+    assert all(540 <= t <= 600 for t in ttls)
+    assert len(ttls) > 1
