@@ -1,0 +1,108 @@
+"""No stale fill: a reader that read a row before a write committed cannot store it after
+that write's invalidation. The interleaving is forced step by step."""
+
+import threading
+
+import pytest
+from django.db import connection
+
+from django_cachestrat import invalidate_model, keys, options
+from django_cachestrat.strategies.base import Strategy
+from tests.models import Author, Book
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class PausedReader:
+    """Runs ``read`` on a thread that stops right after its database read returns."""
+
+    def __init__(self, monkeypatch, read):
+        self.read_done = threading.Event()
+        self.resume = threading.Event()
+        self.result = {}
+        real = Strategy._from_db
+
+        def from_db(strategy, model, using, pks):
+            rows = real(strategy, model, using, pks)
+            if threading.current_thread().name == "reader":
+                self.read_done.set()
+                assert self.resume.wait(10)
+            return rows
+
+        monkeypatch.setattr(Strategy, "_from_db", from_db)
+
+        def run():
+            try:
+                self.result["value"] = read()
+            finally:
+                connection.close()
+
+        self.thread = threading.Thread(target=run, name="reader")
+
+    def __enter__(self):
+        self.thread.start()
+        assert self.read_done.wait(10), "the reader never reached the database"
+        return self
+
+    def __exit__(self, *exc):
+        self.resume.set()
+        self.thread.join(10)
+
+
+def entry(raw_redis, model, pk):
+    opts = options.get(model)
+    return raw_redis.get(keys.entry("cstest", opts.label, opts.fingerprint, pk))
+
+
+def cache_aside_save(obj):
+    obj.title = "new"
+    obj.save()
+
+
+def bulk_update(obj):
+    type(obj).objects.filter(pk=obj.pk).update(title="new")
+
+
+def version_bump(obj):
+    type(obj).objects.filter(pk=obj.pk).update(title="new")
+    invalidate_model(type(obj))
+
+
+@pytest.mark.parametrize("write", [cache_aside_save, bulk_update, version_bump])
+@pytest.mark.parametrize("read", ["get_cached", "get_many_cached"])
+def test_reader_that_read_before_a_commit_cannot_store_the_old_row(monkeypatch, raw_redis, write, read, events):
+    book = Book.objects.create(title="old", isbn="1")
+    if read == "get_cached":
+        def reader():
+            return Book.objects.get_cached(pk=book.pk)
+    else:
+        def reader():
+            return Book.objects.get_many_cached([book.pk])[book.pk]
+
+    with PausedReader(monkeypatch, reader) as paused:
+        # 1. The reader missed, took its lease and read "old" from the database.
+        # 2. Now a write commits and invalidates.
+        write(book)
+        # 3. The reader resumes and tries to store "old" (on __exit__).
+    assert paused.result["value"].title == "old"  # what it read is what it returns
+    stored = entry(raw_redis, Book, book.pk)
+    assert stored is None or b"old" not in stored
+    assert Book.objects.get_cached(pk=book.pk).title == "new"
+
+
+def test_write_through_save_cancels_a_pending_fill(monkeypatch, raw_redis):
+    author = Author.objects.create(name="old", email="a@example.org")
+    raw_redis.delete(keys.entry("cstest", "tests.author", options.get(Author).fingerprint, author.pk))
+    with PausedReader(monkeypatch, lambda: Author.objects.get_cached(pk=author.pk)):
+        author.name = "new"
+        author.save()
+    assert Author.objects.get_cached(pk=author.pk).name == "new"
+    assert b"new" in entry(raw_redis, Author, author.pk)
+
+
+def test_an_uncontended_fill_is_stored(monkeypatch, raw_redis, events):
+    book = Book.objects.create(title="old", isbn="1")
+    with PausedReader(monkeypatch, lambda: Book.objects.get_cached(pk=book.pk)):
+        pass
+    assert b"old" in entry(raw_redis, Book, book.pk)
+    assert events("fill", Book) == 1
