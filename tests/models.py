@@ -30,7 +30,9 @@ class AuthorProxy(Author):
 class Book(CacheAsideMixin, models.Model):
     title = models.CharField(max_length=200)
     isbn = models.CharField(max_length=20, unique=True)
-    author = models.ForeignKey(Author, on_delete=models.CASCADE, null=True, related_name="books")
+    author = models.ForeignKey(
+        Author, on_delete=models.CASCADE, null=True, blank=True, related_name="books"
+    )
     pages = models.IntegerField(default=100)
     price = models.DecimalField(max_digits=8, decimal_places=2, default=0)
     uid = models.UUIDField(default=uuid.uuid4)

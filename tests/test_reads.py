@@ -159,9 +159,13 @@ def test_single_hit_is_one_round_trip(book, raw_redis):
 
 
 def test_async_reads(book):
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
     async def read():
         one = await Book.objects.aget_cached(pk=book.pk)
         many = await Book.objects.aget_many_cached([book.pk])
+        await sync_to_async(connections.close_all)()  # the executor thread's connection
         return one, many
 
     one, many = asyncio.run(read())

@@ -142,6 +142,12 @@ class RedisTransport:
             signals.cache_error.send(sender=None, error=exc, model=None)
 
     @property
+    def pending_invalidations(self) -> int:
+        """How many failed invalidations wait for Redis (a whole model counts as one)."""
+        with self._lock:
+            return sum(1 if k is None else len(k) for k in self._pending.values())
+
+    @property
     def available(self) -> bool:
         """False while the breaker is open."""
         return not self._down_until or time.monotonic() >= self._down_until
@@ -300,7 +306,7 @@ class RedisTransport:
             raise
         logger.warning(
             "django_cachestrat: replayed %d invalidations that failed while Redis was down.",
-            sum(len(k) if k is not None else 1 for k in pending.values()),
+            sum(1 if k is None else len(k) for k in pending.values()),
         )
 
 

@@ -3,7 +3,7 @@
 from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
 
-from django_cachestrat import invalidate, invalidate_model
+from django_cachestrat import backends, conf, invalidate, invalidate_model
 
 
 class Command(BaseCommand):
@@ -33,5 +33,8 @@ class Command(BaseCommand):
                 invalidate_model(model_class)
         except (TypeError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
+        if backends.get(conf.settings().CACHE_ALIAS).pending_invalidations:
+            # Kept for replay only in this process, which ends now: say so, loudly.
+            raise CommandError("Redis could not be reached; nothing was dropped. Run it again.")
         what = f"{len(pks)} row(s)" if pks else "every row"
         self.stdout.write(self.style.SUCCESS(f"Dropped {what} of {model_class._meta.label}."))

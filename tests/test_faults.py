@@ -1,0 +1,202 @@
+import logging
+import os
+import signal
+import socket
+import threading
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.test import override_settings
+
+from django_cachestrat import backends, invalidate, invalidate_model
+from tests.models import Author, Book
+from tests.redis_server import Server, free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def caches_at(url, timeout=0.3):
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": url,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": timeout, "SOCKET_TIMEOUT": timeout},
+        }
+    }
+
+
+def cachestrat(**extra):
+    return {"KEY_PREFIX": "cstest", **extra}
+
+
+@pytest.fixture
+def own_redis():
+    server = Server().start()
+    with override_settings(CACHES=caches_at(server.url), CACHESTRAT=cachestrat(FAILURE_COOLDOWN=0.3)):
+        yield server
+    server.stop()
+
+
+@pytest.fixture
+def dead_redis():
+    with override_settings(CACHES=caches_at(f"redis://127.0.0.1:{free_port()}/0")):
+        yield
+
+
+def test_everything_works_against_the_database_when_redis_is_down(dead_redis, caplog):
+    with caplog.at_level(logging.ERROR, logger="django_cachestrat"):
+        a = Author.objects.create(name="A", email="a@example.org")
+        b = Book.objects.create(title="B", isbn="1", author=a)
+        for _ in range(5):
+            assert Author.objects.get_cached(pk=a.pk).name == "A"
+            assert Author.objects.get_cached(email="a@example.org").pk == a.pk
+            assert Book.objects.get_many_cached([b.pk])[b.pk].title == "B"
+        a.name = "A2"
+        a.save()
+        assert Author.objects.get_cached(pk=a.pk).name == "A2"
+        Book.objects.filter(pk=b.pk).update(title="B2")
+        assert Book.objects.get_cached(pk=b.pk).title == "B2"
+        invalidate(b)
+        invalidate_model(Book)
+        b.delete()
+        with pytest.raises(Book.DoesNotExist):
+            Book.objects.get_cached(pk=b.pk)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]  # once per episode
+    assert "Redis failed" in errors[0].getMessage()
+
+
+def test_invalidate_command_says_when_redis_is_down(dead_redis):
+    book = Book.objects.create(title="B", isbn="1")
+    with pytest.raises(CommandError, match="Redis could not be reached"):
+        call_command("cachestrat_invalidate", "tests.Book", str(book.pk))
+
+
+class Blackhole:
+    """Accepts connections and never answers: a hung Redis. Counts connection attempts."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_breaker_stops_calling_a_hung_redis():
+    hole = Blackhole()
+    book = Book.objects.create(title="B", isbn="1")
+    try:
+        settings = cachestrat(FAILURE_COOLDOWN=60.0)
+        with override_settings(CACHES=caches_at(f"redis://127.0.0.1:{hole.port}/0", 0.2), CACHESTRAT=settings):
+            assert Book.objects.get_cached(pk=book.pk).title == "B"  # times out once
+            tried = len(hole.accepted)
+            assert tried >= 1
+            for _ in range(20):
+                assert Book.objects.get_cached(pk=book.pk).title == "B"
+                book.save()
+            assert len(hole.accepted) == tried  # the breaker kept every later call off the wire
+            assert backends.get("default").available is False
+    finally:
+        hole.close()
+
+
+def test_redis_restarted_without_its_data(own_redis, django_assert_num_queries):
+    a = Author.objects.create(name="A", email="a@example.org")
+    b = Book.objects.create(title="B", isbn="1")
+    Book.objects.get_cached(pk=b.pk)
+    own_redis.restart()  # empty: no persistence; scripts are gone too
+    assert Book.objects.get_cached(pk=b.pk).title == "B"  # the first call may trip the breaker
+    import time
+
+    time.sleep(0.35)  # past the cooldown
+    assert Book.objects.get_cached(pk=b.pk).title == "B"
+    with django_assert_num_queries(0):
+        assert Book.objects.get_cached(pk=b.pk).title == "B"
+    a.name = "A2"
+    a.save()
+    with django_assert_num_queries(0):
+        assert Author.objects.get_cached(pk=a.pk).name == "A2"
+
+
+def test_invalidations_missed_during_an_outage_are_replayed(own_redis, caplog):
+    book = Book.objects.create(title="old", isbn="1")
+    author = Author.objects.create(name="old", email="a@example.org")
+    Book.objects.get_cached(pk=book.pk)
+    # Redis hangs (a partition: its data survives), while the rows change.
+    os.kill(own_redis.process.pid, signal.SIGSTOP)
+    try:
+        book.title = "new"
+        book.save()
+        author.name = "new"
+        author.save()
+        invalidate_model(Book)
+        assert Book.objects.get_cached(pk=book.pk).title == "new"  # from the database
+        assert backends.get("default").pending_invalidations >= 3
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+    import time
+
+    time.sleep(0.35)
+    with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
+        # Without the replay these would be the cached "old" rows.
+        assert Book.objects.get_cached(pk=book.pk).title == "new"
+        assert Author.objects.get_cached(pk=author.pk).name == "new"
+    assert "replayed" in caplog.text
+    assert backends.get("default").pending_invalidations == 0
+
+
+def test_pending_invalidations_are_bounded(own_redis):
+    books = [Book.objects.create(title="old", isbn=str(i)) for i in range(5)]
+    Book.objects.get_many_cached([b.pk for b in books])
+    os.kill(own_redis.process.pid, signal.SIGSTOP)
+    try:
+        with override_settings(CACHESTRAT=cachestrat(FAILURE_COOLDOWN=0.3, MAX_PENDING_INVALIDATIONS=2)):
+            for b in books:
+                b.title = "new"
+                b.save()
+            # More than it may keep one by one: the whole model is bumped instead (Book,
+            # and Novel, whose entries hold Book's columns).
+            assert backends.get("default").pending_invalidations == 2
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+            import time
+
+            time.sleep(0.35)
+            got = Book.objects.get_many_cached([b.pk for b in books])
+            assert {o.title for o in got.values()} == {"new"}
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+
+
+def test_replay_that_fails_is_kept(own_redis):
+    book = Book.objects.create(title="old", isbn="1")
+    Book.objects.get_cached(pk=book.pk)
+    transport = backends.get("default")
+    own_redis.kill()
+    book.title = "new"
+    book.save()
+    invalidate_model(Book)
+    import time
+
+    time.sleep(0.35)
+    assert Book.objects.get_cached(pk=book.pk).title == "new"  # probe fails: replay kept
+    assert transport.pending_invalidations >= 2
+    own_redis.start()
+    time.sleep(0.35)
+    assert Book.objects.get_cached(pk=book.pk).title == "new"
+    assert transport.pending_invalidations == 0
