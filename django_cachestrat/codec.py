@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 
 from django.db import models
-from django.db.models.expressions import Combinable
-from django.db.models.expressions import DatabaseDefault
+from django.db.models.expressions import Combinable, DatabaseDefault
 
 from django_cachestrat import conf, signals
 from django_cachestrat.options import CacheOptions
@@ -63,8 +62,9 @@ def decode(
             raise ValueError(f"{len(values)} values for {len(opts.fields)} fields")
         return cls.from_db(using, None, values)
     except Exception as exc:
-        logger.warning("django_cachestrat: unreadable entry for %s (%s); treated as a miss.",
-                       opts.label, exc)
+        logger.warning(
+            "django_cachestrat: unreadable entry for %s (%s); treated as a miss.", opts.label, exc
+        )
         if signals.cache_error.receivers:
             signals.cache_error.send(sender=opts.model, error=exc, model=opts.model)
         return None

@@ -58,9 +58,7 @@ class Settings:
         if user is None:
             user = {}
         if not isinstance(user, dict):
-            raise ImproperlyConfigured(
-                f"CACHESTRAT must be a dict, not {type(user).__name__}."
-            )
+            raise ImproperlyConfigured(f"CACHESTRAT must be a dict, not {type(user).__name__}.")
         for name, value in user.items():
             spec = KEYS.get(name)
             if spec is None:

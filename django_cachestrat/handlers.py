@@ -6,10 +6,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from django.apps import apps
+from django.db import models
 from django.db.models import signals
 
+from django_cachestrat import invalidation
 from django_cachestrat.mixins import CachedModelMixin
+
+# on_delete handlers whose rows Django deletes with signals (CASCADE) or leaves alone.
+_NO_UPDATE = (models.CASCADE, models.PROTECT, models.RESTRICT, models.DO_NOTHING)
 
 
 def on_pre_save(sender, instance, raw=False, using=None, **kwargs):
@@ -17,8 +24,9 @@ def on_pre_save(sender, instance, raw=False, using=None, **kwargs):
     sender.cache_strategy.before_save(instance, using)
 
 
-def on_post_save(sender, instance, created=False, raw=False, using=None, update_fields=None,
-                 **kwargs):
+def on_post_save(
+    sender, instance, created=False, raw=False, using=None, update_fields=None, **kwargs
+):
     """Let the strategy store or drop the row after commit."""
     sender.cache_strategy.after_save(instance, using, created, update_fields)
 
@@ -26,6 +34,23 @@ def on_post_save(sender, instance, created=False, raw=False, using=None, update_
 def on_post_delete(sender, instance, using=None, **kwargs):
     """Drop the deleted row after commit."""
     sender.cache_strategy.after_delete(instance, using)
+
+
+def on_target_pre_delete(model, field, sender, instance, using=None, **kwargs):
+    """Drop the rows of ``model`` that ``field`` points from at ``instance``.
+
+    Deleting ``instance`` makes Django set ``field`` (SET_NULL, SET_DEFAULT, SET(...)) on
+    those rows with a plain UPDATE that sends no signal; they are listed before it runs.
+    """
+    from django_cachestrat.managers import CachedQuerySet
+
+    limit = CachedQuerySet.bulk_row_limit
+    pointing = model._base_manager.using(using).filter(**{field.name: instance})
+    pks = list(pointing.values_list("pk", flat=True)[: limit + 1])
+    if len(pks) > limit:
+        invalidation.model(model, using)
+    else:
+        invalidation.rows(model, pks, using)
 
 
 def cached_models() -> list[type]:
@@ -37,8 +62,24 @@ def connect() -> None:
     """Connect the receivers for every cached model (idempotent)."""
     for model in cached_models():
         label = model._meta.label_lower
-        signals.pre_save.connect(on_pre_save, sender=model, dispatch_uid=f"cachestrat.pre_save.{label}")
-        signals.post_save.connect(on_post_save, sender=model, dispatch_uid=f"cachestrat.post_save.{label}")
+        signals.pre_save.connect(
+            on_pre_save, sender=model, dispatch_uid=f"cachestrat.pre_save.{label}"
+        )
+        signals.post_save.connect(
+            on_post_save, sender=model, dispatch_uid=f"cachestrat.post_save.{label}"
+        )
         signals.post_delete.connect(
             on_post_delete, sender=model, dispatch_uid=f"cachestrat.post_delete.{label}"
         )
+        if model._meta.proxy:
+            continue
+        for field in model._meta.concrete_fields:
+            if field.many_to_one or field.one_to_one:
+                if field.remote_field.on_delete in _NO_UPDATE or field.remote_field.parent_link:
+                    continue
+                signals.pre_delete.connect(
+                    partial(on_target_pre_delete, model, field),
+                    sender=field.related_model,
+                    weak=False,
+                    dispatch_uid=f"cachestrat.set_on_delete.{label}.{field.name}",
+                )

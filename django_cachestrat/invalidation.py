@@ -85,7 +85,9 @@ def invalidate(
             raise TypeError("invalidate(instance) takes no pk; use invalidate(Model, pk=...)")
         model_class, pk = type(obj), obj.pk
         if pk is None:
-            raise ValueError(f"cannot invalidate an unsaved {model_class.__name__} (its pk is None)")
+            raise ValueError(
+                f"cannot invalidate an unsaved {model_class.__name__} (its pk is None)"
+            )
     elif isinstance(obj, type) and issubclass(obj, models.Model):
         model_class = obj
         if pk is None:
@@ -96,7 +98,9 @@ def invalidate(
     else:
         raise TypeError(f"invalidate() takes a model instance or class, not {type(obj).__name__}")
     _require_cached(model_class)
-    rows(model_class, [options.get(model_class).to_pk(pk)], using or router.db_for_write(model_class))
+    rows(
+        model_class, [options.get(model_class).to_pk(pk)], using or router.db_for_write(model_class)
+    )
 
 
 def invalidate_model(model_class: type[models.Model], *, using: str | None = None) -> None:

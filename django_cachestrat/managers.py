@@ -137,8 +137,10 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):
         return self.model.cache_strategy.get(self.model, self._using(), name, value)
 
     def get_many_cached(self, pks: Iterable[object]) -> dict[object, models.Model]:
-        """Return ``{pk: instance}`` for the rows of ``pks`` that exist, in one Redis round
-        trip when all are cached and one query for the rest."""
+        """Return ``{pk: instance}`` for the rows of ``pks`` that exist.
+
+        One Redis round trip when all are cached, and one query for the rest.
+        """
         _require_cached(self.model)
         if isinstance(pks, str | bytes) or not isinstance(pks, Iterable):
             raise TypeError(f"get_many_cached() takes an iterable of pks, not {pks!r}.")

@@ -62,7 +62,9 @@ def errors(model: type[models.Model]) -> list[str]:
     for name in vars(cache_meta):
         if not name.startswith("_") and name not in ALLOWED:
             allowed = ", ".join(sorted(ALLOWED))
-            problems.append(f"{meta.label}.CacheMeta has an unknown attribute {name!r} ({allowed}).")
+            problems.append(
+                f"{meta.label}.CacheMeta has an unknown attribute {name!r} ({allowed})."
+            )
     ttl = getattr(cache_meta, "ttl", None)
     if ttl is not None and (type(ttl) is not int or ttl <= 0):
         problems.append(f"{meta.label}.CacheMeta.ttl must be {ALLOWED['ttl']}, not {ttl!r}.")
@@ -109,8 +111,10 @@ def get(model: type[models.Model]) -> CacheOptions:
 
 @functools.cache
 def family(model: type[models.Model]) -> tuple[type[models.Model], ...]:
-    """Return ``model``'s concrete model and every cached model that inherits from it or that
-    it inherits from (multi-table inheritance): their entries hold the same rows' columns.
+    """Return ``model``'s concrete model and its cached relatives by inheritance.
+
+    Those are the cached models that inherit from it or that it inherits from
+    (multi-table inheritance): their entries hold columns of the same rows.
     """
     from django.apps import apps
 

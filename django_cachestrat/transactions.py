@@ -25,7 +25,7 @@ def mark_written(using: str, label: str) -> None:
 
 
 def written(using: str, label: str) -> bool:
-    """True when the open transaction on ``using`` wrote model ``label``."""
+    """Tell whether the open transaction on ``using`` wrote model ``label``."""
     connection = connections[using]
     dirty = connection.__dict__.get(_DIRTY)
     if not dirty:
@@ -37,7 +37,7 @@ def written(using: str, label: str) -> bool:
 
 
 def may_fill(using: str) -> bool:
-    """True when a row read now on ``using`` is committed data that is still current.
+    """Tell whether a row read now on ``using`` is committed data that is still current.
 
     Outside a transaction, always. Inside one, only at READ COMMITTED on PostgreSQL:
     under snapshot isolation (SQLite, MySQL's REPEATABLE READ, PostgreSQL's higher

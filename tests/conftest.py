@@ -3,7 +3,13 @@ import redis
 from django.conf import settings
 
 from django_cachestrat import backends, conf
-from django_cachestrat.signals import cache_error, cache_fill, cache_hit, cache_invalidate, cache_miss
+from django_cachestrat.signals import (
+    cache_error,
+    cache_fill,
+    cache_hit,
+    cache_invalidate,
+    cache_miss,
+)
 
 
 @pytest.fixture
@@ -52,7 +58,9 @@ class Events:
 
     def __call__(self, name, model=None):
         label = model._meta.label if model else None
-        return sum(v for (n, m), v in self.counts.items() if n == name and (model is None or m == label))
+        return sum(
+            v for (n, m), v in self.counts.items() if n == name and (model is None or m == label)
+        )
 
     def close(self):
         for signal, receiver in self._receivers:

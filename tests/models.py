@@ -36,6 +36,9 @@ class Book(CacheAsideMixin, models.Model):
     pages = models.IntegerField(default=100)
     price = models.DecimalField(max_digits=8, decimal_places=2, default=0)
     uid = models.UUIDField(default=uuid.uuid4)
+    editor = models.ForeignKey(
+        Author, on_delete=models.SET_NULL, null=True, blank=True, related_name="edited"
+    )
 
     objects = CachedManager()
 

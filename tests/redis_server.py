@@ -49,9 +49,23 @@ class Server:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="cachestrat-redis-")
         self.args = [
-            binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--dir", self.dir, "--appendonly", "yes" if appendonly else "no",
-            "--appendfsync", appendfsync, "--daemonize", "no", "--protected-mode", "no",
+            binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            self.dir,
+            "--appendonly",
+            "yes" if appendonly else "no",
+            "--appendfsync",
+            appendfsync,
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "no",
         ]
         self.process: subprocess.Popen | None = None
 

@@ -43,10 +43,9 @@ def test_update_over_the_row_limit_drops_the_model(books, monkeypatch, events):
 
 
 def test_update_inside_a_rolled_back_transaction_changes_nothing(books):
-    with pytest.raises(RuntimeError):
-        with transaction.atomic():
-            Book.objects.update(title="gone")
-            raise RuntimeError
+    with pytest.raises(RuntimeError), transaction.atomic():
+        Book.objects.update(title="gone")
+        raise RuntimeError
     assert titles(books) == ["t0", "t1", "t2", "t3", "t4"]
 
 
@@ -120,7 +119,13 @@ def test_admin_saves_are_seen(client, books):
     book = books[0]
     response = client.post(
         f"/admin/tests/book/{book.pk}/change/",
-        {"title": "from admin", "isbn": book.isbn, "pages": 7, "price": "1.00", "uid": str(book.uid)},
+        {
+            "title": "from admin",
+            "isbn": book.isbn,
+            "pages": 7,
+            "price": "1.00",
+            "uid": str(book.uid),
+        },
     )
     assert response.status_code == 302, response.content[:2000]
     assert Book.objects.get_cached(pk=book.pk).title == "from admin"
@@ -198,3 +203,14 @@ def test_invalidate_command(books, capsys):
         call_command("cachestrat_invalidate", "tests.Plain")
     with pytest.raises(CommandError, match="not a valid primary key"):
         call_command("cachestrat_invalidate", "tests.Book", "abc")
+
+
+def test_set_null_on_delete_drops_the_rows_it_updates(raw_redis):
+    editor = Author.objects.create(name="E", email="e@example.org")
+    edited = [Book.objects.create(title=str(i), isbn=str(i), editor=editor) for i in range(3)]
+    other = Book.objects.create(title="x", isbn="x")
+    Book.objects.get_many_cached([b.pk for b in [*edited, other]])
+    editor.delete()  # Django sets editor = NULL with an UPDATE that sends no signal
+    got = Book.objects.get_many_cached([b.pk for b in edited])
+    assert {b.editor_id for b in got.values()} == {None}
+    assert entry(raw_redis, Book, other.pk) is not None  # not pointing at it: kept

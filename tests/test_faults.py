@@ -32,7 +32,9 @@ def cachestrat(**extra):
 @pytest.fixture
 def own_redis():
     server = Server().start()
-    with override_settings(CACHES=caches_at(server.url), CACHESTRAT=cachestrat(FAILURE_COOLDOWN=0.3)):
+    with override_settings(
+        CACHES=caches_at(server.url), CACHESTRAT=cachestrat(FAILURE_COOLDOWN=0.3)
+    ):
         yield server
     server.stop()
 
@@ -103,7 +105,9 @@ def test_breaker_stops_calling_a_hung_redis():
     book = Book.objects.create(title="B", isbn="1")
     try:
         settings = cachestrat(FAILURE_COOLDOWN=60.0)
-        with override_settings(CACHES=caches_at(f"redis://127.0.0.1:{hole.port}/0", 0.2), CACHESTRAT=settings):
+        with override_settings(
+            CACHES=caches_at(f"redis://127.0.0.1:{hole.port}/0", 0.2), CACHESTRAT=settings
+        ):
             assert Book.objects.get_cached(pk=book.pk).title == "B"  # times out once
             tried = len(hole.accepted)
             assert tried >= 1
@@ -166,7 +170,9 @@ def test_pending_invalidations_are_bounded(own_redis):
     Book.objects.get_many_cached([b.pk for b in books])
     os.kill(own_redis.process.pid, signal.SIGSTOP)
     try:
-        with override_settings(CACHESTRAT=cachestrat(FAILURE_COOLDOWN=0.3, MAX_PENDING_INVALIDATIONS=2)):
+        with override_settings(
+            CACHESTRAT=cachestrat(FAILURE_COOLDOWN=0.3, MAX_PENDING_INVALIDATIONS=2)
+        ):
             for b in books:
                 b.title = "new"
                 b.save()

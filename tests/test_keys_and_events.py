@@ -31,7 +31,9 @@ def test_a_rows_keys_share_one_hash_tag():
         *(hash_tag(k) for k in keys.writes("p", "app.model", pk)),
     }
     assert len(tags) == 1
-    assert hash_tag(keys.entry("p", "app.model", "fp", 1)) != hash_tag(keys.entry("p", "app.model", "fp", 2))
+    assert hash_tag(keys.entry("p", "app.model", "fp", 1)) != hash_tag(
+        keys.entry("p", "app.model", "fp", 2)
+    )
     assert hash_tag(keys.version("p", "app.model")) == "app.model"
 
 

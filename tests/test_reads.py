@@ -28,7 +28,11 @@ def test_miss_then_hit_with_zero_queries(book, django_assert_num_queries, events
         second = Book.objects.get_cached(pk=book.pk)
     for got in (first, second):
         assert (got.pk, got.title, got.pages, got.price, got.uid) == (
-            book.pk, "Dune", 412, Decimal("9.99"), book.uid
+            book.pk,
+            "Dune",
+            412,
+            Decimal("9.99"),
+            book.uid,
         )
         assert got._state.adding is False and got._state.db == "default"
     assert (events("miss", Book), events("fill", Book), events("hit", Book)) == (1, 1, 1)

@@ -19,7 +19,7 @@ def test_defaults_fill_in_missing_keys():
     cfg = configured(DEFAULT_TTL=5)
     assert cfg.DEFAULT_TTL == 5
     assert cfg.CACHE_ALIAS == "default"
-    assert cfg.LEASE_TIMEOUT == conf.KEYS["LEASE_TIMEOUT"].default
+    assert conf.KEYS["LEASE_TIMEOUT"].default == cfg.LEASE_TIMEOUT
 
 
 def test_override_settings_is_seen_at_call_time():

@@ -70,12 +70,16 @@ def version_bump(obj):
 
 @pytest.mark.parametrize("write", [cache_aside_save, bulk_update, version_bump])
 @pytest.mark.parametrize("read", ["get_cached", "get_many_cached"])
-def test_reader_that_read_before_a_commit_cannot_store_the_old_row(monkeypatch, raw_redis, write, read, events):
+def test_reader_that_read_before_a_commit_cannot_store_the_old_row(
+    monkeypatch, raw_redis, write, read, events
+):
     book = Book.objects.create(title="old", isbn="1")
     if read == "get_cached":
+
         def reader():
             return Book.objects.get_cached(pk=book.pk)
     else:
+
         def reader():
             return Book.objects.get_many_cached([book.pk])[book.pk]
 
@@ -92,7 +96,9 @@ def test_reader_that_read_before_a_commit_cannot_store_the_old_row(monkeypatch, 
 
 def test_write_through_save_cancels_a_pending_fill(monkeypatch, raw_redis):
     author = Author.objects.create(name="old", email="a@example.org")
-    raw_redis.delete(keys.entry("cstest", "tests.author", options.get(Author).fingerprint, author.pk))
+    raw_redis.delete(
+        keys.entry("cstest", "tests.author", options.get(Author).fingerprint, author.pk)
+    )
     with PausedReader(monkeypatch, lambda: Author.objects.get_cached(pk=author.pk)):
         author.name = "new"
         author.save()

@@ -45,13 +45,12 @@ def test_rolled_back_write_never_reaches_the_cache(raw_redis):
     a = Author.objects.create(name="committed", email="a@example.org")
     b = Book.objects.create(title="committed", isbn="1")
     Book.objects.get_cached(pk=b.pk)
-    with pytest.raises(Rollback):
-        with transaction.atomic():
-            a.name = "rolled back"
-            a.save()
-            b.title = "rolled back"
-            b.save()
-            raise Rollback
+    with pytest.raises(Rollback), transaction.atomic():
+        a.name = "rolled back"
+        a.save()
+        b.title = "rolled back"
+        b.save()
+        raise Rollback
     assert Author.objects.get_cached(pk=a.pk).name == "committed"
     assert Book.objects.get_cached(pk=b.pk).title == "committed"
 
@@ -64,10 +63,12 @@ def test_other_connections_never_see_uncommitted_data():
         a.save()
         b.title = "uncommitted"
         b.save()
-        seen = in_thread(lambda: (
-            Author.objects.get_cached(pk=a.pk).name,
-            Book.objects.get_cached(pk=b.pk).title,
-        ))
+        seen = in_thread(
+            lambda: (
+                Author.objects.get_cached(pk=a.pk).name,
+                Book.objects.get_cached(pk=b.pk).title,
+            )
+        )
         assert seen == ("committed", "committed")
     assert in_thread(lambda: Author.objects.get_cached(pk=a.pk).name) == "uncommitted"
     assert in_thread(lambda: Book.objects.get_cached(pk=b.pk).title) == "uncommitted"
@@ -116,7 +117,10 @@ def test_a_commit_is_seen_by_another_process_at_once():
     def other_process():
         out = subprocess.run(
             [sys.executable, "-c", script, str(a.pk), str(b.pk)],
-            env=child_env(), capture_output=True, text=True, timeout=60,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()

@@ -2,7 +2,7 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.db.models import F
 
 from django_cachestrat import keys, options
@@ -17,7 +17,9 @@ def entry(raw_redis, model, pk):
 
 
 def test_write_through_create_and_update_are_hits(django_assert_num_queries, events):
-    a = Author.objects.create(name="Ann", email="ann@example.org", joined=datetime(2024, 1, 2, tzinfo=UTC))
+    a = Author.objects.create(
+        name="Ann", email="ann@example.org", joined=datetime(2024, 1, 2, tzinfo=UTC)
+    )
     with django_assert_num_queries(0):
         assert Author.objects.get_cached(pk=a.pk).joined == datetime(2024, 1, 2, tzinfo=UTC)
     a.name = "Anna"

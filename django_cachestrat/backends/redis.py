@@ -107,10 +107,9 @@ class RedisTransport:
     # -- the breaker -------------------------------------------------------------------
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._down_until:
-            if time.monotonic() < self._down_until:
-                raise CacheUnavailable("Redis is marked down")
-            # Half-open: the first call after the cooldown is the probe.
+        # While open, fail at once; after the cooldown, this call is the probe (half-open).
+        if self._down_until and time.monotonic() < self._down_until:
+            raise CacheUnavailable("Redis is marked down")
         try:
             if self._pending:
                 self._replay()

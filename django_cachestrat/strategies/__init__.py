@@ -1,5 +1,7 @@
-"""Caching strategies: policy only (when to read, fill, store or drop); I/O goes through
-the transport in ``backends``."""
+"""Caching strategies: policy only (when to read, fill, store or drop).
+
+Their I/O goes through the transport in ``backends``.
+"""
 
 from django_cachestrat.strategies.base import Strategy
 from django_cachestrat.strategies.cache_aside import CacheAside

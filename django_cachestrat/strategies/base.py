@@ -15,8 +15,16 @@ from collections.abc import Sequence
 from django.core.exceptions import ValidationError
 from django.db import models
 
-from django_cachestrat import backends, codec, conf, invalidation, keys, options, signals
-from django_cachestrat import transactions
+from django_cachestrat import (
+    backends,
+    codec,
+    conf,
+    invalidation,
+    keys,
+    options,
+    signals,
+    transactions,
+)
 from django_cachestrat.backends import CacheUnavailable
 
 
@@ -26,8 +34,10 @@ def _send(signal, model: type[models.Model], count: int) -> None:
 
 
 def ttl(opts: options.CacheOptions, cfg: conf.Settings) -> int:
-    """Seconds a new entry lives: the model's TTL less a random jitter, so keys filled
-    together do not expire together."""
+    """Return the seconds a new entry lives: the model's TTL less a random jitter.
+
+    The jitter keeps keys filled together from expiring together.
+    """
     base = opts.ttl or cfg.DEFAULT_TTL
     return max(1, base - random.randint(0, int(base * cfg.TTL_JITTER)))
 
@@ -86,7 +96,9 @@ class Strategy:
             pk = options.get(model).to_pk(value)
             obj = self.get_many(model, using, [pk]).get(pk) if pk is not None else None
             if obj is None:
-                raise model.DoesNotExist(f"{model._meta.object_name} matching pk={value!r} does not exist.")
+                raise model.DoesNotExist(
+                    f"{model._meta.object_name} matching pk={value!r} does not exist."
+                )
             return obj
         return self._get_by_lookup(model, using, lookup, value)
 
@@ -170,17 +182,15 @@ class Strategy:
     # -- writes --------------------------------------------------------------------------
 
     def before_save(self, instance: models.Model, using: str) -> None:
-        """Called by ``pre_save``, inside the saving transaction."""
+        """Act before the row is written (``pre_save``, inside the saving transaction)."""
 
-    def after_save(
-        self, instance: models.Model, using: str, created: bool, update_fields
-    ) -> None:
-        """Called by ``post_save``; cache-aside drops the row after commit."""
+    def after_save(self, instance: models.Model, using: str, created: bool, update_fields) -> None:
+        """Act after the row is written (``post_save``): cache-aside drops it after commit."""
         invalidation.rows(type(instance), [instance.pk], using)
 
     def after_delete(self, instance: models.Model, using: str) -> None:
-        """Called by ``post_delete``; every strategy drops the row after commit."""
+        """Act after the row is deleted (``post_delete``): drop it after commit."""
         invalidation.rows(type(instance), [instance.pk], using)
 
     def abort(self, instance: models.Model) -> None:
-        """Called when ``save()`` raised: undo what ``before_save`` announced."""
+        """Undo what ``before_save`` announced, after ``save()`` raised."""

@@ -48,9 +48,7 @@ class WriteThrough(Strategy):
             return None
         return instance.pk, token, epoch, contended, version
 
-    def after_save(
-        self, instance: models.Model, using: str, created: bool, update_fields
-    ) -> None:
+    def after_save(self, instance: models.Model, using: str, created: bool, update_fields) -> None:
         """Store the saved values after commit, or drop the row when they cannot be trusted."""
         state = instance.__dict__.pop(_STATE, _NOT_BEGUN)
         if state is _NOT_BEGUN or (state is not None and state[0] != instance.pk):
@@ -87,7 +85,12 @@ class WriteThrough(Strategy):
         )
         try:
             stored = backends.get(cfg.CACHE_ALIAS).write_end(
-                keys.version(prefix, opts.label), row_keys, token, epoch, contended, value,
+                keys.version(prefix, opts.label),
+                row_keys,
+                token,
+                epoch,
+                contended,
+                value,
                 ttl(opts, cfg),
             )
         except CacheUnavailable:

@@ -1,0 +1,1 @@
+"""``cachestrat_*`` management commands."""
