@@ -5,6 +5,8 @@
 - ``cachestrat.E003``: that cache is not a django-redis cache.
 - ``cachestrat.E004``: a cached model's default manager is not a ``CachedManager``.
 - ``cachestrat.E005``: a cached model's ``CacheMeta`` is wrong, or its pk cannot be cached.
+- ``cachestrat.W001``: a cached model's base manager is not a ``CachedManager``, so updates
+  Django makes through it (a reverse foreign key's ``add()``) drop nothing.
 """
 
 from __future__ import annotations
@@ -69,6 +71,17 @@ def check_models(app_configs=None, **kwargs):
                     hint="Add `objects = CachedManager()` as the model's first manager.",
                     obj=model,
                     id="cachestrat.E004",
+                )
+            )
+        elif not isinstance(model._base_manager, CachedManager):
+            errors.append(
+                checks.Warning(
+                    f"{model._meta.label}'s base manager is a plain Manager: updates Django "
+                    "makes through it, such as a reverse foreign key's add(), do not drop "
+                    "cached rows.",
+                    hint='Add `base_manager_name = "objects"` to the model\'s Meta.',
+                    obj=model,
+                    id="cachestrat.W001",
                 )
             )
         errors.extend(

@@ -8,9 +8,13 @@ model order, rebuilt with ``Model.from_db`` as if the database had returned them
 from __future__ import annotations
 
 import logging
+from datetime import datetime
+from decimal import Decimal
 
+from django.conf import settings as django_settings
 from django.db import models
 from django.db.models.expressions import Combinable, DatabaseDefault
+from django.utils import timezone
 
 from django_cachestrat import conf, signals
 from django_cachestrat.options import CacheOptions
@@ -35,10 +39,31 @@ def encode(opts: CacheOptions, version: bytes, instance: models.Model, *, clean=
     except KeyError as exc:
         raise Unstorable(f"field {exc.args[0]!r} is deferred") from None
     if clean:
-        if any(isinstance(v, Combinable | DatabaseDefault) for v in values):
-            raise Unstorable("a field holds an expression; its value is the database's")
-        values = tuple(f.to_python(v) for f, v in zip(opts.fields, values, strict=True))
+        values = tuple(_as_stored(f, v) for f, v in zip(opts.fields, values, strict=True))
     return version + b":" + conf.settings().serializer.dumps(values)
+
+
+def _as_stored(field: models.Field, value: object) -> object:
+    """Return ``value`` as the database will give it back, or raise ``Unstorable``.
+
+    Where the database would change it in ways that differ between backends (rounding
+    extra decimal places, reading a naive datetime in some time zone), the row is not
+    stored from memory: it is dropped, and the next read fills it from the database.
+    """
+    if isinstance(value, Combinable | DatabaseDefault):
+        raise Unstorable(f"{field.attname} holds an expression; its value is the database's")
+    value = field.to_python(value)
+    if (
+        isinstance(value, Decimal)
+        and isinstance(field, models.DecimalField)
+        and field.decimal_places is not None
+        and value.is_finite()
+        and value.as_tuple().exponent < -field.decimal_places
+    ):
+        raise Unstorable(f"{field.attname} has more decimal places than the column keeps")
+    if isinstance(value, datetime) and django_settings.USE_TZ and timezone.is_naive(value):
+        raise Unstorable(f"{field.attname} is a naive datetime; the database makes it aware")
+    return value
 
 
 def decode(

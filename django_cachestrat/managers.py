@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
-from django.db import models, router, transaction
+from django.db import connections, models, router, transaction
 
 from django_cachestrat import invalidation, options
 
@@ -46,12 +46,10 @@ class CachedQuerySet(models.QuerySet):
         if not self._is_cached():
             return super().update(**kwargs)
         using = self._db or router.db_for_write(self.model, **self._hints)
+        if self.query.is_sliced:
+            return super().update(**kwargs)  # Django's own error
         with transaction.atomic(using=using, savepoint=False):
-            # Lock the rows while listing them, so the set updated is the set listed.
-            locking = self.using(using).select_for_update(
-                **({"of": ("self",)} if self._supports_of(using) else {})
-            )
-            pks = list(locking.values_list("pk", flat=True)[: self.bulk_row_limit + 1])
+            pks = self._lock_pks(using)
             count = super().update(**kwargs)
             if len(pks) > self.bulk_row_limit:
                 invalidation.model(self.model, using)
@@ -67,11 +65,21 @@ class CachedQuerySet(models.QuerySet):
 
     aupdate.alters_data = True
 
-    @staticmethod
-    def _supports_of(using: str) -> bool:
-        from django.db import connections
+    def _lock_pks(self, using: str) -> list:
+        """List the pks an update will touch (at most ``bulk_row_limit + 1``), locked.
 
-        return connections[using].features.has_select_for_update_of
+        Locked so that the set updated is the set listed.
+        """
+        listing = self.using(using)
+        query = self.query
+        if query.distinct or query.group_by or query.annotations or query.combinator:
+            # FOR UPDATE refuses DISTINCT and GROUP BY: lock the rows by pk instead.
+            listing = self.model._base_manager.using(using).filter(
+                pk__in=self.using(using).order_by().values("pk")
+            )
+        of = {"of": ("self",)} if connections[using].features.has_select_for_update_of else {}
+        listing = listing.select_for_update(**of).order_by()
+        return list(listing.values_list("pk", flat=True)[: self.bulk_row_limit + 1])
 
     def bulk_update(self, objs: Iterable[models.Model], fields, batch_size=None) -> int:
         """``bulk_update``, then drop the rows from the cache once the transaction commits."""

@@ -11,12 +11,16 @@ class Author(WriteThroughMixin, models.Model):
     age = models.IntegerField(default=0)
     bio = models.TextField(null=True, blank=True)
     joined = models.DateTimeField(null=True, blank=True)
+    balance = models.DecimalField(max_digits=8, decimal_places=2, default=0)
 
     objects = CachedManager()
 
     class CacheMeta:
         ttl = 600
         lookups = ["email"]
+
+    class Meta:
+        base_manager_name = "objects"
 
     def __str__(self):
         return self.name
@@ -45,6 +49,9 @@ class Book(CacheAsideMixin, models.Model):
     class CacheMeta:
         lookups = ["isbn"]
 
+    class Meta:
+        base_manager_name = "objects"
+
 
 class Novel(Book):
     """Multi-table inheritance: a Novel row is also a Book row."""
@@ -59,6 +66,9 @@ class Tag(CacheAsideMixin, models.Model):
     weight = models.IntegerField(default=0)
 
     objects = CachedManager()
+
+    class Meta:
+        base_manager_name = "objects"
 
 
 class Plain(models.Model):

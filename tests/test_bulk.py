@@ -214,3 +214,25 @@ def test_set_null_on_delete_drops_the_rows_it_updates(raw_redis):
     got = Book.objects.get_many_cached([b.pk for b in edited])
     assert {b.editor_id for b in got.values()} == {None}
     assert entry(raw_redis, Book, other.pk) is not None  # not pointing at it: kept
+
+
+def test_update_of_distinct_or_annotated_querysets(books):
+    from django.db.models import Count
+
+    assert Book.objects.filter(pages__lt=2).distinct().update(title="d") == 2
+    annotated = Book.objects.annotate(n=Count("novel")).filter(n=0, pages__gte=3)
+    assert annotated.update(title="a") == 2
+    assert titles(books) == ["d", "d", "t2", "a", "a"]
+    with pytest.raises(TypeError):
+        Book.objects.all()[:2].update(title="sliced")
+
+
+def test_reverse_foreign_key_add_drops_the_rows(books):
+    author = Author.objects.create(name="A", email="a@example.org")
+    author.books.add(books[0], books[1])  # an update through the base manager
+    got = Book.objects.get_many_cached([books[0].pk, books[1].pk])
+    assert {b.author_id for b in got.values()} == {author.pk}
+    author.books.remove(books[0])
+    assert Book.objects.get_cached(pk=books[0].pk).author_id is None
+    author.books.clear()
+    assert Book.objects.get_cached(pk=books[1].pk).author_id is None

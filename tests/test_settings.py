@@ -125,6 +125,7 @@ def test_model_checks_e004_and_e005(monkeypatch):
 
     class BadLookups(CacheAsideMixin, models.Model):
         objects = CachedManager()
+        other = models.Manager()
 
         class CacheMeta:
             lookups = "name"
@@ -140,6 +141,7 @@ def test_model_checks_e004_and_e005(monkeypatch):
     for error in errors:
         by_id.setdefault(error.id, []).append(error.msg)
     assert any("NoManager" in m and "not a CachedManager" in m for m in by_id["cachestrat.E004"])
+    assert any("BadMeta" in m and "base manager" in m for m in by_id["cachestrat.W001"])
     e005 = " ".join(by_id["cachestrat.E005"])
     assert "unknown attribute 'colour'" in e005
     assert "ttl must be a positive int" in e005
@@ -148,7 +150,10 @@ def test_model_checks_e004_and_e005(monkeypatch):
     assert "'id' is the primary key" in e005
     assert "lookups must be a list" in e005
     assert "'code'" not in e005  # unique: fine
-    assert all(isinstance(e, checks.Error) for e in errors)
+    assert all(
+        isinstance(e, checks.Warning if e.id.startswith("cachestrat.W") else checks.Error)
+        for e in errors
+    )
     with pytest.raises(ImproperlyConfigured, match="colour"):
         options.get(BadMeta)
 

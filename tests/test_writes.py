@@ -1,5 +1,6 @@
 import threading
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from django.db import IntegrityError
@@ -189,3 +190,21 @@ def test_multi_table_inheritance_drops_parent_and_child(raw_redis, django_assert
     n.delete()
     with pytest.raises(Book.DoesNotExist):
         Book.objects.get_cached(pk=n.pk)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("joined", datetime(2024, 1, 2, 12, 0)), ("balance", Decimal("1.005"))],
+)
+def test_values_the_database_would_change_are_not_stored(raw_redis, field, value):
+    import warnings
+
+    a = Author.objects.create(name="A", email="a@example.org")
+    setattr(a, field, value)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # Django's naive datetime warning
+        a.save()
+    assert entry(raw_redis, Author, a.pk) is None
+    assert getattr(Author.objects.get_cached(pk=a.pk), field) == getattr(
+        Author.objects.get(pk=a.pk), field
+    )
