@@ -1,0 +1,1 @@
+"""The demo project of django_cachestrat: settings, URLs and the ``shop`` app."""

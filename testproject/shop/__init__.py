@@ -1,0 +1,1 @@
+"""The demo app ``shop``: customers (write-through), products and orders (cache-aside)."""

@@ -1,0 +1,1 @@
+"""``manage.py cachestrat_demo`` lives here."""
