@@ -106,7 +106,8 @@ class RedisTransport:
 
     # -- the breaker -------------------------------------------------------------------
 
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` behind the breaker; raise ``CacheUnavailable`` on failure."""
         # While open, fail at once; after the cooldown, this call is the probe (half-open).
         if self._down_until and time.monotonic() < self._down_until:
             raise CacheUnavailable("Redis is marked down")
@@ -155,16 +156,16 @@ class RedisTransport:
 
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values of ``keys`` in one round trip."""
-        return self._call(self.client.mget, keys)
+        return self.call(self.client.mget, keys)
 
     def get(self, key: str) -> bytes | None:
         """Value of ``key``."""
-        return self._call(self.client.get, key)
+        return self.call(self.client.get, key)
 
     def version(self, key: str, *, bump: bool = False) -> bytes:
         """Return a model's version, creating it when missing; ``bump`` increments it."""
         initial = time.time_ns() // 1000
-        return _as_bytes(self._call(self._version, [key], [initial, "1" if bump else "0"]))
+        return _as_bytes(self.call(self._version, [key], [initial, "1" if bump else "0"]))
 
     # -- fills -------------------------------------------------------------------------
 
@@ -177,7 +178,7 @@ class RedisTransport:
                 pipe.set(key, token, nx=True, px=max(1, int(timeout * 1000)))
             return [bool(r) for r in pipe.execute()]
 
-        return self._call(run)
+        return self.call(run)
 
     def fill_many(self, items: Sequence[tuple[str, str, bytes, int]], token: str) -> list[bool]:
         """Store ``(lease_key, entry_key, value, ttl)`` items whose lease ``token`` still holds."""
@@ -188,7 +189,7 @@ class RedisTransport:
                 self._fill(keys=[lease_key, entry_key], args=[token, value, ttl], client=pipe)
             return [bool(r) for r in pipe.execute()]
 
-        return self._call(run)
+        return self.call(run)
 
     def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         """``SET key value EX ttl`` for each item, in one round trip (lookup pointers)."""
@@ -199,7 +200,7 @@ class RedisTransport:
                 pipe.set(key, value, ex=ttl)
             pipe.execute()
 
-        self._call(run)
+        self.call(run)
 
     # -- write-through -----------------------------------------------------------------
 
@@ -220,7 +221,7 @@ class RedisTransport:
             (epoch, inflight), ver = pipe.execute()
             return str(epoch).encode(), inflight > 1, _as_bytes(ver)
 
-        return self._call(run)
+        return self.call(run)
 
     def write_end(
         self,
@@ -239,21 +240,21 @@ class RedisTransport:
         """
         args = [token, epoch, "1" if contended else "0", value, ttl]
         try:
-            return bool(self._call(self._write_end, list(keys), args))
+            return bool(self.call(self._write_end, list(keys), args))
         except CacheUnavailable:
             self._remember(version_key, keys[2:])
             raise
 
     def write_abort(self, inflight_key: str, token: str) -> None:
         """Take back a ``write_begin`` whose save failed before it reached the database."""
-        self._call(self.client.zrem, inflight_key, token)
+        self.call(self.client.zrem, inflight_key, token)
 
     # -- invalidation ------------------------------------------------------------------
 
     def delete(self, version_key: str, keys: Sequence[str]) -> None:
         """Delete ``keys`` (one model's); kept for replay if Redis cannot be reached."""
         try:
-            self._call(self.client.delete, *keys)
+            self.call(self.client.delete, *keys)
         except CacheUnavailable:
             self._remember(version_key, keys)
             raise
