@@ -1,0 +1,736 @@
+"""Benchmark: django_cachestrat against the Redis floor and the ORM on PostgreSQL.
+
+Usage: ``scripts/bench`` or ``.venv/bin/python -m bench.run [--rounds N] [--profile]``.
+
+Method. The operations compared with each other run interleaved, in rounds: each round
+runs a small batch of every variant (in an order that rotates from round to round) and
+records the batch's mean time per operation. Noise on this shared machine then hits all
+variants of a round alike. A variant's figure is the median over rounds of its batch
+means; a ratio is the median over rounds of the per-round ratio (the paired comparison),
+with its 25th-75th percentiles to show the spread.
+
+PostgreSQL comes from PGHOST/PGPORT/PGUSER/PGPASSWORD/PGDATABASE (default
+127.0.0.1:5432, postgres, database ``cachestrat_bench``, created when missing). Redis is
+``REDIS_URL``, or a server the benchmark starts (and stops) itself. The benchmark always
+exits 0: it is a report; missed goals are printed as MISS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import datetime as dt
+import decimal
+import functools
+import gc
+import io
+import itertools
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+# -- set-up before Django -------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=2000, help="rows per model (default 2000)")
+    parser.add_argument(
+        "--rounds", type=int, default=400, help="interleaved rounds per comparison (default 400)"
+    )
+    parser.add_argument(
+        "--point-batch", type=int, default=25, help="point reads per variant per round (25)"
+    )
+    parser.add_argument(
+        "--bulk-batch", type=int, default=4, help="100-row bulk reads per variant per round (4)"
+    )
+    parser.add_argument(
+        "--write-batch", type=int, default=8, help="saves per variant per round (8)"
+    )
+    parser.add_argument("--bulk-size", type=int, default=100, help="rows per bulk read (100)")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every round count (e.g. 0.1 to smoke)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile the cached hot paths with cProfile and print where time goes",
+    )
+    args = parser.parse_args(argv)
+    if args.rows < max(args.bulk_size, 200):
+        parser.error(f"--rows must be at least 200 and --bulk-size ({args.bulk_size})")
+    args.rounds = max(4, int(args.rounds * args.scale))
+    return args
+
+
+def pg_params() -> dict[str, str]:
+    return {
+        "host": os.environ.get("PGHOST", "127.0.0.1"),
+        "port": os.environ.get("PGPORT", "5432"),
+        "user": os.environ.get("PGUSER", "postgres"),
+        "password": os.environ.get("PGPASSWORD", ""),
+        "dbname": os.environ.get("PGDATABASE", "cachestrat_bench"),
+    }
+
+
+def ensure_database() -> None:
+    """Create the benchmark's database when it does not exist."""
+    import psycopg
+    from psycopg import sql
+
+    params = pg_params()
+    name = params.pop("dbname")
+    with psycopg.connect(dbname="postgres", autocommit=True, **params) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+# -- measuring ------------------------------------------------------------------------
+
+
+def interleaved(
+    variants: dict[str, Callable[[int], object]], rounds: int, batch: int, warmup: int
+) -> dict[str, list[float]]:
+    """Run ``variants`` in interleaved rounds; return each one's per-round µs per op.
+
+    Each variant is called with an operation index (the same sequence for every variant,
+    so they all touch the same rows). The order of the variants changes from round to
+    round (every permutation, or every rotation both ways for more than four variants),
+    so no variant always runs first or always follows the same one.
+    """
+    names = list(variants)
+    if len(names) <= 4:
+        orders = list(itertools.permutations(names))
+    else:  # every rotation, forwards and backwards
+        rotations = [names[k:] + names[:k] for k in range(len(names))]
+        orders = rotations + [r[::-1] for r in rotations]
+    for i in range(warmup):
+        for name in names:
+            variants[name](i)
+    gc.collect()
+    clock = time.perf_counter_ns
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        first = r * batch
+        ops = range(first, first + batch)
+        for name in orders[r % len(orders)]:
+            fn = variants[name]
+            start = clock()
+            for i in ops:
+                fn(i)
+            samples[name].append((clock() - start) / batch / 1000)
+    return samples
+
+
+def quantiles(values: list[float]) -> tuple[float, float, float]:
+    """25th, 50th and 75th percentiles."""
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[1], q[2]
+
+
+class Row:
+    """One line of the results table: ours against a baseline, with a goal.
+
+    ``floor`` names a variant that does only the Redis round trips the design needs, with
+    no Python of ours around them: its ratio to the baseline is the best ours could get.
+    """
+
+    def __init__(self, label, samples, ours, base, goal, floor=None):
+        self.label = label
+        self.ours = statistics.median(samples[ours])
+        self.base = statistics.median(samples[base])
+        self.r25, self.ratio, self.r75 = quantiles(paired(samples[ours], samples[base]))
+        self.floor = None if floor is None else statistics.median(
+            paired(samples[floor], samples[base])
+        )
+        self.goal = goal
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.goal is None else self.ratio <= self.goal
+
+
+def paired(ours: list[float], base: list[float]) -> list[float]:
+    """Per-round ratios: both numbers of a round were measured side by side."""
+    return [a / b for a, b in zip(ours, base, strict=True)]
+
+
+def print_table(rows: list[Row]) -> None:
+    head = (
+        f"{'comparison':<44} {'ours µs':>8} {'base µs':>8} {'ratio':>7} "
+        f"{'p25-p75':>13} {'floor':>7} {'goal':>7}  result"
+    )
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        goal = "" if row.goal is None else f"<={row.goal:.2f}x"
+        floor = "" if row.floor is None else f"{row.floor:.3f}x"
+        verdict = "" if row.passed is None else ("PASS" if row.passed else "MISS  <<<")
+        print(
+            f"{row.label:<44} {row.ours:>8.1f} {row.base:>8.1f} {row.ratio:>6.3f}x "
+            f"{row.r25:>6.3f}-{row.r75:<6.3f} {floor:>7} {goal:>7}  {verdict}"
+        )
+
+
+# -- counting round trips -------------------------------------------------------------
+
+
+class RedisCounter:
+    """Counts what a block of code costs in Redis and in the database.
+
+    Client side: calls of ``send_packed_command`` on any redis-py connection (a pipeline
+    sends all its commands in one call, so this is the number of round trips). Server
+    side: deltas of ``INFO`` (``total_commands_processed`` and ``commandstats``), taken
+    outside the counted block and corrected for the ``INFO`` calls themselves.
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self.overhead = 0
+        self.overhead = min(self._measure(lambda: None, 1)[1] for _ in range(3))
+
+    def _snapshot(self) -> tuple[int, dict[str, int]]:
+        stats = self.client.info("commandstats")
+        total = self.client.info("stats")["total_commands_processed"]
+        calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+        return total, calls
+
+    def _measure(self, fn, n):
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+        from redis.connection import AbstractConnection
+
+        sends = 0
+        original = AbstractConnection.send_packed_command
+
+        def counting(conn, command, check_health=True):
+            nonlocal sends
+            sends += 1
+            return original(conn, command, check_health)
+
+        before_total, before_calls = self._snapshot()
+        AbstractConnection.send_packed_command = counting
+        try:
+            with CaptureQueriesContext(connection) as queries:
+                for _ in range(n):
+                    fn()
+        finally:
+            AbstractConnection.send_packed_command = original
+        after_total, after_calls = self._snapshot()
+        commands = {
+            name: calls - before_calls.get(name, 0)
+            for name, calls in after_calls.items()
+            if name != "info" and calls != before_calls.get(name, 0)
+        }
+        server_total = after_total - before_total - self.overhead
+        return sends, server_total, commands, len(queries)
+
+    def per_op(self, fn, n: int = 20) -> dict:
+        """Round trips, server commands, their names and DB queries per call of ``fn``."""
+        # Three tries, keep the smallest server count: another client of a shared
+        # REDIS_URL server can only add commands.
+        best = min((self._measure(fn, n) for _ in range(3)), key=lambda m: m[1])
+        sends, server_total, commands, queries = best
+        return {
+            "round_trips": sends / n,
+            "server_commands": server_total / n,
+            "commands": {k: v / n for k, v in sorted(commands.items())},
+            "queries": queries / n,
+        }
+
+
+def describe(counts: dict) -> str:
+    names = ", ".join(f"{k} x{v:g}" for k, v in counts["commands"].items()) or "-"
+    return (
+        f"{counts['round_trips']:g} round trip(s), {counts['server_commands']:g} server "
+        f"command(s) [{names}], {counts['queries']:g} DB queries"
+    )
+
+
+# -- the benchmark --------------------------------------------------------------------
+
+
+def header(args, redis_url: str, started: bool) -> None:
+    import django
+    import django_redis
+    import psycopg
+    import redis
+    from django.db import connection
+    from django_redis import get_redis_connection
+
+    info = get_redis_connection("default").info("server")
+    server = info.get("server_name", "redis")
+    version = info.get("valkey_version") or info.get("redis_version")
+    compat = f" (redis_version {info['redis_version']})" if "valkey_version" in info else ""
+    try:
+        import hiredis
+
+        parser = f"hiredis {hiredis.__version__}"
+    except ImportError:
+        parser = "pure-Python parser"
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT version(), current_setting('synchronous_commit'), "
+                       "current_setting('fsync')")
+        pg_version, sync_commit, fsync = cursor.fetchone()
+    params = pg_params()
+    print("django_cachestrat benchmark")
+    print(f"  Python   {platform.python_implementation()} {platform.python_version()} on "
+          f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"  Django   {django.get_version()}; redis-py {redis.__version__} ({parser}); "
+          f"django-redis {django_redis.__version__}; psycopg {psycopg.__version__}")
+    print(f"  Redis    {server} {version}{compat} at {redis_url} "
+          f"({'started by the benchmark' if started else 'REDIS_URL'})")
+    print(f"  DB       {pg_version.split(' on ')[0]} at {params['host']}:{params['port']}/"
+          f"{params['dbname']} (synchronous_commit={sync_commit}, fsync={fsync}, autocommit)")
+    print(f"  Load     {args.rows} rows per model; {args.rounds} interleaved rounds per "
+          f"comparison; batches of {args.point_batch} point reads, {args.bulk_batch} bulk reads "
+          f"of {args.bulk_size}, {args.write_batch} saves per variant per round")
+    print()
+
+
+def create_schema(models: list) -> None:
+    from django.db import connection
+
+    existing = set(connection.introspection.table_names())
+    with connection.schema_editor() as editor:
+        for model in models:
+            if model._meta.db_table in existing:
+                editor.delete_model(model)
+            editor.create_model(model)
+
+
+def seed(models: list, rows: int) -> dict:
+    """Create ``rows`` identical rows in every model; return ``{model: [pk, ...]}``."""
+    base = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    body = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 4
+    pks = {}
+    for model in models:
+        objs = [
+            model(
+                name=f"item {i:06d}",
+                count=i,
+                price=decimal.Decimal(i) + decimal.Decimal("0.99"),
+                updated=base + dt.timedelta(seconds=i),
+                active=i % 2 == 0,
+                body=body,
+            )
+            for i in range(rows)
+        ]
+        created = model.objects.bulk_create(objs, batch_size=1000)
+        pks[model] = [obj.pk for obj in created]
+    return pks
+
+
+def clear_redis(client, prefix: str, owned: bool) -> None:
+    """Remove the benchmark's keys: all of them on a server of its own, else by prefix."""
+    if owned:
+        client.flushall()
+        return
+    for pattern in (f"{prefix}:*", "bench-floor:*"):
+        doomed = list(client.scan_iter(pattern, count=1000))
+        for i in range(0, len(doomed), 1000):
+            client.delete(*doomed[i : i + 1000])
+
+
+def prime(model, pks: list, size: int) -> None:
+    """Fill the cache with every row, then check that every row is a hit."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for i in range(0, len(pks), size):
+        model.objects.get_many_cached(pks[i : i + size])
+    with CaptureQueriesContext(connection) as queries:
+        for i in range(0, len(pks), size):
+            got = model.objects.get_many_cached(pks[i : i + size])
+            assert len(got) == len(pks[i : i + size])
+    if len(queries):
+        raise RuntimeError(f"{model.__name__}: {len(queries)} queries after priming the cache")
+
+
+class Setup:
+    """Everything the measurements share: models, rows, keys, clients."""
+
+    def __init__(self, args: argparse.Namespace, started: bool):
+        from django_redis import get_redis_connection
+
+        from bench.models import CacheAsideItem, PlainItem, WriteThroughItem
+        from django_cachestrat import conf, keys, options
+
+        self.models = [WriteThroughItem, CacheAsideItem, PlainItem]
+        self.WT, self.CA, self.PLAIN = self.models
+        self.client = get_redis_connection("default")
+        cfg = conf.settings()
+        clear_redis(self.client, cfg.KEY_PREFIX, started)
+        create_schema(self.models)
+        self.pks = seed(self.models, args.rows)
+        self.size = size = args.bulk_size
+        prime(self.WT, self.pks[self.WT], size)
+        prime(self.CA, self.pks[self.CA], size)
+
+        self.wt = self.WT.objects
+        self.wt_pks = wt_pks = self.pks[self.WT]
+        opts = options.get(self.WT)
+        self.entry_keys = [keys.entry(cfg.KEY_PREFIX, opts.label, opts.fingerprint, pk)
+                           for pk in wt_pks]
+        self.version_key = keys.version(cfg.KEY_PREFIX, opts.label)
+        if self.client.get(self.entry_keys[0]) is None:
+            raise RuntimeError(f"no entry under {self.entry_keys[0]!r}: the key layout changed")
+        self.chunks = [wt_pks[i : i + size] for i in range(0, len(wt_pks) - size + 1, size)]
+        key_of = dict(zip(wt_pks, self.entry_keys, strict=True))
+        self.chunk_keys = [[self.version_key, *(key_of[pk] for pk in c)] for c in self.chunks]
+        # Objects the saves update: the first 200 rows of each model.
+        self.write_objs = {
+            model: list(model.objects.filter(pk__in=self.pks[model][:200]).order_by("pk"))
+            for model in self.models
+        }
+        self.now = dt.datetime.now(dt.UTC)
+
+    # -- operations, each called with an operation index --
+
+    def get_cached(self, i):
+        return self.wt.get_cached(pk=self.wt_pks[i % len(self.wt_pks)])
+
+    def redis_get(self, i):
+        return self.client.get(self.entry_keys[i % len(self.entry_keys)])
+
+    def redis_mget_one(self, i):
+        return self.client.mget([self.version_key, self.entry_keys[i % len(self.entry_keys)]])
+
+    def orm_get(self, i):
+        return self.wt.get(pk=self.wt_pks[i % len(self.wt_pks)])
+
+    def get_many(self, i):
+        got = self.wt.get_many_cached(self.chunks[i % len(self.chunks)])
+        assert len(got) == self.size
+        return got
+
+    def in_bulk(self, i):
+        got = self.wt.in_bulk(self.chunks[i % len(self.chunks)])
+        assert len(got) == self.size
+        return got
+
+    def redis_mget_many(self, i):
+        return self.client.mget(self.chunk_keys[i % len(self.chunk_keys)])
+
+    def saver(self, model, before=None, after=None):
+        """A save of one of ``model``'s rows (changed), between ``before(obj)`` and
+        ``after(obj)`` when given."""
+        objs = self.write_objs[model]
+        now = self.now
+
+        def save(i):
+            obj = objs[i % len(objs)]
+            if before is not None:
+                before(obj)
+            obj.count += 1
+            obj.updated = now
+            obj.save()
+            if after is not None:
+                after(obj)
+
+        return save
+
+    def delete_floor(self, obj):
+        """What a cache-aside save needs from Redis: one DEL of the entry and its lease."""
+        tag = f"bench-floor:{{ca:{obj.pk}}}"
+        self.client.delete(f"{tag}:entry", f"{tag}:lease")
+
+    def write_floor(self):
+        """What a write-through save needs from Redis, as raw EVALSHAs of the app's own
+        scripts: a pipelined begin (write-begin and version scripts) before the UPDATE and
+        a write-end after it. Returns the ``(before, after)`` hooks of ``saver``."""
+        from django_cachestrat.backends.redis import VERSION, WRITE_BEGIN, WRITE_END
+
+        client = self.client
+        begin, version, end = (client.script_load(s) for s in (WRITE_BEGIN, VERSION, WRITE_END))
+        value = client.get(self.entry_keys[0])
+        epochs = {}
+
+        def before(obj):
+            tag = f"bench-floor:{{wt:{obj.pk}}}"
+            pipe = client.pipeline(transaction=False)
+            pipe.evalsha(begin, 2, f"{tag}:inflight", f"{tag}:epoch", "token", 60)
+            pipe.evalsha(version, 1, "bench-floor:{wt}:version", 1, "0")
+            (epochs[obj.pk], _), _ = pipe.execute()
+
+        def after(obj):
+            tag = f"bench-floor:{{wt:{obj.pk}}}"
+            client.evalsha(end, 4, f"{tag}:inflight", f"{tag}:epoch", f"{tag}:entry",
+                           f"{tag}:lease", "token", epochs.pop(obj.pk), "0", value, 3600)
+
+        return before, after
+
+
+def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
+    from django_cachestrat import conf
+
+    header(args, redis_url, started)
+    b = Setup(args, started)
+    try:
+        measure(args, b)
+        if args.profile:
+            profile(b, args)
+    finally:
+        if not started:  # leave a shared server as we found it
+            clear_redis(b.client, conf.settings().KEY_PREFIX, owned=False)
+
+
+def measure(args: argparse.Namespace, b: Setup) -> None:
+    """Count round trips, time the interleaved comparisons, print the table."""
+    from django.db import connection
+
+    size = b.size
+
+    # -- what one operation costs in round trips and queries --
+    counter = RedisCounter(b.client)
+    counts = {
+        "get_cached(pk=) hit": counter.per_op(lambda: b.get_cached(0)),
+        f"get_many_cached({size}) hit": counter.per_op(lambda: b.get_many(0)),
+        "write-through save()": counter.per_op(functools.partial(b.saver(b.WT), 0)),
+        "cache-aside save()": counter.per_op(functools.partial(b.saver(b.CA), 0)),
+        "plain save()": counter.per_op(functools.partial(b.saver(b.PLAIN), 0)),
+    }
+    print("Cost of one operation (client sends, INFO deltas, captured queries):")
+    for label, c in counts.items():
+        print(f"  {label:<28} {describe(c)}")
+    many = counts[f"get_many_cached({size}) hit"]
+    one_trip = many["round_trips"] == 1 and many["server_commands"] == 1 and not many["queries"]
+    print(f"  => get_many_cached({size}) of hits is exactly one Redis round trip: "
+          f"{'PASS' if one_trip else 'MISS  <<<'}")
+    print()
+
+    t0 = time.perf_counter()
+    point = interleaved(
+        {"get_cached": b.get_cached, "GET": b.redis_get, "MGET 2": b.redis_mget_one,
+         "ORM get": b.orm_get},
+        args.rounds, args.point_batch, warmup=500,
+    )
+    bulk = interleaved(
+        {"get_many_cached": b.get_many, "in_bulk": b.in_bulk, "MGET many": b.redis_mget_many},
+        args.rounds, args.bulk_batch, warmup=50,
+    )
+    assert connection.get_autocommit()  # each save is its own transaction
+    writes = interleaved(
+        {
+            "write-through save": b.saver(b.WT),
+            "cache-aside save": b.saver(b.CA),
+            "plain save": b.saver(b.PLAIN),
+            "plain save + DEL": b.saver(b.PLAIN, after=b.delete_floor),
+            "plain save + write RTTs": b.saver(b.PLAIN, *b.write_floor()),
+        },
+        args.rounds, args.write_batch, warmup=100,
+    )
+    elapsed = time.perf_counter() - t0
+
+    # A write-through save must leave the saved row in the cache.
+    last = b.write_objs[b.WT][-1]
+    assert b.WT.objects.get_cached(pk=last.pk).count == last.count, "write-through did not store"
+
+    samples = {**point, **bulk, **writes}
+    rows = [
+        Row("get_cached(pk=) hit vs Redis GET (floor)", samples, "get_cached", "GET", 1.5,
+            floor="MGET 2"),
+        Row("get_cached(pk=) hit vs ORM get(pk=)", samples, "get_cached", "ORM get", 0.2,
+            floor="GET"),
+        Row(f"get_many_cached({size}) hit vs ORM in_bulk({size})", samples, "get_many_cached",
+            "in_bulk", 0.35, floor="MGET many"),
+        Row(f"get_many_cached({size}) hit vs Redis MGET", samples, "get_many_cached",
+            "MGET many", None),
+        Row("write-through save() vs plain save()", samples, "write-through save",
+            "plain save", 1.3, floor="plain save + write RTTs"),
+        Row("cache-aside save() vs plain save()", samples, "cache-aside save", "plain save",
+            1.2, floor="plain save + DEL"),
+    ]
+    print(f"Timings: median µs per operation over {args.rounds} interleaved rounds "
+          f"({elapsed:.0f}s); ratio = median of the per-round ratios (p25-p75 shown)")
+    print_table(rows)
+    print(f"""
+  ours / base: get_cached = WriteThroughItem.objects.get_cached(pk=); GET = redis-py GET of
+    that row's entry key on the same pool; ORM get = WriteThroughItem.objects.get(pk=);
+    get_many_cached / in_bulk / MGET: {size} pks, MGET of the version key + {size} entry keys;
+    saves: one changed row per save, autocommit, same fields in all three models.
+  floor: the ratio with no Python of ours, only the Redis round trips the design makes:
+    MGET of version + entry (get_cached vs GET), GET (vs ORM get), MGET (get_many),
+    raw pipelined EVALSHA begin + plain save + EVALSHA end (write-through),
+    plain save + DEL of entry and lease (cache-aside).
+  raw µs: """ + ", ".join(f"{name} {statistics.median(v):.1f}" for name, v in samples.items()))
+    missed = [row.label for row in rows if row.passed is False]
+    if not one_trip:
+        missed.append(f"get_many_cached({size}) in one round trip")
+    print()
+    if missed:
+        print(f"SUMMARY: {len(missed)} goal(s) MISSED: " + "; ".join(missed))
+    else:
+        print("SUMMARY: every goal PASSED")
+
+
+def lean_reader(b: Setup):
+    """A lean reader of the same design and entry format (MGET of version + entries, the
+    ``version:pickle`` entry, an instance per row), without the app's checks, signals and
+    fallbacks: a bound on what the app's read path could cost. Returns ``(get, get_many)``.
+
+    Builds instances without ``Model.__init__`` (so only for models with no ``pre_init``
+    or ``post_init`` receivers, which the bench's models have not).
+    """
+    import pickle
+
+    from django.db.models import signals
+    from django.db.models.base import ModelState
+
+    from django_cachestrat import conf, keys, options
+
+    model = b.WT
+    if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
+        raise RuntimeError("the lean reader cannot build instances of a model with init signals")
+    opts = options.get(model)
+    prefix = conf.settings().KEY_PREFIX
+    attnames = [f.attname for f in opts.fields]
+    mget, loads, version_key = b.client.mget, pickle.loads, b.version_key
+
+    def build(values):
+        obj = model.__new__(model)
+        obj.__dict__.update(zip(attnames, values, strict=True))
+        state = obj._state = ModelState()
+        state.adding, state.db = False, "default"
+        return obj
+
+    def get_many(pks):
+        version, *entries = mget(
+            [version_key, *(keys.entry(prefix, opts.label, opts.fingerprint, pk) for pk in pks)]
+        )
+        found = {}
+        for pk, data in zip(pks, entries, strict=True):
+            tag, _, payload = data.partition(b":")
+            if tag == version:
+                found[pk] = build(loads(payload))
+        return found
+
+    def get(pk):
+        return get_many([pk])[pk]
+
+    return get, get_many
+
+
+def profile(b: Setup, args: argparse.Namespace) -> None:
+    """Where the time of the cached hot paths goes: ladders, then cProfile."""
+    from django_cachestrat import backends, codec, conf, options
+
+    model = b.WT
+    opts = options.get(model)
+    transport = backends.get(conf.settings().CACHE_ALIAS)
+    n, m = len(b.entry_keys), len(b.chunks)
+    strategy = model.cache_strategy
+    lean_get, lean_many = lean_reader(b)
+    sample = b.get_cached(7)
+    assert all(getattr(lean_get(sample.pk), f.attname) == getattr(sample, f.attname)
+               for f in opts.fields)
+
+    def mget_decode(i):
+        version, data = transport.mget([b.version_key, b.entry_keys[i % n]])
+        return codec.decode(opts, data, version, "default", model)
+
+    rounds = max(20, args.rounds // 2)
+    ladders = {
+        "get_cached(pk=) hit": interleaved(
+            {
+                "1 redis-py GET of the entry": b.redis_get,
+                "2 redis-py MGET version + entry": b.redis_mget_one,
+                "3 transport.mget (breaker)": lambda i: transport.mget(
+                    [b.version_key, b.entry_keys[i % n]]
+                ),
+                "4 + codec.decode": mget_decode,
+                "5 Strategy.get_many([pk])": lambda i: strategy.get_many(
+                    model, "default", [b.wt_pks[i % n]]
+                ),
+                "6 Strategy.get(pk)": lambda i: strategy.get(
+                    model, "default", "pk", b.wt_pks[i % n]
+                ),
+                "7 manager.get_cached(pk=)": b.get_cached,
+                "lean reader get (bound)": lambda i: lean_get(b.wt_pks[i % n]),
+                "ORM get(pk=)": b.orm_get,
+            },
+            rounds, args.point_batch, warmup=300,
+        ),
+        f"get_many_cached({b.size}) hit": interleaved(
+            {
+                "1 redis-py MGET version + entries": b.redis_mget_many,
+                "2 get_many_cached": b.get_many,
+                "lean reader get_many (bound)": lambda i: lean_many(b.chunks[i % m]),
+                "ORM in_bulk": b.in_bulk,
+            },
+            rounds, args.bulk_batch, warmup=30,
+        ),
+    }
+    for title, ladder in ladders.items():
+        print()
+        print(f"=== {title}, built up step by step (interleaved, median µs) ===")
+        previous = None
+        for name, values in ladder.items():
+            median = statistics.median(values)
+            step = ""
+            if name[0].isdigit():
+                step = "" if previous is None else f"  (+{median - previous:.1f})"
+                previous = median
+            print(f"  {name:<36} {median:8.1f}{step}")
+    print()
+
+    m = len(b.chunks)
+    cases = [
+        ("get_cached(pk=) hit", 20000, b.get_cached),
+        (f"get_many_cached({b.size}) hit", 300, lambda i: b.wt.get_many_cached(b.chunks[i % m])),
+        ("write-through save()", 1000, b.saver(b.WT)),
+        ("cache-aside save()", 1000, b.saver(b.CA)),
+    ]
+    for label, count, fn in cases:
+        prof = cProfile.Profile()
+        prof.enable()
+        for i in range(count):
+            fn(i)
+        prof.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(prof, stream=out)
+        print(f"=== cProfile: {label}, {count} calls ===")
+        stats.sort_stats("tottime").print_stats(15)
+        stats.sort_stats("cumulative").print_stats(r"django_cachestrat/", 20)
+        text = out.getvalue()
+        for path in sorted({*sys.path, os.getcwd()}, key=len, reverse=True):
+            if len(path) > 1:
+                text = text.replace(path + os.sep, "")
+        print(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    server = None
+    started = not os.environ.get("REDIS_URL")
+    if started:
+        from tests.redis_server import Server
+
+        server = Server().start()
+        os.environ["REDIS_URL"] = server.url
+    try:
+        ensure_database()
+        os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
+        import django
+
+        django.setup()
+        run(args, os.environ["REDIS_URL"], started)
+    finally:
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        if server is not None:
+            server.stop()
+            os.environ.pop("REDIS_URL", None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
