@@ -17,6 +17,8 @@ _SAFE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}\Z")
 
 def token(value: object) -> str:
     """Return ``value`` as a key part: itself when short and plain, else a hash of it."""
+    if type(value) is int:  # the common pk: always plain, no regex needed
+        return str(value)
     text = str(value)
     if _SAFE.match(text):
         return text
@@ -52,3 +54,40 @@ def lookup(prefix: str, label: str, field: str, value: object) -> str:
 def version(prefix: str, label: str) -> str:
     """Key of a model's version; bumping it makes every cached row of the model a miss."""
     return f"{prefix}:{{{label}}}:version"
+
+
+def behind_row(prefix: str, label: str, fp: str, pk: object) -> dict[str, str]:
+    """Keys of one write-behind row (one hash tag): its view, and its pending fields and deltas.
+
+    The view is a hash of encoded field values, so saves merge into it and counters
+    increment in it on the server.
+    """
+    tag = f"{prefix}:{{{label}:{token(pk)}}}"
+    return {
+        "view": f"{tag}:wb:{fp}",
+        "fields": f"{tag}:wb:fields",
+        "deltas": f"{tag}:wb:deltas",
+        "lease": f"{tag}:lease",
+    }
+
+
+def behind_batch_row(prefix: str, label: str, pk: object, batch: str) -> tuple[str, str]:
+    """Keys of a row's fields and deltas while batch ``batch`` is flushing them."""
+    tag = f"{prefix}:{{{label}:{token(pk)}}}"
+    return f"{tag}:wb:{batch}:fields", f"{tag}:wb:{batch}:deltas"
+
+
+def behind_model(prefix: str, label: str) -> dict[str, str]:
+    """Keys of a model's write-behind queue (one hash tag).
+
+    ``dirty``: rows with unflushed writes, scored by when they may next be claimed;
+    ``busy``: rows in a batch being flushed, with the batch id; ``inflight``: batch ids,
+    scored by the deadline after which another worker may reclaim them.
+    """
+    tag = f"{prefix}:{{{label}}}:wb"
+    return {"dirty": f"{tag}:dirty", "busy": f"{tag}:busy", "inflight": f"{tag}:inflight"}
+
+
+def behind_batch(prefix: str, label: str, batch: str) -> str:
+    """Key of the set of pks in batch ``batch``."""
+    return f"{prefix}:{{{label}}}:wb:batch:{batch}"

@@ -13,11 +13,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
 
 from django_cachestrat import invalidation, options
+from django_cachestrat.mixins import CachedModelMixin
 
 
 def _require_cached(model: type[models.Model]) -> None:
-    from django_cachestrat.mixins import CachedModelMixin
-
     if not issubclass(model, CachedModelMixin):
         raise ImproperlyConfigured(
             f"{model._meta.label} uses CachedManager but has no strategy mixin "
@@ -37,8 +36,6 @@ class CachedQuerySet(models.QuerySet):
     bulk_row_limit = 1000
 
     def _is_cached(self) -> bool:
-        from django_cachestrat.mixins import CachedModelMixin
-
         return issubclass(self.model, CachedModelMixin)
 
     def update(self, **kwargs) -> int:

@@ -31,6 +31,7 @@ class CacheOptions:
     ttl: int | None
     lookups: tuple[str, ...]
     fields: tuple[models.Field, ...]
+    attnames: tuple[str, ...]
     fingerprint: str
 
     @property
@@ -147,5 +148,6 @@ def _get(model: type[models.Model]) -> CacheOptions:
         ttl=getattr(cache_meta, "ttl", None),
         lookups=tuple(getattr(cache_meta, "lookups", ())),
         fields=fields,
+        attnames=tuple(f.attname for f in fields),
         fingerprint=keys.fingerprint(schema),
     )

@@ -271,3 +271,33 @@ def test_ttl_is_jittered_below_the_model_ttl(raw_redis):
     ttls = {raw_redis.ttl(entry_key(Author, a.pk)) for a in authors}
     assert all(540 <= t <= 600 for t in ttls)
     assert len(ttls) > 1
+
+
+def test_hits_build_instances_like_from_db(book, monkeypatch):
+    from django.db.models.signals import post_init
+
+    Book.objects.get_cached(pk=book.pk)
+    built = []
+    real_init = Book.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Book, "__init__", counting_init)
+    fast = Book.objects.get_cached(pk=book.pk)
+    assert built == []  # nothing listens: attributes are set directly
+    assert fast.__dict__.keys() >= {f.attname for f in Book._meta.concrete_fields}
+    assert fast == Book.objects.get(pk=book.pk)
+    assert fast._state.db == "default" and not fast._state.adding
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance.pk)
+
+    post_init.connect(receiver, sender=Book)
+    try:
+        Book.objects.get_cached(pk=book.pk)
+    finally:
+        post_init.disconnect(receiver, sender=Book)
+    assert seen == [book.pk]  # a receiver is honoured: the instance went through __init__

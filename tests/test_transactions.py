@@ -132,3 +132,29 @@ def test_a_commit_is_seen_by_another_process_at_once():
         b.title = "second"
         b.save()
     assert other_process() == "second second"
+
+
+def test_later_transactions_in_the_thread_use_the_cache_again(django_assert_num_queries):
+    b = Book.objects.create(title="t", isbn="1")
+    Book.objects.get_cached(pk=b.pk)
+    with transaction.atomic():  # as with ATOMIC_REQUESTS: every request in a transaction
+        b.title = "u"
+        b.save()
+    Book.objects.get_cached(pk=b.pk)
+    with transaction.atomic(), django_assert_num_queries(0):
+        assert Book.objects.get_cached(pk=b.pk).title == "u"
+    with pytest.raises(Rollback), transaction.atomic():
+        b.title = "rolled back"
+        b.save()
+        raise Rollback
+    with transaction.atomic(), django_assert_num_queries(0):
+        assert Book.objects.get_cached(pk=b.pk).title == "u"
+    with transaction.atomic():
+        with pytest.raises(Rollback), transaction.atomic():
+            b.save()  # written only inside a savepoint that rolls back
+            raise Rollback
+        with django_assert_num_queries(0):
+            assert Book.objects.get_cached(pk=b.pk).title == "u"
+        b.save()
+        with django_assert_num_queries(1):
+            Book.objects.get_cached(pk=b.pk)

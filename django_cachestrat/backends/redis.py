@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from django_cachestrat import signals
 
@@ -104,6 +104,26 @@ class RedisTransport:
         self._pending: dict[str, set[str] | None] = {}
         self._pending_count = 0
 
+    def _pipeline(self, build: Callable[[Any], None]) -> list:
+        """Run the commands ``build(pipe)`` queues, in one round trip.
+
+        Scripts go as plain ``EVALSHA`` (redis-py's own script handling in a pipeline
+        costs a ``SCRIPT EXISTS`` round trip each time); if Redis lost them (a restart),
+        they are loaded once and the pipeline is sent again. A missing script fails
+        every ``EVALSHA`` of it, so nothing ran twice.
+        """
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            build(pipe)
+            try:
+                return pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                for script in (self._fill, self._write_begin, self._write_end, self._version):
+                    self.client.script_load(script.script)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # -- the breaker -------------------------------------------------------------------
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -183,13 +203,11 @@ class RedisTransport:
     def fill_many(self, items: Sequence[tuple[str, str, bytes, int]], token: str) -> list[bool]:
         """Store ``(lease_key, entry_key, value, ttl)`` items whose lease ``token`` still holds."""
 
-        def run() -> list[bool]:
-            pipe = self.client.pipeline(transaction=False)
+        def build(pipe) -> None:
             for lease_key, entry_key, value, ttl in items:
-                self._fill(keys=[lease_key, entry_key], args=[token, value, ttl], client=pipe)
-            return [bool(r) for r in pipe.execute()]
+                _evalsha(pipe, self._fill, [lease_key, entry_key], [token, value, ttl])
 
-        return self.call(run)
+        return self.call(lambda: [bool(r) for r in self._pipeline(build)])
 
     def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         """``SET key value EX ttl`` for each item, in one round trip (lookup pointers)."""
@@ -214,11 +232,12 @@ class RedisTransport:
         """
         initial = time.time_ns() // 1000
 
+        def build(pipe) -> None:
+            _evalsha(pipe, self._write_begin, list(keys), [token, window])
+            _evalsha(pipe, self._version, [version_key], [initial, "0"])
+
         def run() -> tuple[bytes, bool, bytes]:
-            pipe = self.client.pipeline(transaction=False)
-            self._write_begin(keys=list(keys), args=[token, window], client=pipe)
-            self._version(keys=[version_key], args=[initial, "0"], client=pipe)
-            (epoch, inflight), ver = pipe.execute()
+            (epoch, inflight), ver = self._pipeline(build)
             return str(epoch).encode(), inflight > 1, _as_bytes(ver)
 
         return self.call(run)
@@ -286,14 +305,16 @@ class RedisTransport:
         with self._lock:
             pending, self._pending, self._pending_count = self._pending, {}, 0
         initial = time.time_ns() // 1000
-        pipe = self.client.pipeline(transaction=False)
-        for version_key, entry_keys in pending.items():
-            if entry_keys is None:
-                self._version(keys=[version_key], args=[initial, "1"], client=pipe)
-            else:
-                pipe.delete(*entry_keys)
+
+        def build(pipe) -> None:
+            for version_key, entry_keys in pending.items():
+                if entry_keys is None:
+                    _evalsha(pipe, self._version, [version_key], [initial, "1"])
+                else:
+                    pipe.delete(*entry_keys)
+
         try:
-            pipe.execute()
+            self._pipeline(build)
         except RedisError:
             with self._lock:
                 for version_key, entry_keys in pending.items():
@@ -313,3 +334,7 @@ class RedisTransport:
 def _as_bytes(value: Any) -> bytes:
     # Scripts return INCR results as integers and GET results as bytes.
     return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _evalsha(pipe: Any, script: Any, keys: list, args: list) -> None:
+    pipe.evalsha(script.sha, len(keys), *keys, *args)

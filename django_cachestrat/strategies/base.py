@@ -58,16 +58,37 @@ class Strategy:
     ) -> dict[object, models.Model]:
         """Return ``{pk: instance}`` for the rows of ``pks`` that exist, in their order."""
         opts = options.get(model)
+        return self._read(model, opts, using, list(dict.fromkeys(opts.to_pk(pk) for pk in pks)))
+
+    def get(self, model: type[models.Model], using: str, lookup: str, value: object):
+        """Return the row whose ``lookup`` (``"pk"`` or a ``CacheMeta.lookups`` field) is ``value``.
+
+        Raises ``model.DoesNotExist`` like ``QuerySet.get``.
+        """
+        if lookup != "pk":
+            return self._get_by_lookup(model, using, lookup, value)
+        opts = options.get(model)
+        pk = opts.to_pk(value)
+        obj = self._read(model, opts, using, [pk]).get(pk) if pk is not None else None
+        if obj is None:
+            raise model.DoesNotExist(
+                f"{model._meta.object_name} matching pk={value!r} does not exist."
+            )
+        return obj
+
+    def _read(self, model, opts, using, pks: list) -> dict[object, models.Model]:
+        # The hot path: pks are normalized and unique. A hit is one MGET and a decode.
         cfg = conf.settings()
-        pks = list(dict.fromkeys(opts.to_pk(pk) for pk in pks))
         if not cfg.ENABLED or not pks or transactions.written(using, opts.label):
             return self._from_db(model, using, pks)
         transport = backends.get(cfg.CACHE_ALIAS)
         prefix = cfg.KEY_PREFIX
-        version_key = keys.version(prefix, opts.label)
-        entry_keys = [keys.entry(prefix, opts.label, opts.fingerprint, pk) for pk in pks]
+        label = opts.label
+        fp = opts.fingerprint
         try:
-            version, *entries = transport.mget([version_key, *entry_keys])
+            version, *entries = transport.mget(
+                [keys.version(prefix, label), *(keys.entry(prefix, label, fp, pk) for pk in pks)]
+            )
         except CacheUnavailable:
             return self._from_db(model, using, pks)
         found: dict[object, models.Model] = {}
@@ -80,27 +101,13 @@ class Strategy:
                 missing.append(pk)
             else:
                 found[pk] = obj
-        _send(signals.cache_hit, model, len(found))
+        if found and signals.cache_hit.receivers:
+            signals.cache_hit.send(sender=model, keys=len(found))
         if not missing:
             return found
         _send(signals.cache_miss, model, len(missing))
         found.update(self._fill(model, using, transport, version, missing))
         return {pk: found[pk] for pk in pks if pk in found}
-
-    def get(self, model: type[models.Model], using: str, lookup: str, value: object):
-        """Return the row whose ``lookup`` (``"pk"`` or a ``CacheMeta.lookups`` field) is ``value``.
-
-        Raises ``model.DoesNotExist`` like ``QuerySet.get``.
-        """
-        if lookup == "pk":
-            pk = options.get(model).to_pk(value)
-            obj = self.get_many(model, using, [pk]).get(pk) if pk is not None else None
-            if obj is None:
-                raise model.DoesNotExist(
-                    f"{model._meta.object_name} matching pk={value!r} does not exist."
-                )
-            return obj
-        return self._get_by_lookup(model, using, lookup, value)
 
     def _get_by_lookup(self, model, using, name, value):
         # A lookup key holds only the pk. It needs no invalidation: the row it leads to is
@@ -128,7 +135,7 @@ class Strategy:
                 pk = opts.to_pk(raw_pk.decode())
             except (ValueError, UnicodeDecodeError):
                 pk = None
-            obj = self.get_many(model, using, [pk]).get(pk) if pk is not None else None
+            obj = self._read(model, opts, using, [pk]).get(pk) if pk is not None else None
             if obj is not None and getattr(obj, field.attname) == value:
                 return obj
         _send(signals.cache_miss, model, 1)
