@@ -141,7 +141,9 @@ def _get(model: type[models.Model]) -> CacheOptions:
     meta = model._meta
     cache_meta = getattr(model, "CacheMeta", None)
     fields = tuple(meta.concrete_fields)
-    schema = [f"{f.attname}:{f.column}:{f.get_internal_type()}" for f in fields]
+    from django_cachestrat.codec import CODEC_FORMAT
+
+    schema = [CODEC_FORMAT, *(f"{f.attname}:{f.column}:{f.get_internal_type()}" for f in fields)]
     return CacheOptions(
         model=model,
         label=meta.label_lower,

@@ -1,5 +1,6 @@
 import asyncio
 import logging
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -226,7 +227,11 @@ def test_wrong_number_of_values_is_a_miss(book, raw_redis, events):
 
 def test_schema_change_makes_old_entries_misses(book, monkeypatch, django_assert_num_queries):
     Book.objects.get_cached(pk=book.pk)
-    fields = [f"{f.attname}:{f.column}:{f.get_internal_type()}" for f in Book._meta.concrete_fields]
+    from django_cachestrat.codec import CODEC_FORMAT
+
+    fields = [CODEC_FORMAT] + [
+        f"{f.attname}:{f.column}:{f.get_internal_type()}" for f in Book._meta.concrete_fields
+    ]
     assert keys.fingerprint(fields) == options.get(Book).fingerprint
     assert keys.fingerprint([*fields, "new:new:IntegerField"]) != options.get(Book).fingerprint
     # After a deploy that changed the fields, the new code computes another fingerprint.
@@ -301,3 +306,25 @@ def test_hits_build_instances_like_from_db(book, monkeypatch):
     finally:
         post_init.disconnect(receiver, sender=Book)
     assert seen == [book.pk]  # a receiver is honoured: the instance went through __init__
+
+
+def test_datetimes_and_decimals_come_back_equal_and_typed(django_assert_num_queries):
+    from datetime import timedelta, timezone
+
+    moment = datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=UTC)
+    plus_two = moment.astimezone(timezone(timedelta(hours=2)))
+    a = Author.objects.create(
+        name="D", email="d@example.org", joined=plus_two, balance=Decimal("-0.10")
+    )
+    Author.objects.create(name="N", email="n@example.org", joined=None)
+    b = Book.objects.create(title="x", isbn="x", price=Decimal("123456.78"))
+    Book.objects.get_cached(pk=b.pk)
+    with django_assert_num_queries(0):
+        got = Author.objects.get_cached(pk=a.pk)
+        book = Book.objects.get_cached(pk=b.pk)
+    assert got.joined == moment and got.joined.utcoffset() == timedelta(0)
+    assert got.balance == Decimal("-0.10") and isinstance(got.balance, Decimal)
+    assert book.price == Decimal("123456.78")
+    assert Author.objects.get_cached(email="n@example.org").joined is None
+    fresh = Author.objects.get(pk=a.pk)
+    assert (fresh.joined, fresh.balance) == (got.joined, got.balance)
