@@ -3,7 +3,7 @@
 The public names, and nothing else::
 
     from django_cachestrat import (
-        CacheAsideMixin, WriteThroughMixin, CachedManager, CachedQuerySet,
+        CacheAsideMixin, WriteThroughMixin, WriteBehindMixin, CachedManager, CachedQuerySet,
         invalidate, invalidate_model,
     )
 
@@ -12,12 +12,13 @@ Events are in ``django_cachestrat.signals``.
 
 from django_cachestrat.invalidation import invalidate, invalidate_model
 from django_cachestrat.managers import CachedManager, CachedQuerySet
-from django_cachestrat.mixins import CacheAsideMixin, WriteThroughMixin
+from django_cachestrat.mixins import CacheAsideMixin, WriteBehindMixin, WriteThroughMixin
 
 __all__ = [
     "CacheAsideMixin",
     "CachedManager",
     "CachedQuerySet",
+    "WriteBehindMixin",
     "WriteThroughMixin",
     "invalidate",
     "invalidate_model",

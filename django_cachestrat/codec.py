@@ -45,7 +45,7 @@ def encode(opts: CacheOptions, version: bytes, instance: models.Model, *, clean=
     except KeyError as exc:
         raise Unstorable(f"field {exc.args[0]!r} is deferred") from None
     if clean:
-        values = tuple(_as_stored(f, v) for f, v in zip(opts.fields, values, strict=True))
+        values = tuple(as_stored(f, v) for f, v in zip(opts.fields, values, strict=True))
     plan = _compact_plan(opts.model)
     if plan:
         values = list(values)
@@ -55,7 +55,7 @@ def encode(opts: CacheOptions, version: bytes, instance: models.Model, *, clean=
     return version + b":" + conf.settings().serializer.dumps(values)
 
 
-def _as_stored(field: models.Field, value: object) -> object:
+def as_stored(field: models.Field, value: object) -> object:
     """Return ``value`` as the database will give it back, or raise ``Unstorable``.
 
     Where the database would change it in ways that differ between backends (rounding
@@ -104,7 +104,7 @@ def decode(
             values = list(values)
             for i, _, back in plan:
                 values[i] = back(values[i])
-        return _build(cls, opts, using, values)
+        return build(cls, opts, using, values)
     except Exception as exc:
         logger.warning(
             "django_cachestrat: unreadable entry for %s (%s); treated as a miss.", opts.label, exc
@@ -114,7 +114,8 @@ def decode(
         return None
 
 
-def _build(cls: type[models.Model], opts: CacheOptions, using: str, values: tuple):
+def build(cls: type[models.Model], opts: CacheOptions, using: str, values: tuple):
+    """Return the ``cls`` instance of the row ``values``, as ``from_db`` would."""
     # Model.__init__ is most of a hit's Python time. When nothing can observe the
     # difference (no pre_init/post_init receivers for the class, no from_db override, no
     # field descriptor that acts on assignment), set the attributes directly, as

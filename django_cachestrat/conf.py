@@ -48,6 +48,15 @@ KEYS: dict[str, _Key] = {
         10_000, (int,), "failed invalidations kept per process to replay on recovery"
     ),
     "ENABLED": _Key(True, (bool,), "False sends every read to the database", None),
+    "FLUSH_INTERVAL": _Key(5.0, (int, float), "seconds between scheduled write-behind flushes"),
+    "BATCH_SIZE": _Key(500, (int,), "rows a write-behind flush writes per transaction"),
+    "VISIBILITY_TIMEOUT": _Key(
+        60.0, (int, float), "seconds before a claimed write-behind batch may be reclaimed"
+    ),
+    "MAX_RETRIES": _Key(5, (int,), "failed flushes of a row before it is dead-lettered"),
+    "RETRY_BACKOFF": _Key(
+        1.0, (int, float), "seconds before a failed row is retried, doubled each time"
+    ),
 }
 
 
@@ -87,6 +96,9 @@ class Settings:
         self.serializer = serializer_class()
         if not 0 <= self.TTL_JITTER < 1:
             raise ImproperlyConfigured("CACHESTRAT['TTL_JITTER'] must be in [0, 1).")
+        for name in ("BATCH_SIZE", "MAX_RETRIES"):
+            if getattr(self, name) < 1:
+                raise ImproperlyConfigured(f"CACHESTRAT[{name!r}] must be >= 1.")
 
 
 def _check_type(name: str, value: Any, spec: _Key) -> None:

@@ -59,12 +59,13 @@ def version(prefix: str, label: str) -> str:
 def behind_row(prefix: str, label: str, fp: str, pk: object) -> dict[str, str]:
     """Keys of one write-behind row (one hash tag): its view, and its pending fields and deltas.
 
-    The view is a hash of encoded field values, so saves merge into it and counters
-    increment in it on the server.
+    The view is the row's entry key, holding a hash of encoded field values (so saves
+    merge into it and counters increment in it on the server); invalidation deletes it
+    as it deletes any entry.
     """
     tag = f"{prefix}:{{{label}:{token(pk)}}}"
     return {
-        "view": f"{tag}:wb:{fp}",
+        "view": entry(prefix, label, fp, pk),
         "fields": f"{tag}:wb:fields",
         "deltas": f"{tag}:wb:deltas",
         "lease": f"{tag}:lease",
@@ -82,10 +83,11 @@ def behind_model(prefix: str, label: str) -> dict[str, str]:
 
     ``dirty``: rows with unflushed writes, scored by when they may next be claimed;
     ``busy``: rows in a batch being flushed, with the batch id; ``inflight``: batch ids,
-    scored by the deadline after which another worker may reclaim them.
+    scored by the deadline after which another worker may reclaim them; ``attempts``:
+    failed flushes per row; ``trigger``: set while a size-triggered flush is queued.
     """
     tag = f"{prefix}:{{{label}}}:wb"
-    return {"dirty": f"{tag}:dirty", "busy": f"{tag}:busy", "inflight": f"{tag}:inflight"}
+    return {name: f"{tag}:{name}" for name in ("dirty", "busy", "inflight", "attempts", "trigger")}
 
 
 def behind_batch(prefix: str, label: str, batch: str) -> str:

@@ -151,6 +151,24 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):
             raise TypeError(f"get_many_cached() takes an iterable of pks, not {pks!r}.")
         return self.model.cache_strategy.get_many(self.model, self._using(), list(pks))
 
+    def increment_behind(self, pk: object, **deltas: int) -> None:
+        """Add to integer fields of row ``pk`` (``views=1``) of a write-behind model.
+
+        The cache has the sum at once, the database at the next flush, where the
+        increments of one row are summed into one ``F()`` update. Raises ``DoesNotExist``
+        for a missing row.
+        """
+        from django_cachestrat.strategies import WriteBehind
+
+        _require_cached(self.model)
+        strategy = self.model.cache_strategy
+        if not isinstance(strategy, WriteBehind):
+            raise TypeError(
+                f"increment_behind() is for write-behind models; {self.model._meta.label} "
+                f"is {strategy.name}."
+            )
+        strategy.increment(self.model, pk, deltas)
+
     async def aget_cached(self, **lookup) -> models.Model:
         """Async ``get_cached``."""
         return await sync_to_async(self.get_cached)(**lookup)

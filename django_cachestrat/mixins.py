@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from django_cachestrat.strategies import CacheAside, Strategy, WriteThrough
+from django_cachestrat.strategies import CacheAside, Strategy, WriteBehind, WriteThrough
 
 
 class CachedModelMixin:
@@ -40,5 +40,37 @@ class WriteThroughMixin(CachedModelMixin):
         except BaseException:
             self.cache_strategy.abort(self)
             raise
+
+    save.alters_data = True
+
+
+class WriteBehindMixin(CachedModelMixin):
+    """Write-behind: saving an existing row updates the cache now and the database later.
+
+    ``save()`` of a row that exists records the write in Redis (one round trip, no
+    query); a Celery task flushes it in a batch. A new row is inserted at once (its pk is
+    needed). ``save(write_behind=False)`` saves at once. ``delete()`` is immediate and
+    discards the row's pending writes. No ``pre_save``/``post_save`` is sent for a
+    write-behind save: the row is not in the database yet (see ``write_behind_flushed``).
+    """
+
+    cache_strategy: ClassVar[Strategy] = WriteBehind()
+
+    def save(self, *args, write_behind: bool = True, **kwargs):
+        """Record the save in Redis when the row exists, else save to the database."""
+        update_fields = kwargs.get("update_fields")
+        if (
+            write_behind
+            and not args
+            and self.pk is not None
+            and not self._state.adding
+            and not kwargs.get("force_insert")
+            and kwargs.get("using") in (None, self._state.db)
+        ):
+            if update_fields is not None and not update_fields:
+                return  # as Django does: nothing to save
+            if self.cache_strategy.save_behind(self, update_fields):
+                return
+        super().save(*args, **kwargs)
 
     save.alters_data = True

@@ -11,6 +11,9 @@ listens to costs one attribute read.
   whole model (a version bump).
 - ``cache_error(sender, error=Exception, model=type | None)``: Redis failed, or bytes
   under one of our keys could not be read back (counted as a miss too).
+- ``write_behind_flushed(sender, batch=str, pks=list, dead_letters=list)``: a write-behind
+  batch of ``sender`` is in the database (``pks``), and these rows of it were
+  dead-lettered (``dead_letters``).
 """
 
 from django.dispatch import Signal
@@ -20,3 +23,4 @@ cache_miss = Signal()
 cache_fill = Signal()
 cache_invalidate = Signal()
 cache_error = Signal()
+write_behind_flushed = Signal()

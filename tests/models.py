@@ -2,7 +2,7 @@ import uuid
 
 from django.db import models
 
-from django_cachestrat import CacheAsideMixin, CachedManager, WriteThroughMixin
+from django_cachestrat import CacheAsideMixin, CachedManager, WriteBehindMixin, WriteThroughMixin
 
 
 class Author(WriteThroughMixin, models.Model):
@@ -75,3 +75,19 @@ class Plain(models.Model):
     """Not cached."""
 
     name = models.CharField(max_length=10)
+
+
+class PageStats(WriteBehindMixin, models.Model):
+    path = models.CharField(max_length=200, unique=True)
+    views = models.PositiveIntegerField(default=0)
+    likes = models.IntegerField(default=0)
+    last_seen = models.DateTimeField(null=True, blank=True)
+    note = models.CharField(max_length=5, default="")
+
+    objects = CachedManager()
+
+    class CacheMeta:
+        lookups = ["path"]
+
+    class Meta:
+        base_manager_name = "objects"

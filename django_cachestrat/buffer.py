@@ -1,0 +1,439 @@
+r"""Write-behind pending writes in Redis: record, claim, acknowledge, requeue.
+
+A write-behind row has a *view* (a Redis hash of encoded field values: what reads return)
+and, while it has unflushed writes, *pending* hashes: the latest value of each field saved
+and the sum of each counter's increments. Recording a save merges into both in one Lua
+script, so a save is one round trip and counters add up on the server.
+
+Flushing is claim -> write -> acknowledge. A claim moves rows' pending hashes into a
+batch and marks the rows busy; an acknowledgement deletes the batch. A batch whose worker
+died is reclaimed after the visibility timeout, never lost. While a row is in a batch it
+is not claimed again, so two batches of one row never race in the database.
+
+Values are encoded one by one: integers as ASCII digits (so ``HINCRBY`` works on them),
+``None`` as ``\x01``, anything else as ``\x00`` + the configured serializer's bytes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import models
+
+from django_cachestrat import backends, conf, keys, options
+
+_NULL = b"\x01"
+_OBJECT = b"\x00"
+
+RECORD = """
+local view, fields, deltas, dirty = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local vkey, lease = KEYS[5], KEYS[6]
+local version = redis.call('GET', vkey)
+if not version then
+  version = ARGV[4]
+  redis.call('SET', vkey, version)
+end
+local valid = redis.call('HGET', view, '__p') == '1' or redis.call('HGET', view, '__v') == version
+if not valid then
+  if ARGV[3] ~= '1' then return -1 end
+  redis.call('DEL', view)
+end
+local nf = tonumber(ARGV[5])
+local i = 6
+local nd = tonumber(ARGV[i + 2 * nf])
+for j = 0, nd - 1 do
+  local current = redis.call('HGET', view, ARGV[i + 2 * nf + 1 + 2 * j])
+  if not valid or not current or not tonumber(current) then return -2 end
+end
+-- Only values that differ from the view are writes; a saved value replaces the
+-- field's earlier pending increments, which the view (and so the value) included.
+for j = 1, nf do
+  if not valid or redis.call('HGET', view, ARGV[i]) ~= ARGV[i + 1] then
+    redis.call('HSET', view, ARGV[i], ARGV[i + 1])
+    redis.call('HSET', fields, ARGV[i], ARGV[i + 1])
+    redis.call('HDEL', deltas, ARGV[i])
+  end
+  i = i + 2
+end
+i = i + 1
+for j = 1, nd do
+  redis.call('HINCRBY', view, ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBY', deltas, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+redis.call('HSET', view, '__p', '1', '__v', version)
+redis.call('PERSIST', view)
+redis.call('DEL', lease)
+redis.call('ZADD', dirty, 'NX', ARGV[2], ARGV[1])
+return redis.call('ZCARD', dirty)
+"""
+
+READ = """
+local out = {redis.call('GET', KEYS[1]) or false}
+for i = 2, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+return out
+"""
+
+FILL = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+return 1
+"""
+
+CLAIM = """
+local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local claimed = {}
+for j = 1, #ARGV - 2 do
+  local pk = ARGV[j + 2]
+  local k = 4 + (j - 1) * 4
+  if redis.call('ZSCORE', dirty, pk) and redis.call('HEXISTS', busy, pk) == 0 then
+    for m = 1, 2 do
+      if redis.call('EXISTS', KEYS[k + m]) == 1 then
+        redis.call('RENAME', KEYS[k + m], KEYS[k + m + 2])
+      end
+    end
+    redis.call('ZREM', dirty, pk)
+    redis.call('HSET', busy, pk, ARGV[1])
+    redis.call('SADD', members, pk)
+    claimed[#claimed + 1] = pk
+  end
+end
+if #claimed > 0 then redis.call('ZADD', inflight, ARGV[2], ARGV[1]) end
+return claimed
+"""
+
+RECLAIM = """
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not deadline or tonumber(deadline) > tonumber(ARGV[2]) then return false end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+return redis.call('SMEMBERS', KEYS[2])
+"""
+
+ACK = """
+local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+for j = 1, #ARGV - 2 do
+  local pk = ARGV[j + 2]
+  local k = 4 + (j - 1) * 3
+  redis.call('DEL', KEYS[k + 1], KEYS[k + 2])
+  redis.call('HDEL', busy, pk)
+  redis.call('SREM', members, pk)
+  if not redis.call('ZSCORE', dirty, pk) then
+    if redis.call('HDEL', KEYS[k + 3], '__p') == 1 then
+      redis.call('EXPIRE', KEYS[k + 3], ARGV[2])
+    end
+  end
+end
+if redis.call('SCARD', members) == 0 then redis.call('ZREM', inflight, ARGV[1]) end
+return 1
+"""
+
+# Put a batch's rows back as pending, under any writes recorded since the claim: newer
+# field values win, deltas add up. The rows may be claimed again from ``ARGV[2]`` (ms).
+REQUEUE = """
+local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+for j = 1, #ARGV - 2 do
+  local pk = ARGV[j + 2]
+  local k = 4 + (j - 1) * 4
+  local inc = redis.call('HGETALL', KEYS[k + 4])
+  for i = 1, #inc, 2 do
+    -- A value saved since the claim already includes this increment.
+    if redis.call('HEXISTS', KEYS[k + 1], inc[i]) == 0 then
+      redis.call('HINCRBY', KEYS[k + 2], inc[i], inc[i + 1])
+    end
+  end
+  local old = redis.call('HGETALL', KEYS[k + 3])
+  for i = 1, #old, 2 do redis.call('HSETNX', KEYS[k + 1], old[i], old[i + 1]) end
+  redis.call('DEL', KEYS[k + 3], KEYS[k + 4])
+  redis.call('HDEL', busy, pk)
+  redis.call('SREM', members, pk)
+  redis.call('ZADD', dirty, ARGV[2], pk)
+end
+if redis.call('SCARD', members) == 0 then redis.call('ZREM', inflight, ARGV[1]) end
+return 1
+"""
+
+DISCARD = """
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+"""
+
+
+class NeedsView(Exception):
+    """The row has no usable view to merge a partial save or an increment into."""
+
+
+class NotACounter(Exception):
+    """An increment named a field whose cached value is not an integer."""
+
+
+@dataclass
+class Batch:
+    """A claimed batch: its id and, per pk, the pending field values and deltas."""
+
+    id: str
+    rows: dict[Any, tuple[dict[str, Any], dict[str, int]]] = field(default_factory=dict)
+
+
+def encode(value: Any) -> bytes:
+    """Encode one field value for a view or pending hash."""
+    if value is None:
+        return _NULL
+    if type(value) is int:
+        return str(value).encode()
+    return _OBJECT + conf.settings().serializer.dumps((value,))
+
+
+def decode(data: bytes) -> Any:
+    """Decode what ``encode`` made."""
+    if data == _NULL:
+        return None
+    if data[:1] == _OBJECT:
+        return conf.settings().serializer.loads(data[1:])[0]
+    return int(data)
+
+
+def _pairs(flat: Sequence[bytes]) -> dict[str, bytes]:
+    return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+class Buffer:
+    """The write-behind state in Redis of one model."""
+
+    _scripts: dict[tuple[int, str], Any] = {}
+
+    def __init__(self, model: type[models.Model]):
+        self.model = model
+        self.opts = options.get(model)
+        self.cfg = conf.settings()
+        self.transport = backends.get(self.cfg.CACHE_ALIAS)
+        self.prefix = self.cfg.KEY_PREFIX
+        self.queue = keys.behind_model(self.prefix, self.opts.label)
+
+    def _script(self, source: str):
+        client = self.transport.client
+        key = (id(client), source)
+        script = self._scripts.get(key)
+        if script is None:
+            script = self._scripts[key] = client.register_script(source)
+        return script
+
+    def _run(self, source: str, script_keys: list[str], args: list[Any]) -> Any:
+        return self.transport.call(self._script(source), script_keys, args)
+
+    def row(self, pk: Any) -> dict[str, str]:
+        """Return the keys of row ``pk``."""
+        return keys.behind_row(self.prefix, self.opts.label, self.opts.fingerprint, pk)
+
+    def version_key(self) -> str:
+        """Return the model's version key."""
+        return keys.version(self.prefix, self.opts.label)
+
+    # -- saves ---------------------------------------------------------------------------
+
+    def record(self, pk: Any, fields: dict[str, Any], deltas: dict[str, int], *, full: bool) -> int:
+        """Merge a save (``fields``) and increments (``deltas``) into the row.
+
+        Return how many rows of the model are now pending.
+
+        ``full`` means ``fields`` holds every field, so a missing view may be rebuilt from
+        it; otherwise ``NeedsView`` asks the caller to fill the view first.
+        """
+        row = self.row(pk)
+        args: list[Any] = [
+            pk,
+            int(time.time() * 1000),
+            "1" if full else "0",
+            time.time_ns() // 1000,
+        ]
+        args.append(len(fields))
+        for name, value in fields.items():
+            args += [name, encode(value)]
+        args.append(len(deltas))
+        for name, amount in deltas.items():
+            args += [name, int(amount)]
+        script_keys = [
+            row["view"],
+            row["fields"],
+            row["deltas"],
+            self.queue["dirty"],
+            self.version_key(),
+            row["lease"],
+        ]
+        result = self._run(RECORD, script_keys, args)
+        if result == -1:
+            raise NeedsView(pk)
+        if result == -2:
+            raise NotACounter(", ".join(deltas))
+        return result
+
+    def discard(self, pk: Any) -> None:
+        """Forget the row's unflushed writes and its view (it was deleted)."""
+        row = self.row(pk)
+        self._run(DISCARD, [row["view"], row["fields"], row["deltas"], self.queue["dirty"]], [pk])
+
+    # -- views ---------------------------------------------------------------------------
+
+    def read(self, pks: Sequence[Any]) -> tuple[bytes | None, list[dict[str, bytes] | None]]:
+        """Return the model version and each row's view (None where there is none)."""
+        script_keys = [self.version_key(), *(self.row(pk)["view"] for pk in pks)]
+        version, *views = self._run(READ, script_keys, [])
+        return version or None, [_pairs(v) if v else None for v in views]
+
+    def fill(
+        self, pk: Any, token: str, values: dict[str, Any], version: bytes, ttl: int, *, pinned: bool
+    ) -> bool:
+        """Store a view read from the database, if the lease ``token`` still holds."""
+        row = self.row(pk)
+        args: list[Any] = [token, pk, 0 if pinned else ttl]
+        for name, value in values.items():
+            args += [name, encode(value)]
+        args += ["__v", version]
+        if pinned:
+            args += ["__p", "1"]
+        return bool(self._run(FILL, [row["lease"], row["view"]], args))
+
+    # -- flushing ------------------------------------------------------------------------
+
+    def claim(self, limit: int, visibility: float) -> Batch | None:
+        """Claim up to ``limit`` pending rows (a timed-out batch first); None if none wait."""
+        client = self.transport.client
+        now = int(time.time() * 1000)
+        deadline = now + int(visibility * 1000)
+        stale = self.transport.call(client.zrangebyscore, self.queue["inflight"], "-inf", now, 0, 1)
+        if stale:
+            batch_id = stale[0].decode()
+            members_key = keys.behind_batch(self.prefix, self.opts.label, batch_id)
+            members = self._run(
+                RECLAIM, [self.queue["inflight"], members_key], [batch_id, now, deadline]
+            )
+            if members:
+                return self.contents(batch_id, [self.opts.to_pk(m.decode()) for m in members])
+        candidates = self.transport.call(
+            client.zrangebyscore, self.queue["dirty"], "-inf", now, 0, limit
+        )
+        if not candidates:
+            return None
+        batch_id = f"{now:x}-{secrets.token_hex(6)}"
+        pks = [self.opts.to_pk(c.decode()) for c in candidates]
+        script_keys = self._batch_keys(batch_id)
+        for pk in pks:
+            row = self.row(pk)
+            script_keys += [row["fields"], row["deltas"], *self._batch_row(pk, batch_id)]
+        claimed = self._run(CLAIM, script_keys, [batch_id, deadline, *pks])
+        if not claimed:
+            return None
+        return self.contents(batch_id, [self.opts.to_pk(c.decode()) for c in claimed])
+
+    def contents(self, batch_id: str, pks: Iterable[Any]) -> Batch:
+        """Read what batch ``batch_id`` holds for ``pks``."""
+        pks = list(pks)
+
+        def run():
+            pipe = self.transport.client.pipeline(transaction=False)
+            for pk in pks:
+                for key in self._batch_row(pk, batch_id):
+                    pipe.hgetall(key)
+            return pipe.execute()
+
+        results = self.transport.call(run)
+        batch = Batch(batch_id)
+        for n, pk in enumerate(pks):
+            fields = {k.decode(): decode(v) for k, v in results[2 * n].items()}
+            deltas = {k.decode(): int(v) for k, v in results[2 * n + 1].items()}
+            batch.rows[pk] = (fields, deltas)
+        return batch
+
+    def ack(self, batch_id: str, pks: Sequence[Any], ttl: int) -> None:
+        """Forget rows ``pks`` of the batch (they are in the database); unpin their views."""
+        script_keys = self._batch_keys(batch_id)
+        for pk in pks:
+            script_keys += [*self._batch_row(pk, batch_id), self.row(pk)["view"]]
+        self._run(ACK, script_keys, [batch_id, ttl, *pks])
+
+    def requeue(self, batch_id: str, pks: Sequence[Any], delay: float) -> None:
+        """Put rows of the batch back as pending, claimable again after ``delay`` seconds."""
+        script_keys = self._batch_keys(batch_id)
+        for pk in pks:
+            row = self.row(pk)
+            script_keys += [row["fields"], row["deltas"], *self._batch_row(pk, batch_id)]
+        when = int((time.time() + delay) * 1000)
+        self._run(REQUEUE, script_keys, [batch_id, when, *pks])
+
+    def drop_view(self, pk: Any) -> None:
+        """Delete a row's view (its writes were dead-lettered: the view is not the row)."""
+        self.transport.call(self.transport.client.delete, self.row(pk)["view"])
+
+    def _batch_keys(self, batch_id: str) -> list[str]:
+        q = self.queue
+        members = keys.behind_batch(self.prefix, self.opts.label, batch_id)
+        return [q["inflight"], q["busy"], q["dirty"], members]
+
+    def _batch_row(self, pk: Any, batch_id: str) -> tuple[str, str]:
+        return keys.behind_batch_row(self.prefix, self.opts.label, pk, batch_id)
+
+    def take_trigger(self, seconds: float) -> bool:
+        """Claim the right to queue a size-triggered flush for ``seconds``; False if taken."""
+        client = self.transport.client
+        ms = max(1, int(seconds * 1000))
+        return bool(self.transport.call(client.set, self.queue["trigger"], 1, None, ms, True))
+
+    def release_trigger(self) -> None:
+        """Let the next size trigger queue another flush (one has started)."""
+        self.transport.call(self.transport.client.delete, self.queue["trigger"])
+
+    # -- looking -------------------------------------------------------------------------
+
+    def pending(self, pks: Sequence[Any]) -> dict[Any, list[tuple[str | None, dict, dict]]]:
+        """Return, for each of ``pks`` with unflushed writes, its layers of writes.
+
+        Oldest first: ``(batch_id, fields, deltas)`` for a batch in flight, then
+        ``(None, fields, deltas)`` for writes not yet claimed.
+        """
+
+        def run():
+            pipe = self.transport.client.pipeline(transaction=False)
+            for pk in pks:
+                row = self.row(pk)
+                pipe.hget(self.queue["busy"], pk)
+                pipe.hgetall(row["fields"])
+                pipe.hgetall(row["deltas"])
+            return pipe.execute()
+
+        results = self.transport.call(run)
+        layers: dict[Any, list[tuple[str | None, dict, dict]]] = {}
+        in_flight = []
+        for n, pk in enumerate(pks):
+            busy, fields, deltas = results[3 * n : 3 * n + 3]
+            if busy:
+                in_flight.append((pk, busy.decode()))
+            if fields or deltas:
+                layers.setdefault(pk, []).append(
+                    (
+                        None,
+                        {k.decode(): decode(v) for k, v in fields.items()},
+                        {k.decode(): int(v) for k, v in deltas.items()},
+                    )
+                )
+        for pk, batch_id in in_flight:
+            fields, deltas = self.contents(batch_id, [pk]).rows[pk]
+            layers.setdefault(pk, []).insert(0, (batch_id, fields, deltas))
+        return layers
+
+    def counts(self) -> tuple[int, int]:
+        """Return ``(rows waiting to be claimed, batches in flight)``."""
+
+        def run():
+            pipe = self.transport.client.pipeline(transaction=False)
+            pipe.zcard(self.queue["dirty"])
+            pipe.zcard(self.queue["inflight"])
+            return pipe.execute()
+
+        waiting, flying = self.transport.call(run)
+        return waiting, flying

@@ -1,0 +1,41 @@
+"""The app's own tables, for write-behind: applied batches and dead letters."""
+
+from django.db import models
+
+
+class AppliedBatch(models.Model):
+    """A write-behind batch (or one row of it) whose writes are committed.
+
+    It is written in the same transaction as the rows, so a batch reclaimed after its
+    worker died between commit and acknowledgement is recognised and not applied twice:
+    counter deltas stay exact.
+    """
+
+    id = models.CharField(max_length=100, primary_key=True)
+    applied_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        verbose_name = "applied write-behind batch"
+        verbose_name_plural = "applied write-behind batches"
+
+    def __str__(self):
+        return self.id
+
+
+class DeadLetter(models.Model):
+    """Pending writes of one row that kept failing; kept to be listed, retried or discarded."""
+
+    model = models.CharField(max_length=200, help_text="app_label.model_name")
+    object_pk = models.TextField()
+    fields = models.BinaryField(help_text="the field values, as the write-behind buffer holds them")
+    deltas = models.JSONField(default=dict, help_text="counter increments, by field")
+    error = models.TextField()
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at"]
+        verbose_name = "write-behind dead letter"
+
+    def __str__(self):
+        return f"{self.model} pk={self.object_pk}"

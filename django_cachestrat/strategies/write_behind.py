@@ -1,0 +1,268 @@
+"""Write-behind: a save updates the cache and records a pending write; Celery flushes later.
+
+A row's cached *view* is a Redis hash that every save merges into and every increment
+adds to, on the server, in the same script that records the pending write. Reads return
+the view, so they see every write at once. A view with unflushed writes is pinned (no
+TTL) and survives ``invalidate_model``; if it is dropped anyway (an invalidation after a
+synchronous write, an eviction), the next read rebuilds it from the database plus the
+writes still pending, including those of a batch in flight that has not committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from django.db import models, router, transaction
+
+from django_cachestrat import buffer, codec, conf, invalidation, options, signals, transactions
+from django_cachestrat.backends import CacheUnavailable
+from django_cachestrat.strategies.base import Strategy, _send, ttl
+
+logger = logging.getLogger("django_cachestrat")
+
+
+class WriteBehind(Strategy):
+    """Saves of existing rows go to Redis at once and to the database in batches."""
+
+    name = "write-behind"
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _read(self, model, opts, using, pks: list) -> dict[object, models.Model]:
+        cfg = conf.settings()
+        if not cfg.ENABLED or not pks or transactions.written(using, opts.label):
+            return self._with_pending(model, using, pks, fill=False)
+        buf = buffer.Buffer(model)
+        try:
+            version, views = buf.read(pks)
+        except CacheUnavailable:
+            return self._from_db(model, using, pks)
+        found: dict[object, models.Model] = {}
+        missing = []
+        for pk, view in zip(pks, views, strict=True):
+            obj = self._decode(opts, pk, view, version, using, model)
+            if obj is None:
+                missing.append(pk)
+            else:
+                found[pk] = obj
+        _send(signals.cache_hit, model, len(found))
+        if not missing:
+            return found
+        _send(signals.cache_miss, model, len(missing))
+        found.update(self._with_pending(model, using, missing, fill=True))
+        return {pk: found[pk] for pk in pks if pk in found}
+
+    def _decode(self, opts, pk, view, version, using, model):
+        if not view:
+            return None
+        if view.get("__p") != b"1" and (version is None or view.get("__v") != version):
+            return None
+        pk_name = opts.pk_field.attname
+        try:
+            # The pk is the key's; a view may not repeat it.
+            values = tuple(
+                pk if name == pk_name else buffer.decode(view[name]) for name in opts.attnames
+            )
+        except KeyError:
+            return None  # a partial view (written by an older schema): a miss
+        except Exception as exc:
+            logger.warning("django_cachestrat: unreadable view for %s (%s).", opts.label, exc)
+            if signals.cache_error.receivers:
+                signals.cache_error.send(sender=model, error=exc, model=model)
+            return None
+        return codec.build(model, opts, using, values)
+
+    def _with_pending(self, model, using, pks, *, fill: bool) -> dict[object, models.Model]:
+        """Read rows from the database with the writes still pending in Redis laid over."""
+        opts = options.get(model)
+        cfg = conf.settings()
+        buf = buffer.Buffer(model)
+        token = secrets.token_hex(8)
+        try:
+            layers = buf.pending(pks)
+            held = [False] * len(pks)
+            version = None
+            if fill and transactions.may_fill(using):
+                version, _ = buf.read([])
+                held = buf.transport.acquire_leases(
+                    [buf.row(pk)["lease"] for pk in pks], token, cfg.LEASE_TIMEOUT
+                )
+        except CacheUnavailable:
+            return self._from_db(model, using, pks)
+        from django_cachestrat.models import AppliedBatch
+
+        batch_ids = {
+            marker
+            for pk, stack in layers.items()
+            for batch_id, _, _ in stack
+            if batch_id
+            for marker in (batch_id, f"{batch_id}:{pk}")
+        }
+        base = model._base_manager.using(using)
+        applied: set[str] = set()
+        if not layers:
+            rows = base.in_bulk(pks)
+        else:
+            with transaction.atomic(using=using):
+                # Locking the rows waits out a flush that is writing them, so a batch is
+                # either committed (and in AppliedBatch) or not, never half-way.
+                rows = base.select_for_update().in_bulk(pks)
+                if batch_ids:
+                    applied = set(
+                        AppliedBatch.objects.using(using)
+                        .filter(pk__in=batch_ids)
+                        .values_list("pk", flat=True)
+                    )
+        for pk, stack in layers.items():
+            obj = rows.get(pk)
+            if obj is None:
+                continue
+            for batch_id, fields, deltas in stack:
+                if batch_id and (batch_id in applied or f"{batch_id}:{pk}" in applied):
+                    continue
+                for name, value in fields.items():
+                    setattr(obj, name, value)
+                for name, amount in deltas.items():
+                    setattr(obj, name, getattr(obj, name) + amount)
+        if version is None:
+            version = b"0"
+        for pk, got in zip(pks, held, strict=True):
+            if got and pk in rows:
+                values = {name: rows[pk].__dict__[name] for name in opts.attnames}
+                try:
+                    stored = buf.fill(
+                        pk, token, values, version, ttl(opts, cfg), pinned=pk in layers
+                    )
+                except CacheUnavailable:
+                    break
+                _send(signals.cache_fill, model, int(stored))
+        return rows
+
+    # -- writes --------------------------------------------------------------------------
+
+    def save_behind(self, instance: models.Model, update_fields) -> bool:
+        """Record a save of an existing row in Redis; False if it must go to the database.
+
+        It must when the values are not what the database would store (expressions,
+        naive datetimes, extra decimal places) or Redis cannot be reached.
+        """
+        model = type(instance)
+        opts = options.get(model)
+        meta = model._meta
+        if update_fields is None:
+            chosen = [f for f in opts.fields if not f.primary_key]
+        else:
+            names = set(update_fields)
+            chosen = [f for f in opts.fields if f.name in names or f.attname in names]
+            unknown = names - {f.name for f in chosen} - {f.attname for f in chosen}
+            if unknown:
+                raise ValueError(
+                    f"The following fields do not exist in {meta.object_name} or are not "
+                    f"concrete: {', '.join(sorted(unknown))}."
+                )
+        try:
+            fields = {}
+            for field in chosen:
+                # As Model.save does: auto_now fields take their value here.
+                value = field.pre_save(instance, False)
+                fields[field.attname] = codec.as_stored(field, value)
+        except codec.Unstorable as exc:
+            logger.debug("write-behind save of %s written at once: %s", opts.label, exc)
+            return False
+        return self._record(model, instance.pk, fields, {}, full=update_fields is None)
+
+    def increment(self, model, pk, deltas: dict[str, int]) -> None:
+        """Add ``deltas`` to the row's counters, in Redis now and in the database later."""
+        opts = options.get(model)
+        pk = opts.to_pk(pk)
+        if not deltas:
+            raise TypeError("increment_behind() needs at least one field=amount.")
+        by_attname = {}
+        for name, amount in deltas.items():
+            field = _counter_field(model, name)
+            if type(amount) is not int:
+                raise TypeError(f"increment_behind({name}=...) takes an int, not {amount!r}.")
+            by_attname[field.attname] = amount
+        deltas = by_attname
+        if not self._record(model, pk, {}, deltas, full=False):
+            # Redis is unreachable: the increment goes to the database now.
+            from django.db.models import F
+
+            using = router.db_for_write(model)
+            updated = (
+                models.QuerySet(model, using=using)
+                .filter(pk=pk)
+                .update(**{name: F(name) + amount for name, amount in deltas.items()})
+            )
+            if not updated:
+                raise model.DoesNotExist(f"{model._meta.object_name} pk={pk!r} does not exist.")
+
+    def _record(self, model, pk, fields, deltas, *, full: bool) -> bool:
+        cfg = conf.settings()
+        buf = buffer.Buffer(model)
+        try:
+            try:
+                waiting = buf.record(pk, fields, deltas, full=full)
+            except buffer.NeedsView:
+                using = router.db_for_read(model)
+                if pk not in self._with_pending(model, using, [pk], fill=True):
+                    raise model.DoesNotExist(
+                        f"{model._meta.object_name} pk={pk!r} does not exist."
+                    ) from None
+                waiting = buf.record(pk, fields, deltas, full=full)
+        except buffer.NeedsView:
+            logger.warning(
+                "django_cachestrat: no view of %s pk=%r to merge into; written at once.",
+                options.get(model).label,
+                pk,
+            )
+            return False
+        except buffer.NotACounter as exc:
+            raise ValueError(f"increment_behind(): {exc} is NULL or not an integer.") from None
+        except CacheUnavailable:
+            logger.warning(
+                "django_cachestrat: Redis is unreachable; write-behind write of %s pk=%r "
+                "goes to the database now.",
+                options.get(model).label,
+                pk,
+            )
+            return False
+        if waiting >= cfg.BATCH_SIZE:
+            from django_cachestrat import tasks
+
+            tasks.trigger_flush(model)
+        return True
+
+    def after_save(self, instance, using, created, update_fields) -> None:
+        """Drop the view after a synchronous save (a new row, ``write_behind=False``).
+
+        The next read rebuilds it from the database and any pending writes.
+        """
+        invalidation.rows(type(instance), [instance.pk], using)
+
+    def after_delete(self, instance, using) -> None:
+        """Discard the row's pending writes, then drop it after commit."""
+        try:
+            buffer.Buffer(type(instance)).discard(instance.pk)
+        except CacheUnavailable:
+            logger.error(
+                "django_cachestrat: Redis is unreachable; pending writes of deleted %s pk=%r "
+                "will be dead-lettered when flushed.",
+                options.get(type(instance)).label,
+                instance.pk,
+            )
+        super().after_delete(instance, using)
+
+
+def _counter_field(model, name: str) -> models.Field:
+    try:
+        field = model._meta.get_field(name)
+    except Exception:
+        raise ValueError(f"{model._meta.label} has no field {name!r}.") from None
+    if not isinstance(field, models.IntegerField) or field.primary_key:
+        raise ValueError(
+            f"increment_behind() adds to integer fields; {model._meta.label}.{name} is "
+            f"{type(field).__name__}."
+        )
+    return field

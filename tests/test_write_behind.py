@@ -1,0 +1,146 @@
+"""Write-behind semantics, flushed in-process (the worker tests are in test_worker.py)."""
+
+from datetime import UTC, datetime
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from django_cachestrat import flusher
+from django_cachestrat.models import AppliedBatch, DeadLetter
+from tests.models import PageStats
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def page():
+    return PageStats.objects.create(path="/", views=0)
+
+
+def in_db(pk):
+    return PageStats.objects.get(pk=pk)
+
+
+def test_save_goes_to_the_cache_now_and_the_database_at_the_flush(page, django_assert_num_queries):
+    seen = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    stats = PageStats.objects.get_cached(path="/")
+    stats.last_seen = seen
+    stats.note = "hi"
+    with django_assert_num_queries(0):
+        stats.save()
+        got = PageStats.objects.get_cached(pk=page.pk)
+    assert (got.last_seen, got.note) == (seen, "hi")
+    assert in_db(page.pk).note == ""
+    report = flusher.flush()
+    assert report.rows == {"tests.pagestats": 1}
+    fresh = in_db(page.pk)
+    assert (fresh.last_seen, fresh.note) == (seen, "hi")
+
+
+def test_increments_are_summed_into_one_update(page, django_assert_num_queries):
+    with django_assert_num_queries(1):  # the first one fills the view
+        PageStats.objects.increment_behind(page.pk, views=1)
+    with django_assert_num_queries(0):
+        for _ in range(99):
+            PageStats.objects.increment_behind(page.pk, views=1, likes=-1)
+        assert PageStats.objects.get_cached(pk=page.pk).views == 100
+    with CaptureQueriesContext(connection) as queries:
+        flusher.flush()
+    updates = [q["sql"] for q in queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == 1 and "+ 100" in updates[0]
+    assert (in_db(page.pk).views, in_db(page.pk).likes) == (100, -99)
+
+
+def test_many_saves_of_a_row_become_one_write(page):
+    for i in range(50):
+        stats = PageStats.objects.get_cached(pk=page.pk)
+        stats.note = str(i)
+        stats.save()
+    report = flusher.flush()
+    assert report.rows == {"tests.pagestats": 1}
+    assert in_db(page.pk).note == "49"
+
+
+def test_update_fields_merge_with_other_pending_fields(page):
+    a = PageStats.objects.get_cached(pk=page.pk)
+    a.note = "n"
+    a.save(update_fields=["note"])
+    b = PageStats.objects.get(pk=page.pk)  # stale: note is "" in the database
+    b.views = 7
+    b.save(update_fields=["views"])
+    got = PageStats.objects.get_cached(pk=page.pk)
+    assert (got.note, got.views) == ("n", 7)
+    flusher.flush()
+    assert (in_db(page.pk).note, in_db(page.pk).views) == ("n", 7)
+
+
+def test_new_rows_and_forced_saves_are_synchronous(django_assert_num_queries):
+    stats = PageStats(path="/new", views=3)
+    stats.save()
+    assert in_db(stats.pk).views == 3
+    stats.views = 4
+    stats.save(write_behind=False)
+    assert in_db(stats.pk).views == 4
+    assert PageStats.objects.get_cached(pk=stats.pk).views == 4
+
+
+def test_delete_discards_pending_writes(page):
+    PageStats.objects.increment_behind(page.pk, views=5)
+    pk = page.pk
+    page.delete()
+    assert flusher.flush().rows == {}
+    with pytest.raises(PageStats.DoesNotExist):
+        PageStats.objects.get_cached(pk=pk)
+    assert DeadLetter.objects.count() == 0
+
+
+def test_a_dropped_view_is_rebuilt_with_the_pending_writes(page, raw_redis):
+    PageStats.objects.increment_behind(page.pk, views=2)
+    stats = PageStats.objects.get_cached(pk=page.pk)
+    stats.note = "kept"
+    stats.save()
+    PageStats.objects.filter(pk=page.pk).update(likes=9)  # a synchronous write drops the view
+    got = PageStats.objects.get_cached(pk=page.pk)
+    assert (got.views, got.note, got.likes) == (2, "kept", 9)
+    flusher.flush()
+    fresh = in_db(page.pk)
+    assert (fresh.views, fresh.note, fresh.likes) == (2, "kept", 9)
+
+
+def test_bad_increments():
+    page = PageStats.objects.create(path="/x")
+    with pytest.raises(ValueError, match="integer fields"):
+        PageStats.objects.increment_behind(page.pk, note=1)
+    with pytest.raises(ValueError, match="no field"):
+        PageStats.objects.increment_behind(page.pk, nope=1)
+    with pytest.raises(TypeError, match="takes an int"):
+        PageStats.objects.increment_behind(page.pk, views=1.5)
+    with pytest.raises(TypeError, match="needs at least one"):
+        PageStats.objects.increment_behind(page.pk)
+    with pytest.raises(PageStats.DoesNotExist):
+        PageStats.objects.increment_behind(999999, views=1)
+
+
+def test_poison_row_is_dead_lettered_and_the_rest_flushed(settings):
+    from django.test import override_settings
+
+    good = PageStats.objects.create(path="/good")
+    bad = PageStats.objects.create(path="/bad")
+    PageStats.objects.increment_behind(good.pk, views=1)
+    stats = PageStats.objects.get_cached(pk=bad.pk)
+    stats.note = "x" * 50  # too long for the column on PostgreSQL; on SQLite: a missing row
+    stats.save()
+    if connection.vendor == "sqlite":
+        PageStats.objects.filter(pk=bad.pk)._raw_delete(using="default")
+    config = {**settings.CACHESTRAT, "MAX_RETRIES": 2, "RETRY_BACKOFF": 0}
+    with override_settings(CACHESTRAT=config):
+        report = flusher.flush()  # no backoff: retried at once, then dead-lettered
+    assert report.rows == {"tests.pagestats": 1}
+    assert (report.dead_letters, report.requeued) == (1, 1)
+    assert in_db(good.pk).views == 1
+    letter = DeadLetter.objects.get()
+    assert letter.model == "tests.pagestats" and letter.object_pk == str(bad.pk)
+    assert letter.attempts == 2
+    assert flusher.flush().rows == {}  # nothing left pending
+    assert AppliedBatch.objects.exists()
