@@ -378,6 +378,17 @@ class Buffer:
     def _batch_row(self, pk: Any, batch_id: str) -> tuple[str, str]:
         return keys.behind_batch_row(self.prefix, self.opts.label, pk, batch_id)
 
+    def expire_inflight(self) -> None:
+        """Make every batch in flight reclaimable now (its workers are known to be gone)."""
+
+        def run() -> None:
+            client = self.transport.client
+            batches = client.zrange(self.queue["inflight"], 0, -1)
+            if batches:
+                client.zadd(self.queue["inflight"], {b: 0 for b in batches}, xx=True)
+
+        self.transport.call(run)
+
     def take_trigger(self, seconds: float) -> bool:
         """Claim the right to queue a size-triggered flush for ``seconds``; False if taken."""
         client = self.transport.client

@@ -193,3 +193,52 @@ def _pause(point: str) -> None:
         with open(path, "w") as fh:
             fh.write(point)
         time.sleep(600)
+
+
+def drain(*, reclaim: bool = False) -> FlushReport:
+    """Flush until nothing is ready, as for a deploy or a shutdown.
+
+    ``reclaim=True`` also takes over batches other workers claimed and have not
+    acknowledged (run it when those workers are stopped); they are applied exactly once
+    whatever point their worker reached.
+    """
+    models_ = write_behind_models()
+    if reclaim:
+        for model in models_:
+            buffer.Buffer(model).expire_inflight()
+    report = FlushReport()
+    for model in models_:
+        while True:
+            step = flush([model])
+            report.batches += step.batches
+            report.dead_letters += step.dead_letters
+            report.requeued += step.requeued
+            for label, rows in step.rows.items():
+                report.add(label, rows)
+            if not step.batches or step.requeued:
+                break  # nothing left, or only rows waiting for their retry time
+    return report
+
+
+def retry_dead_letter(letter: DeadLetter) -> None:
+    """Put a dead letter's writes back in the write-behind queue, then forget the letter."""
+    from django.apps import apps
+
+    model = apps.get_model(letter.model)
+    opts = options.get(model)
+    fields = pickle.loads(bytes(letter.fields))
+    if not model.cache_strategy._record(
+        model, opts.to_pk(letter.object_pk), fields, dict(letter.deltas), full=False
+    ):
+        raise RuntimeError("Redis cannot be reached; the dead letter is kept.")
+    letter.delete()
+
+
+def waiting() -> dict[str, tuple[int, int]]:
+    """Return ``{label: (rows waiting, batches in flight)}`` for models with any."""
+    result = {}
+    for model in write_behind_models():
+        rows, batches = buffer.Buffer(model).counts()
+        if rows or batches:
+            result[options.get(model).label] = (rows, batches)
+    return result

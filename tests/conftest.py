@@ -88,3 +88,36 @@ def child_env():
     else:
         env["CACHESTRAT_TEST_DB_NAME"] = connection.settings_dict["NAME"]
     return env
+
+
+@pytest.fixture
+def celery_workers(tmp_path):
+    """Start real Celery workers: ``celery_workers()`` returns a started ``tests.worker.Worker``
+    on this run's queue (keyword arguments go to ``Worker``). At teardown, whatever happened,
+    every worker started is stopped and the queue purged; it is purged at set-up too.
+
+    A worker uses the test database: mark the test ``django_db(transaction=True)``, so that
+    what the test writes is committed and the worker's writes are cleaned up afterwards.
+    """
+    from tests.worker import Worker, purge
+
+    started = []
+
+    def start(**kwargs):
+        worker = Worker(directory=tmp_path, **kwargs)
+        started.append(worker)
+        return worker.start()
+
+    purge()
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
+        purge()
+
+
+@pytest.fixture
+def celery_worker(celery_workers):
+    """One started real Celery worker (see ``celery_workers``)."""
+    return celery_workers()

@@ -2,6 +2,8 @@
 
 import os
 import tempfile
+import urllib.parse
+import uuid
 
 from tests import redis_server
 
@@ -74,7 +76,13 @@ CACHES = {
     }
 }
 
-CACHESTRAT = {"CACHE_ALIAS": "default", "DEFAULT_TTL": 3600, "KEY_PREFIX": "cstest"}
+CACHESTRAT = {
+    "CACHE_ALIAS": "default",
+    "DEFAULT_TTL": 3600,
+    "KEY_PREFIX": "cstest",
+    # Short, so tests of killed workers see their batches reclaimed quickly.
+    "VISIBILITY_TIMEOUT": 2.0,
+}
 
 LOGGING = {
     "version": 1,
@@ -82,3 +90,31 @@ LOGGING = {
     "handlers": {"null": {"class": "logging.NullHandler"}},
     "loggers": {"django_cachestrat": {"handlers": ["null"], "propagate": True}},
 }
+
+
+def _broker_url(cache_url):
+    """The cache's Redis URL on a neighbouring database number."""
+    parts = urllib.parse.urlsplit(cache_url)
+    db = int(parts.path.strip("/") or 0)
+    return parts._replace(path=f"/{db + 1 if db < 15 else db - 1}").geturl()
+
+
+# Celery, for tests that run a real worker (tests/worker.py). The broker is the suite's Redis
+# on another database than the cache, so key cleanup never touches Celery's keys. The queue
+# is this run's own (worker processes inherit the variable), so runs sharing a REDIS_URL never
+# take each other's tasks. A message a killed worker held is delivered again about 3-4 s after
+# it was first delivered. The flip side: a countdown/ETA longer than 3 s is delivered again,
+# and a task running longer than 3 s may also be delivered to a second polling worker.
+CELERY_BROKER_URL = _broker_url(CACHES["default"]["LOCATION"])
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 3,
+    "unacked_restore_interval": 1,
+    "unacked_restore_throttle": 1,
+}
+CELERY_TASK_DEFAULT_QUEUE = "cstest-" + os.environ.setdefault(
+    "CACHESTRAT_TEST_RUN", uuid.uuid4().hex[:8]
+)
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -125,7 +125,7 @@ def test_model_checks_e004_and_e005(monkeypatch):
 
     class BadLookups(CacheAsideMixin, models.Model):
         objects = CachedManager()
-        other = models.Manager()
+        other = models.Manager()  # noqa: DJ012 (a second manager, on purpose)
 
         class CacheMeta:
             lookups = "name"

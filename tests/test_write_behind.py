@@ -3,6 +3,7 @@
 from datetime import UTC, datetime
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -144,3 +145,60 @@ def test_poison_row_is_dead_lettered_and_the_rest_flushed(settings):
     assert letter.attempts == 2
     assert flusher.flush().rows == {}  # nothing left pending
     assert AppliedBatch.objects.exists()
+
+
+def test_flush_command_drains_and_says_what_it_wrote(page, capsys):
+    PageStats.objects.increment_behind(page.pk, views=4)
+    call_command("cachestrat_write_behind")
+    out = capsys.readouterr().out
+    assert "tests.pagestats: 1 row(s) waiting, 0 batch(es) in flight" in out
+    assert "0 dead letter(s)" in out
+    call_command("cachestrat_flush")
+    out = capsys.readouterr().out
+    assert "tests.pagestats: wrote 1 row(s)" in out
+    assert "1 batch(es), 1 row(s) written, 0 dead-lettered" in out
+    assert in_db(page.pk).views == 4
+    call_command("cachestrat_write_behind", "list")
+    assert "No pending write-behind writes." in capsys.readouterr().out
+
+
+def test_flush_command_reclaims_batches_of_stopped_workers(page, capsys):
+    from django_cachestrat import buffer
+
+    PageStats.objects.increment_behind(page.pk, views=2)
+    batch = buffer.Buffer(PageStats).claim(10, visibility=3600)  # a worker that died
+    assert batch is not None
+    call_command("cachestrat_flush")
+    assert "1 batch(es) in flight (use --reclaim" in capsys.readouterr().out
+    assert in_db(page.pk).views == 0
+    call_command("cachestrat_flush", "--reclaim")
+    assert "wrote 1 row(s)" in capsys.readouterr().out
+    assert in_db(page.pk).views == 2
+
+
+def test_dead_letters_can_be_listed_retried_and_discarded(settings, capsys):
+    from django.test import override_settings
+
+    rows = [PageStats.objects.create(path=f"/d{i}") for i in range(2)]
+    for row in rows:
+        PageStats.objects.increment_behind(row.pk, views=5)
+    PageStats.objects.filter(pk__in=[r.pk for r in rows])._raw_delete(using="default")
+    config = {**settings.CACHESTRAT, "MAX_RETRIES": 1}
+    with override_settings(CACHESTRAT=config):
+        flusher.flush()
+    letters = list(DeadLetter.objects.order_by("pk"))
+    assert len(letters) == 2
+    call_command("cachestrat_write_behind")
+    out = capsys.readouterr().out
+    assert "2 dead letter(s)" in out and "RowMissing" in out
+    # The row is back: retrying puts the writes in the queue again.
+    PageStats.objects.create(pk=rows[0].pk, path="/d0")
+    call_command("cachestrat_write_behind", "retry", str(letters[0].pk))
+    call_command("cachestrat_write_behind", "discard", "--all")
+    assert DeadLetter.objects.count() == 0
+    flusher.flush()
+    assert in_db(rows[0].pk).views == 5
+    with pytest.raises(CommandError, match="needs dead letter ids"):
+        call_command("cachestrat_write_behind", "retry")
+    with pytest.raises(CommandError, match="No dead letter with id 999"):
+        call_command("cachestrat_write_behind", "discard", "999")

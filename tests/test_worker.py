@@ -1,0 +1,159 @@
+"""Write-behind with a real Celery worker process, a real Redis and the test database."""
+
+import os
+import signal
+import time
+
+import pytest
+from django.db import connection
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+
+from django_cachestrat import buffer, flusher
+from django_cachestrat.models import AppliedBatch
+from django_cachestrat.tasks import flush_write_behind, trigger_flush
+from tests.models import PageStats
+from tests.redis_server import Server
+from tests.worker import pending, wait_until
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def db_views(pks):
+    return dict(PageStats.objects.filter(pk__in=pks).values_list("pk", "views"))
+
+
+@pytest.fixture
+def rows():
+    return [PageStats.objects.create(path=f"/p{i}").pk for i in range(100)]
+
+
+def test_worker_flushes_what_reads_already_see(celery_worker, rows):
+    for n, pk in enumerate(rows[:10]):
+        stats = PageStats.objects.get_cached(pk=pk)
+        stats.note = str(n)
+        stats.save()
+        PageStats.objects.increment_behind(pk, views=n + 1)
+    assert [PageStats.objects.get_cached(pk=pk).views for pk in rows[:10]] == list(range(1, 11))
+    assert set(db_views(rows[:10]).values()) == {0}
+    flush_write_behind.delay()
+    wait_until(
+        lambda: db_views(rows[:10]) == {pk: n + 1 for n, pk in enumerate(rows[:10])},
+        what=celery_worker.log,
+    )
+    notes = dict(PageStats.objects.filter(pk__in=rows[:10]).values_list("pk", "note"))
+    assert notes == {pk: str(n) for n, pk in enumerate(rows[:10])}
+    wait_until(lambda: flusher.waiting() == {}, what="the batch to be acknowledged")
+
+
+def test_ten_thousand_updates_to_a_hundred_rows(celery_worker, rows):
+    for i in range(10_000):
+        PageStats.objects.increment_behind(rows[i % 100], views=1)
+    # The flush itself, counted in this process: one UPDATE per row, 100 in all.
+    with CaptureQueriesContext(connection) as queries:
+        report = flusher.flush(max_batches=1)
+    updates = [q for q in queries if q["sql"].startswith("UPDATE")]
+    assert report.rows == {"tests.pagestats": 100}
+    assert len(updates) == 100
+    assert db_views(rows) == {pk: 100 for pk in rows}
+    # And through the worker: another round, summed the same way.
+    for i in range(10_000):
+        PageStats.objects.increment_behind(rows[i % 100], views=2)
+    flush_write_behind.delay()
+    wait_until(lambda: db_views(rows) == {pk: 300 for pk in rows}, what=celery_worker.log)
+
+
+@pytest.mark.parametrize("point", ["before_write", "during_write", "after_commit"])
+def test_worker_killed_mid_flush_loses_nothing_and_applies_once(
+    celery_workers, rows, tmp_path, point
+):
+    for i in range(1000):
+        PageStats.objects.increment_behind(rows[i % 100], views=1)
+    stats = PageStats.objects.get_cached(pk=rows[0])
+    stats.note = "kept"
+    stats.save()
+    marker = tmp_path / "paused"
+    doomed = celery_workers(
+        env={"CACHESTRAT_TEST_PAUSE_AT": point, "CACHESTRAT_TEST_PAUSE_FILE": str(marker)}
+    )
+    flush_write_behind.delay()
+    wait_until(marker.exists, what=doomed.log)
+    doomed.kill()  # SIGKILL at the point
+    expected = {pk: 10 for pk in rows}
+    if point == "after_commit":
+        assert db_views(rows) == expected  # committed, never acknowledged
+    else:
+        assert set(db_views(rows).values()) == {0}
+    # Reads still see every write while the batch waits to be reclaimed.
+    assert PageStats.objects.get_cached(pk=rows[1]).views == 10
+    rescuer = celery_workers()
+    time.sleep(conf_visibility() + 0.5)  # the batch becomes reclaimable
+    flush_write_behind.delay()
+    wait_until(lambda: flusher.waiting() == {}, what=rescuer.log)
+    assert db_views(rows) == expected  # exactly once: no counter applied twice
+    assert PageStats.objects.get(pk=rows[0]).note == "kept"
+    assert AppliedBatch.objects.count() == 1
+
+
+def conf_visibility():
+    from django_cachestrat import conf
+
+    return conf.settings().VISIBILITY_TIMEOUT
+
+
+def test_reaching_batch_size_queues_one_flush_not_a_flood(rows, settings):
+    config = {**settings.CACHESTRAT, "BATCH_SIZE": 5, "FLUSH_INTERVAL": 30}
+    with override_settings(CACHESTRAT=config):
+        for pk in rows[:50]:
+            PageStats.objects.increment_behind(pk, views=1)
+    assert pending() == 1
+    # Once a flush starts, the next size trigger may queue another.
+    flush_write_behind.run("tests.pagestats")
+    assert buffer.Buffer(PageStats).take_trigger(1) is True
+    trigger_flush(PageStats)  # already taken just now: nothing more queued
+    assert pending() == 1
+
+
+def test_pending_writes_survive_a_redis_restart_with_aof(rows):
+    server = Server(appendonly=True, appendfsync="always").start()
+    caches = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": server.url,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+        }
+    }
+    try:
+        with override_settings(CACHES=caches):
+            for i in range(300):
+                PageStats.objects.increment_behind(rows[i % 30], views=1)
+            os.kill(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+            server.start()
+            time.sleep(0.1)
+            assert PageStats.objects.get_cached(pk=rows[0]).views == 10  # still pending
+            report = flusher.drain()
+        assert report.rows == {"tests.pagestats": 30}
+        assert db_views(rows[:30]) == {pk: 10 for pk in rows[:30]}
+    finally:
+        server.stop()
+
+
+def test_redis_down_at_save_writes_the_database(rows, caplog):
+    from tests.redis_server import free_port
+
+    caches = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.3, "SOCKET_TIMEOUT": 0.3},
+        }
+    }
+    with override_settings(CACHES=caches):
+        stats = PageStats.objects.get_cached(pk=rows[0])
+        stats.note = "sync"
+        stats.save()
+        PageStats.objects.increment_behind(rows[0], views=3)
+    fresh = PageStats.objects.get(pk=rows[0])
+    assert (fresh.note, fresh.views) == ("sync", 3)
+    assert "goes to the database now" in caplog.text
