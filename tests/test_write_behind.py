@@ -202,3 +202,15 @@ def test_dead_letters_can_be_listed_retried_and_discarded(settings, capsys):
         call_command("cachestrat_write_behind", "retry")
     with pytest.raises(CommandError, match="No dead letter with id 999"):
         call_command("cachestrat_write_behind", "discard", "999")
+
+
+def test_saving_a_deferred_instance_writes_its_loaded_fields(page, django_assert_num_queries):
+    PageStats.objects.increment_behind(page.pk, views=3)
+    partial = PageStats.objects.only("note").get(pk=page.pk)
+    partial.note = "only"
+    with django_assert_num_queries(0):
+        partial.save()
+    got = PageStats.objects.get_cached(pk=page.pk)
+    assert (got.note, got.views) == ("only", 3)
+    flusher.flush()
+    assert (in_db(page.pk).note, in_db(page.pk).views) == ("only", 3)

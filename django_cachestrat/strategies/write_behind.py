@@ -150,6 +150,11 @@ class WriteBehind(Strategy):
         model = type(instance)
         opts = options.get(model)
         meta = model._meta
+        deferred = instance.get_deferred_fields()
+        if update_fields is None and deferred:
+            # As Model.save does for an instance loaded with only()/defer(): save the
+            # loaded fields only.
+            update_fields = [f.attname for f in opts.fields if f.attname not in deferred]
         if update_fields is None:
             chosen = [f for f in opts.fields if not f.primary_key]
         else:
