@@ -12,6 +12,7 @@ import inspect
 import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import NamedTuple
 
 from django.conf import settings as django_settings
 from django.db import models
@@ -32,8 +33,19 @@ class Unstorable(Exception):
     """The instance's values are not what the database holds (deferred or expressions)."""
 
 
-def encode(opts: CacheOptions, version: bytes, instance: models.Model, *, clean=False) -> bytes:
-    """Return the entry bytes of ``instance`` tagged with ``version``.
+def encode(
+    opts: CacheOptions,
+    version: bytes,
+    instance: models.Model,
+    *,
+    clean: bool = False,
+    expires: int = 0,
+    delta: int = 0,
+) -> bytes:
+    """Return the entry bytes of ``instance``: ``version:expires:delta:values``.
+
+    ``expires`` (ms since the epoch) and ``delta`` (ms the fill took) serve models with
+    ``stale_ttl`` or ``early_refresh``.
 
     ``clean=True`` runs each value through ``Field.to_python`` first, for instances the
     user filled in by hand (a ``"5"`` for an IntegerField must come back as ``5``).
@@ -52,7 +64,8 @@ def encode(opts: CacheOptions, version: bytes, instance: models.Model, *, clean=
         for i, out, _ in plan:
             values[i] = out(values[i])
         values = tuple(values)
-    return version + b":" + conf.settings().serializer.dumps(values)
+    header = b"%s:%d:%d:" % (version, expires, delta)
+    return header + conf.settings().serializer.dumps(values)
 
 
 def as_stored(field: models.Field, value: object) -> object:
@@ -80,22 +93,38 @@ def as_stored(field: models.Field, value: object) -> object:
     return value
 
 
+class Entry(NamedTuple):
+    """A decoded entry.
+
+    ``obj`` is the row, or None when the entry says the row does not exist; ``expires``
+    is when it goes stale (ms since the epoch; 0: not checked); ``delta`` is how long its
+    fill took (ms, for early refresh).
+    """
+
+    obj: models.Model | None
+    expires: int
+    delta: int
+
+
 def decode(
     opts: CacheOptions, data: bytes, version: bytes, using: str, cls: type[models.Model]
-) -> models.Model | None:
-    """Return the ``cls`` instance ``data`` stands for, or None when stale or unreadable.
+) -> Entry | None:
+    """Return the ``Entry`` ``data`` stands for, or None when it is stale or unreadable.
 
     ``cls`` is the model asked for: the cached model itself or one of its proxies.
 
     Unreadable bytes (corrupted, written by another program, or by another serializer)
     are logged and sent as ``cache_error``; the caller counts them as a miss.
     """
-    tag, sep, payload = data.partition(b":")
-    if tag != version:
+    parts = data.split(b":", 3)
+    if parts[0] != version:
         return None
     try:
-        if not sep:
-            raise ValueError("no version tag")
+        if len(parts) != 4:
+            raise ValueError("no entry header")
+        _, expires, delta, payload = parts
+        if not payload:
+            return Entry(None, int(expires), int(delta))
         values = conf.settings().serializer.loads(payload)
         if len(values) != len(opts.fields):
             raise ValueError(f"{len(values)} values for {len(opts.fields)} fields")
@@ -104,7 +133,7 @@ def decode(
             values = list(values)
             for i, _, back in plan:
                 values[i] = back(values[i])
-        return build(cls, opts, using, values)
+        return Entry(build(cls, opts, using, values), int(expires), int(delta))
     except Exception as exc:
         logger.warning(
             "django_cachestrat: unreadable entry for %s (%s); treated as a miss.", opts.label, exc
@@ -112,6 +141,11 @@ def decode(
         if signals.cache_error.receivers:
             signals.cache_error.send(sender=opts.model, error=exc, model=opts.model)
         return None
+
+
+def encode_absent(version: bytes) -> bytes:
+    """Return the entry bytes that say the row does not exist (negative caching)."""
+    return version + b":0:0:"
 
 
 def build(cls: type[models.Model], opts: CacheOptions, using: str, values: tuple):
@@ -156,7 +190,7 @@ def _plain(cls: type[models.Model]) -> bool:
 # are converted, and the converted types never occur in such a field otherwise, so the
 # way back is unambiguous. Any change here must change CODEC_FORMAT, which is part of the
 # key fingerprint, so entries in an older layout are misses.
-CODEC_FORMAT = "codec-2"
+CODEC_FORMAT = "codec-3"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _ZERO = timedelta(0)

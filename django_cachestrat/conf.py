@@ -39,7 +39,16 @@ KEYS: dict[str, _Key] = {
         "dotted path of a Serializer subclass",
         None,
     ),
-    "LEASE_TIMEOUT": _Key(5.0, (int, float), "seconds a reader's fill lease lasts"),
+    "LEASE_TIMEOUT": _Key(
+        2.0, (int, float), "seconds a reader's fill lease lasts (a dead filler's is taken over)"
+    ),
+    "FILL_WAIT": _Key(
+        3.0,
+        (int, float),
+        "seconds a reader waits for another reader's fill before reading the database; "
+        "0 turns stampede protection off",
+    ),
+    "NEGATIVE_TTL": _Key(10, (int,), "seconds a 'no such row' answer is cached; 0: never"),
     "WRITE_WINDOW": _Key(60, (int,), "seconds a write-through write stays in flight at most"),
     "FAILURE_COOLDOWN": _Key(
         5.0, (int, float), "seconds Redis is left alone after a connection failure"

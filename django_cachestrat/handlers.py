@@ -29,6 +29,8 @@ def on_post_save(
 ):
     """Let the strategy store or drop the row after commit."""
     sender.cache_strategy.after_save(instance, using, created, update_fields)
+    if created:
+        invalidation.pointers(sender, [instance], using)
 
 
 def on_post_delete(sender, instance, using=None, **kwargs):

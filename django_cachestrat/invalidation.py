@@ -9,6 +9,7 @@ the work and replays it when Redis answers again.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from functools import partial
 
@@ -31,6 +32,35 @@ def model(model: type[models.Model], using: str) -> None:
     """Drop every cached row of ``model`` once the transaction on ``using`` commits."""
     mark_written(model, using)
     transaction.on_commit(partial(_drop_model, model), using=using)
+
+
+def pointers(model: type[models.Model], instances, using: str) -> None:
+    """Drop the lookup pointers of ``instances``' values once the transaction commits.
+
+    A pointer can say "no such row" (``NEGATIVE_TTL``); a new row with that value must
+    not wait for it to expire.
+    """
+    opts = options.get(model)
+    if not opts.lookups:
+        return
+    cfg = conf.settings()
+    doomed = []
+    for instance in instances:
+        for name in opts.lookups:
+            attname = model._meta.get_field(name).attname
+            value = getattr(instance, attname, None)
+            if value is not None:
+                doomed.append(keys.lookup(cfg.KEY_PREFIX, opts.label, attname, value))
+    if doomed:
+        transaction.on_commit(partial(_drop_keys, model, doomed), using=using)
+
+
+def _drop_keys(model: type[models.Model], doomed: list[str]) -> None:
+    cfg = conf.settings()
+    with contextlib.suppress(CacheUnavailable):
+        backends.get(cfg.CACHE_ALIAS).delete(
+            keys.version(cfg.KEY_PREFIX, options.get(model).label), doomed
+        )
 
 
 def mark_written(model: type[models.Model], using: str) -> None:

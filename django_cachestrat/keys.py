@@ -40,6 +40,22 @@ def lease(prefix: str, label: str, pk: object) -> str:
     return f"{prefix}:{{{label}:{token(pk)}}}:lease"
 
 
+def fill(prefix: str, label: str, pk: object) -> tuple[str, str, str]:
+    """Return the keys a fill of a row uses.
+
+    Its lease, the count of readers waiting for it, and the list the filler pushes one
+    token to per waiter when it is done.
+    """
+    tag = f"{prefix}:{{{label}:{token(pk)}}}"
+    return f"{tag}:lease", f"{tag}:waiters", f"{tag}:ready"
+
+
+def lookup_fill(prefix: str, label: str, field: str, value: object) -> tuple[str, str, str]:
+    """Return the keys a fill of a lookup value's pointer uses (as ``fill``)."""
+    tag = f"{prefix}:{{{label}:{field}={token(value)}}}"
+    return f"{tag}:lease", f"{tag}:waiters", f"{tag}:ready"
+
+
 def writes(prefix: str, label: str, pk: object) -> tuple[str, str]:
     """Keys of the writes in flight for a row and of its write epoch (write-through)."""
     tag = f"{prefix}:{{{label}:{token(pk)}}}"

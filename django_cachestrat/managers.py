@@ -103,6 +103,7 @@ class CachedQuerySet(models.QuerySet):
                 invalidation.model(self.model, using)
             else:
                 invalidation.rows(self.model, pks, using)
+            invalidation.pointers(self.model, objs, using)
         return objs
 
     bulk_create.alters_data = True

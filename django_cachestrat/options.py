@@ -19,7 +19,12 @@ from django.db import models
 from django_cachestrat import keys
 
 # The attributes CacheMeta may have, and what each must be.
-ALLOWED = {"ttl": "a positive int or None", "lookups": "a list of unique field names"}
+ALLOWED = {
+    "ttl": "a positive int or None",
+    "lookups": "a list of unique field names",
+    "stale_ttl": "an int >= 0 (seconds an expired row may still be served while it refreshes)",
+    "early_refresh": "a bool, or a float beta > 0 (XFetch: refresh before expiry)",
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class CacheOptions:
     label: str
     ttl: int | None
     lookups: tuple[str, ...]
+    stale_ttl: int
+    early_refresh: float
     fields: tuple[models.Field, ...]
     attnames: tuple[str, ...]
     fingerprint: str
@@ -38,6 +45,15 @@ class CacheOptions:
     def pk_field(self) -> models.Field:
         """The model's primary key field."""
         return self.model._meta.pk
+
+    @property
+    def grace(self) -> int:
+        """Return the seconds an entry outlives its TTL in Redis.
+
+        ``stale_ttl``, and at least one for ``early_refresh``, so that a refresh that
+        comes a little late still finds the value.
+        """
+        return max(self.stale_ttl, 1 if self.early_refresh else 0)
 
     def to_pk(self, value: object) -> object:
         """Normalize a pk the way the database would (``"1"`` -> ``1``), or raise ``ValueError``."""
@@ -69,6 +85,12 @@ def errors(model: type[models.Model]) -> list[str]:
     ttl = getattr(cache_meta, "ttl", None)
     if ttl is not None and (type(ttl) is not int or ttl <= 0):
         problems.append(f"{meta.label}.CacheMeta.ttl must be {ALLOWED['ttl']}, not {ttl!r}.")
+    stale = getattr(cache_meta, "stale_ttl", 0)
+    if type(stale) is not int or stale < 0:
+        problems.append(f"{meta.label}.CacheMeta.stale_ttl must be {ALLOWED['stale_ttl']}.")
+    early = getattr(cache_meta, "early_refresh", False)
+    if not isinstance(early, bool | int | float) or (not isinstance(early, bool) and early <= 0):
+        problems.append(f"{meta.label}.CacheMeta.early_refresh must be {ALLOWED['early_refresh']}.")
     lookups = getattr(cache_meta, "lookups", ())
     if not isinstance(lookups, list | tuple) or not all(isinstance(n, str) for n in lookups):
         problems.append(f"{meta.label}.CacheMeta.lookups must be {ALLOWED['lookups']}.")
@@ -149,6 +171,8 @@ def _get(model: type[models.Model]) -> CacheOptions:
         label=meta.label_lower,
         ttl=getattr(cache_meta, "ttl", None),
         lookups=tuple(getattr(cache_meta, "lookups", ())),
+        stale_ttl=getattr(cache_meta, "stale_ttl", 0),
+        early_refresh=float(getattr(cache_meta, "early_refresh", False)),
         fields=fields,
         attnames=tuple(f.attname for f in fields),
         fingerprint=keys.fingerprint(schema),

@@ -11,6 +11,9 @@ listens to costs one attribute read.
   whole model (a version bump).
 - ``cache_error(sender, error=Exception, model=type | None)``: Redis failed, or bytes
   under one of our keys could not be read back (counted as a miss too).
+- ``cache_wait(sender, keys=int)``: a reader waits for another reader's fill of these rows.
+- ``cache_wait_timeout(sender, keys=int)``: it stopped waiting and read the database.
+- ``cache_stale(sender, keys=int)``: rows served stale while another reader refreshes them.
 - ``write_behind_flushed(sender, batch=str, pks=list, dead_letters=list)``: a write-behind
   batch of ``sender`` is in the database (``pks``), and these rows of it were
   dead-lettered (``dead_letters``).
@@ -24,3 +27,6 @@ cache_fill = Signal()
 cache_invalidate = Signal()
 cache_error = Signal()
 write_behind_flushed = Signal()
+cache_wait = Signal()
+cache_wait_timeout = Signal()
+cache_stale = Signal()

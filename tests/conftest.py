@@ -9,6 +9,9 @@ from django_cachestrat.signals import (
     cache_hit,
     cache_invalidate,
     cache_miss,
+    cache_stale,
+    cache_wait,
+    cache_wait_timeout,
 )
 
 
@@ -43,7 +46,15 @@ class Events:
         self.counts = {}
         self.errors = []
         self._receivers = []
-        for name, signal in [("hit", cache_hit), ("miss", cache_miss), ("fill", cache_fill)]:
+        counted = [
+            ("hit", cache_hit),
+            ("miss", cache_miss),
+            ("fill", cache_fill),
+            ("wait", cache_wait),
+            ("wait_timeout", cache_wait_timeout),
+            ("stale", cache_stale),
+        ]
+        for name, signal in counted:
             self._listen(signal, name, lambda kw: kw["keys"])
         self._listen(cache_invalidate, "invalidate", lambda kw: 1)
         self._listen(cache_error, "error", lambda kw: self.errors.append(kw["error"]) or 1)

@@ -91,3 +91,33 @@ class PageStats(WriteBehindMixin, models.Model):
 
     class Meta:
         base_manager_name = "objects"
+
+
+class Headline(CacheAsideMixin, models.Model):
+    """Served stale for a minute while one reader refreshes it."""
+
+    text = models.CharField(max_length=100)
+
+    objects = CachedManager()
+
+    class CacheMeta:
+        ttl = 1
+        stale_ttl = 60
+
+    class Meta:
+        base_manager_name = "objects"
+
+
+class Quote(CacheAsideMixin, models.Model):
+    """Refreshed early (XFetch), with a large beta so a test sees it within a second."""
+
+    text = models.CharField(max_length=100)
+
+    objects = CachedManager()
+
+    class CacheMeta:
+        ttl = 1
+        early_refresh = 50.0
+
+    class Meta:
+        base_manager_name = "objects"

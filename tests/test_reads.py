@@ -205,7 +205,7 @@ def test_keys_for_any_pk_value(name, raw_redis, django_assert_num_queries):
 def test_corrupted_bytes_are_a_logged_miss(book, raw_redis, events, caplog):
     Book.objects.get_cached(pk=book.pk)
     version = raw_redis.get(keys.version("cstest", "tests.book"))
-    for junk in [b"garbage", version + b":not pickle", version + b":" + b"\x80\x05K\x01.", b""]:
+    for junk in [b"garbage", version + b":0:0:not pickle", version + b":0:0:\x80\x05K\x01.", b""]:
         raw_redis.set(entry_key(Book, book.pk), junk)
         with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
             assert Book.objects.get_cached(pk=book.pk).title == "Dune"
@@ -220,7 +220,7 @@ def test_wrong_number_of_values_is_a_miss(book, raw_redis, events):
 
     Book.objects.get_cached(pk=book.pk)
     version = raw_redis.get(keys.version("cstest", "tests.book"))
-    raw_redis.set(entry_key(Book, book.pk), version + b":" + pickle.dumps((1, 2)))
+    raw_redis.set(entry_key(Book, book.pk), version + b":0:0:" + pickle.dumps((1, 2)))
     assert Book.objects.get_cached(pk=book.pk).title == "Dune"
     assert events("error", Book) == 1
 

@@ -110,11 +110,11 @@ def test_a_late_after_commit_step_never_leaves_the_older_row(raw_redis, monkeypa
     w1_committed = threading.Event()
     w2_done = threading.Event()
 
-    def delayed_end(self, model, pk, token, epoch, contended, value):
+    def delayed_end(self, *args):
         if threading.current_thread().name == "w1":
             w1_committed.set()
             assert w2_done.wait(10)
-        real_end(self, model, pk, token, epoch, contended, value)
+        real_end(self, *args)
 
     monkeypatch.setattr(WriteThrough, "_end", delayed_end)
 

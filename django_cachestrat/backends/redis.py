@@ -30,13 +30,65 @@ class CacheUnavailable(Exception):
 # Fill a missed row only if the caller still holds the lease it took before reading the
 # database. An invalidation deletes the lease, so a reader that read the old row before a
 # write committed can no longer store it afterwards.
-FILL = """
+def _wake(waiters: int, ready: int) -> str:
+    """Lua that wakes the readers waiting for a fill: one token each on the ready list."""
+    return f"""
+local waiting = tonumber(redis.call('GET', KEYS[{waiters}]) or '0')
+if waiting > 0 then
+  for i = 1, waiting do redis.call('RPUSH', KEYS[{ready}], '1') end
+  redis.call('EXPIRE', KEYS[{ready}], 5)
+  redis.call('DEL', KEYS[{waiters}])
+end
+"""
+
+
+# KEYS: lease, entry, waiters, ready. Fill a missed row only if the caller still holds the
+# lease it took before reading the database: an invalidation deletes the lease, so a
+# reader that read the old row before a write committed can no longer store it. Either
+# way, the readers waiting for the fill are woken.
+FILL = (
+    """
+local stored = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
   redis.call('DEL', KEYS[1])
-  return 1
+  stored = 1
 end
-return 0
+"""
+    + _wake(3, 4)
+    + "return stored"
+)
+
+# KEYS: lease, waiters, ready. A filler that failed gives its lease back and wakes the
+# waiters, so one of them takes over at once.
+RELEASE = (
+    """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+"""
+    + _wake(2, 3)
+    + "return 1"
+)
+
+# KEYS: entry, lease. A reader that missed takes the lease, unless a value arrived since
+# its read (another reader filled it): then it gets the value, and reads no database.
+# ARGV[3] is the unusable value the reader saw (an old version's, unreadable), if any.
+ACQUIRE = """
+local value = redis.call('GET', KEYS[1])
+if value and value ~= ARGV[3] then return {2, value} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1} end
+return {0}
+"""
+
+# KEYS: entry, lease, waiters. A reader that missed while another fills: the value if it
+# arrived meanwhile ({1, value}); {2} if nobody holds the lease any more (take it over);
+# else count the reader as waiting ({0}), in the same step, so no wake-up is missed.
+WAIT = """
+local value = redis.call('GET', KEYS[1])
+if value then return {1, value} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {2} end
+redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], 30)
+return {0}
 """
 
 # A write-through save announces itself before its commit: it joins the set of writes in
@@ -95,9 +147,21 @@ class RedisTransport:
         self.cooldown = cooldown
         self.max_pending = max_pending
         self._fill = client.register_script(FILL)
+        self._release = client.register_script(RELEASE)
+        self._wait = client.register_script(WAIT)
+        self._acquire = client.register_script(ACQUIRE)
         self._write_begin = client.register_script(WRITE_BEGIN)
         self._write_end = client.register_script(WRITE_END)
         self._version = client.register_script(VERSION)
+        self._scripts = (
+            self._fill,
+            self._release,
+            self._wait,
+            self._acquire,
+            self._write_begin,
+            self._write_end,
+            self._version,
+        )
         self._lock = threading.Lock()
         self._down_until = 0.0
         # version key -> entry keys to delete, or None: bump the whole model.
@@ -120,7 +184,7 @@ class RedisTransport:
             except NoScriptError:
                 if attempt == 2:
                     raise
-                for script in (self._fill, self._write_begin, self._write_end, self._version):
+                for script in self._scripts:
                     self.client.script_load(script.script)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -200,14 +264,72 @@ class RedisTransport:
 
         return self.call(run)
 
-    def fill_many(self, items: Sequence[tuple[str, str, bytes, int]], token: str) -> list[bool]:
-        """Store ``(lease_key, entry_key, value, ttl)`` items whose lease ``token`` still holds."""
+    def acquire_or_get(
+        self, items: Sequence[tuple[str, str, bytes | None]], token: str, timeout: float
+    ) -> list[tuple[int, bytes | None]]:
+        """Take leases, unless a value arrived meanwhile; per ``(value_key, lease_key, seen)``.
+
+        ``(2, value)`` if a value other than ``seen`` (what the caller read and could not
+        use) is there now, else ``(1, None)`` if the lease was taken, ``(0, None)`` if
+        another reader holds it.
+        """
+        ms = max(1, int(timeout * 1000))
 
         def build(pipe) -> None:
-            for lease_key, entry_key, value, ttl in items:
-                _evalsha(pipe, self._fill, [lease_key, entry_key], [token, value, ttl])
+            for value_key, lease_key, seen in items:
+                _evalsha(pipe, self._acquire, [value_key, lease_key], [token, ms, seen or b""])
+
+        results = self.call(self._pipeline, build)
+        return [(r[0], r[1] if len(r) > 1 else None) for r in results]
+
+    def fill_many(
+        self, items: Sequence[tuple[tuple[str, str, str], str, bytes, int]], token: str
+    ) -> list[bool]:
+        """Store the items whose lease ``token`` still holds; wake their waiters.
+
+        Items are ``((lease, waiters, ready), entry_key, value, ttl)``; True where stored.
+        """
+
+        def build(pipe) -> None:
+            for (lease, waiters, ready), entry_key, value, ttl in items:
+                _evalsha(pipe, self._fill, [lease, entry_key, waiters, ready], [token, value, ttl])
 
         return self.call(lambda: [bool(r) for r in self._pipeline(build)])
+
+    def release(self, fills: Sequence[tuple[str, str, str]], token: str) -> None:
+        """Give back the leases ``token`` holds among ``fills`` and wake their waiters."""
+
+        def build(pipe) -> None:
+            for lease, waiters, ready in fills:
+                _evalsha(pipe, self._release, [lease, waiters, ready], [token])
+
+        self.call(self._pipeline, build)
+
+    def wait_many(
+        self, items: Sequence[tuple[str, tuple[str, str, str]]]
+    ) -> list[tuple[int, bytes | None]]:
+        """Check on fills others hold: per ``(entry_key, (lease, waiters, ready))`` item.
+
+        ``(1, value)`` if the value is there, ``(2, None)`` if no one holds the lease,
+        else ``(0, None)``: the caller is now counted as waiting.
+        """
+
+        def build(pipe) -> None:
+            for entry_key, (lease, waiters, _) in items:
+                _evalsha(pipe, self._wait, [entry_key, lease, waiters], [])
+
+        results = self.call(self._pipeline, build)
+        return [(r[0], r[1] if len(r) > 1 else None) for r in results]
+
+    def block(self, ready_keys: Sequence[str], timeout: float) -> None:
+        """Wait (``BLPOP``) until a filler wakes us or ``timeout`` passes.
+
+        The wait is cut in slices shorter than the connection's socket timeout, so a
+        blocked read is never mistaken for a dead server.
+        """
+        socket_timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        slice_ = min(timeout, 0.5 * socket_timeout if socket_timeout else 1.0)
+        self.call(self.client.blpop, list(ready_keys), max(0.01, slice_))
 
     def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
         """``SET key value EX ttl`` for each item, in one round trip (lookup pointers)."""

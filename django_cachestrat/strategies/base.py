@@ -8,8 +8,11 @@ transaction that wrote the model, and reads while Redis is down, go to the datab
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 import secrets
+import time
 from collections.abc import Sequence
 
 from django.core.exceptions import ValidationError
@@ -91,27 +94,44 @@ class Strategy:
             )
         except CacheUnavailable:
             return self._from_db(model, using, pks)
+        # Only models with stale_ttl or early_refresh look at an entry's age.
+        now = time.time() * 1000 if opts.stale_ttl or opts.early_refresh else 0
         found: dict[object, models.Model] = {}
         missing = []
+        unusable: dict[object, bytes] = {}
+        stale = []
+        early = []
         for pk, data in zip(pks, entries, strict=True):
-            obj = None
+            entry = None
             if data is not None and version is not None:
-                obj = codec.decode(opts, data, version, using, model)
-            if obj is None:
+                entry = codec.decode(opts, data, version, using, model)
+            if entry is None:
                 missing.append(pk)
-            else:
-                found[pk] = obj
-        if found and signals.cache_hit.receivers:
-            signals.cache_hit.send(sender=model, keys=len(found))
+                if data is not None:
+                    unusable[pk] = data
+                continue
+            if entry.obj is not None:
+                found[pk] = entry.obj
+            if now and entry.expires:
+                if now >= entry.expires:
+                    stale.append(pk)
+                elif opts.early_refresh and _xfetch(now, entry, opts.early_refresh):
+                    early.append(pk)
+        hits = len(pks) - len(missing)
+        if hits and signals.cache_hit.receivers:
+            signals.cache_hit.send(sender=model, keys=hits)
+        if stale or early:
+            self._refresh(model, using, transport, version, stale, early, found)
         if not missing:
             return found
         _send(signals.cache_miss, model, len(missing))
-        found.update(self._fill(model, using, transport, version, missing))
+        found.update(self._fill(model, using, transport, version, missing, unusable))
         return {pk: found[pk] for pk in pks if pk in found}
 
     def _get_by_lookup(self, model, using, name, value):
-        # A lookup key holds only the pk. It needs no invalidation: the row it leads to is
-        # checked against the value, and a pointer that leads astray is a miss.
+        # A lookup key holds only the pk (or "-": no such row, for NEGATIVE_TTL). It needs
+        # no invalidation on update: the row it leads to is checked against the value, and
+        # a pointer that leads astray is a miss. A miss is single-flight, as for rows.
         opts = options.get(model)
         cfg = conf.settings()
         field = model._meta.get_field(name)
@@ -125,60 +145,235 @@ class Strategy:
         if value is None or not cfg.ENABLED or transactions.written(using, opts.label):
             return db.get(**{name: value})
         transport = backends.get(cfg.CACHE_ALIAS)
-        pointer = keys.lookup(cfg.KEY_PREFIX, opts.label, field.attname, value)
+        prefix = cfg.KEY_PREFIX
+        pointer = keys.lookup(prefix, opts.label, field.attname, value)
         try:
-            raw_pk = transport.get(pointer)
+            raw = transport.get(pointer)
         except CacheUnavailable:
             return db.get(**{name: value})
-        if raw_pk is not None:
-            try:
-                pk = opts.to_pk(raw_pk.decode())
-            except (ValueError, UnicodeDecodeError):
-                pk = None
-            obj = self._read(model, opts, using, [pk]).get(pk) if pk is not None else None
-            if obj is not None and getattr(obj, field.attname) == value:
-                return obj
+        if raw is not None:
+            found = self._follow(model, opts, using, field, value, raw)
+            if found is not None:
+                return found
         _send(signals.cache_miss, model, 1)
-        obj = db.get(**{name: value})
-        if transactions.may_fill(using):
-            try:
-                transport.set_many([(pointer, str(obj.pk).encode(), ttl(opts, cfg))])
-            except CacheUnavailable:
-                pass
+        if not transactions.may_fill(using):
+            return db.get(**{name: value})
+        fill_keys = keys.lookup_fill(prefix, opts.label, field.attname, value)
+        token = secrets.token_hex(8)
+        try:
+            if raw is None:
+                ((status, raw),) = transport.acquire_or_get(
+                    [(pointer, fill_keys[0], None)], token, cfg.LEASE_TIMEOUT
+                )
+            else:  # a pointer that led astray: replace it
+                (held,) = transport.acquire_leases([fill_keys[0]], token, cfg.LEASE_TIMEOUT)
+                status = 1 if held else 0
+        except CacheUnavailable:
+            return db.get(**{name: value})
+        if status == 2:  # another reader filled the pointer since our read
+            found = self._follow(model, opts, using, field, value, raw)
+            return found if found is not None else db.get(**{name: value})
+        held = status == 1
+        if not held and cfg.FILL_WAIT:
+            (answer,) = _await(model, transport, cfg, [(pointer, fill_keys)])
+            if isinstance(answer, bytes):
+                found = self._follow(model, opts, using, field, value, answer)
+                if found is not None:
+                    return found
+            return db.get(**{name: value})
+        if not held:
+            return db.get(**{name: value})
+        try:
+            obj = db.get(**{name: value})
+        except model.DoesNotExist:
+            stored = (fill_keys, pointer, b"-", cfg.NEGATIVE_TTL)
+            self._store_pointer(transport, token, fill_keys, stored if cfg.NEGATIVE_TTL else None)
+            raise
+        except BaseException:
+            self._store_pointer(transport, token, fill_keys, None)
+            raise
+        stored = (fill_keys, pointer, str(obj.pk).encode(), ttl(opts, cfg))
+        self._store_pointer(transport, token, fill_keys, stored)
         return obj
 
-    def _fill(self, model, using, transport, version, pks):
+    def _follow(self, model, opts, using, field, value, raw: bytes):
+        """Return the row a pointer leads to if it still has ``value``, else None.
+
+        Raises ``DoesNotExist`` for a cached "no such row".
+        """
+        if raw == b"-":
+            raise model.DoesNotExist(
+                f"{model._meta.object_name} matching {field.name}={value!r} does not exist."
+            )
+        try:
+            pk = opts.to_pk(raw.decode())
+        except (ValueError, UnicodeDecodeError):
+            return None
+        obj = self._read(model, opts, using, [pk]).get(pk) if pk is not None else None
+        if obj is not None and getattr(obj, field.attname) == value:
+            return obj
+        return None
+
+    @staticmethod
+    def _store_pointer(transport, token, fill_keys, item) -> None:
+        with contextlib.suppress(CacheUnavailable):
+            if item is None:
+                transport.release([fill_keys], token)
+            else:
+                transport.fill_many([item], token)
+
+    def _refresh(self, model, using, transport, version, stale, early, found) -> None:
+        # One reader refreshes (the one that gets the lease); the others keep the value
+        # they have: stale-while-revalidate for expired rows, XFetch for early ones.
+        cfg = conf.settings()
+        opts = options.get(model)
+        pks = stale + early
+        token = secrets.token_hex(8)
+        try:
+            held = transport.acquire_leases(
+                [keys.lease(cfg.KEY_PREFIX, opts.label, pk) for pk in pks],
+                token,
+                cfg.LEASE_TIMEOUT,
+            )
+        except CacheUnavailable:
+            return
+        mine = [pk for pk, got in zip(pks, held, strict=True) if got]
+        if mine and transactions.may_fill(using):
+            rows = self._load(model, using, transport, version, token, mine)
+            for pk in mine:
+                if pk in rows:
+                    found[pk] = rows[pk]
+                else:
+                    found.pop(pk, None)
+        served_stale = len([pk for pk in stale if pk not in mine])
+        _send(signals.cache_stale, model, served_stale)
+
+    def _fill(self, model, using, transport, version, pks, unusable=None):
+        # Single flight: the reader that gets a row's lease reads the database and fills;
+        # the others wait for its value (woken by it, not polling), take over if its lease
+        # lapses, and read the database themselves after FILL_WAIT at the most.
         opts = options.get(model)
         cfg = conf.settings()
         if not transactions.may_fill(using):
             return self._from_db(model, using, pks)
         prefix = cfg.KEY_PREFIX
-        lease_keys = [keys.lease(prefix, opts.label, pk) for pk in pks]
         token = secrets.token_hex(8)
         try:
             if version is None:
                 version = transport.version(keys.version(prefix, opts.label))
             # The leases are taken before the database is read: that is what lets an
             # invalidation after the read cancel the fill.
-            held = transport.acquire_leases(lease_keys, token, cfg.LEASE_TIMEOUT)
+            unusable = unusable or {}
+            taken = transport.acquire_or_get(
+                [
+                    (
+                        keys.entry(prefix, opts.label, opts.fingerprint, pk),
+                        keys.lease(prefix, opts.label, pk),
+                        unusable.get(pk),
+                    )
+                    for pk in pks
+                ],
+                token,
+                cfg.LEASE_TIMEOUT,
+            )
         except CacheUnavailable:
             return self._from_db(model, using, pks)
-        rows = self._from_db(model, using, pks)
-        items = [
-            (
-                lease_key,
-                keys.entry(prefix, opts.label, opts.fingerprint, pk),
-                codec.encode(opts, version, rows[pk]),
-                ttl(opts, cfg),
-            )
-            for pk, lease_key, got in zip(pks, lease_keys, held, strict=True)
-            if got and pk in rows
-        ]
-        if items:
+        rows = {}
+        mine, theirs, unusable = [], [], []
+        for pk, (status, value) in zip(pks, taken, strict=True):
+            if status == 1:
+                mine.append(pk)
+            elif status == 0:
+                theirs.append(pk)
+            else:
+                entry = codec.decode(opts, value, version, using, model)
+                if entry is None:  # an entry of an older model version, or unreadable
+                    unusable.append(pk)
+                elif entry.obj is not None:  # filled by another reader since our read
+                    rows[pk] = entry.obj
+        if unusable:
             try:
-                _send(signals.cache_fill, model, sum(transport.fill_many(items, token)))
+                held = transport.acquire_leases(
+                    [keys.lease(prefix, opts.label, pk) for pk in unusable],
+                    token,
+                    cfg.LEASE_TIMEOUT,
+                )
             except CacheUnavailable:
-                pass
+                held = [False] * len(unusable)
+            for pk, got in zip(unusable, held, strict=True):
+                (mine if got else theirs).append(pk)
+        if mine:
+            rows.update(self._load(model, using, transport, version, token, mine))
+        if not theirs:
+            return rows
+        if not cfg.FILL_WAIT:
+            rows.update(self._from_db(model, using, theirs))
+            return rows
+        slots = [
+            (
+                keys.entry(prefix, opts.label, opts.fingerprint, pk),
+                keys.fill(prefix, opts.label, pk),
+            )
+            for pk in theirs
+        ]
+        late, take_over = [], []
+        for pk, answer in zip(theirs, _await(model, transport, cfg, slots), strict=True):
+            if answer is _TAKE_OVER:
+                take_over.append(pk)
+            elif answer is _TIMEOUT:
+                late.append(pk)
+            else:
+                entry = codec.decode(opts, answer, version, using, model)
+                if entry is None:
+                    late.append(pk)
+                elif entry.obj is not None:
+                    rows[pk] = entry.obj
+        if take_over:
+            rows.update(self._fill(model, using, transport, version, take_over))
+        if late:
+            rows.update(self._from_db(model, using, late))
+        return rows
+
+    def _load(self, model, using, transport, version, token, pks):
+        """Read ``pks`` from the database under our leases and store what was read."""
+        opts = options.get(model)
+        cfg = conf.settings()
+        prefix = cfg.KEY_PREFIX
+        started = time.monotonic()
+        try:
+            rows = self._from_db(model, using, pks)
+        except BaseException:
+            # Give the leases back so a waiting reader takes over now, not at expiry.
+            with contextlib.suppress(CacheUnavailable):
+                transport.release([keys.fill(prefix, opts.label, pk) for pk in pks], token)
+            raise
+        delta = int((time.monotonic() - started) * 1000)
+        aging = opts.stale_ttl or opts.early_refresh
+        now = int(time.time() * 1000)
+        items, unfilled = [], []
+        for pk in pks:
+            fill_keys = keys.fill(prefix, opts.label, pk)
+            entry_key = keys.entry(prefix, opts.label, opts.fingerprint, pk)
+            obj = rows.get(pk)
+            if obj is None:
+                if cfg.NEGATIVE_TTL:
+                    items.append(
+                        (fill_keys, entry_key, codec.encode_absent(version), cfg.NEGATIVE_TTL)
+                    )
+                else:
+                    unfilled.append(fill_keys)
+                continue
+            fresh = ttl(opts, cfg)
+            expires = now + fresh * 1000 if aging else 0
+            value = codec.encode(opts, version, obj, expires=expires, delta=delta)
+            items.append((fill_keys, entry_key, value, fresh + opts.grace))
+        try:
+            if items:
+                _send(signals.cache_fill, model, sum(transport.fill_many(items, token)))
+            if unfilled:
+                transport.release(unfilled, token)
+        except CacheUnavailable:
+            pass
         return rows
 
     def _from_db(self, model, using, pks) -> dict[object, models.Model]:
@@ -201,3 +396,47 @@ class Strategy:
 
     def abort(self, instance: models.Model) -> None:
         """Undo what ``before_save`` announced, after ``save()`` raised."""
+
+
+_TAKE_OVER = object()
+_TIMEOUT = object()
+
+
+def _await(model, transport, cfg, slots) -> list:
+    """Wait for fills others hold.
+
+    Per ``(value_key, fill_keys)`` slot: the value's bytes, ``_TAKE_OVER`` (its filler is
+    gone) or ``_TIMEOUT`` (``FILL_WAIT`` passed).
+    """
+    deadline = time.monotonic() + cfg.FILL_WAIT
+    answers: list = [_TIMEOUT] * len(slots)
+    waiting = list(range(len(slots)))
+    _send(signals.cache_wait, model, len(waiting))
+    try:
+        while waiting:
+            still = []
+            replies = transport.wait_many([slots[i] for i in waiting])
+            for i, (status, value) in zip(waiting, replies, strict=True):
+                if status == 1:
+                    answers[i] = value
+                elif status == 2:
+                    answers[i] = _TAKE_OVER
+                else:
+                    still.append(i)
+            waiting = still
+            remaining = deadline - time.monotonic()
+            if waiting and remaining <= 0:
+                _send(signals.cache_wait_timeout, model, len(waiting))
+                break
+            if waiting:
+                transport.block([slots[i][1][2] for i in waiting], remaining)
+    except CacheUnavailable:
+        pass  # what is still waiting reads the database
+    return answers
+
+
+def _xfetch(now: float, entry, beta: float) -> bool:
+    # Vattani et al., "Optimal Probabilistic Cache Stampede Prevention" (VLDB 2015):
+    # recompute early with a probability that grows as expiry nears, scaled by how long
+    # a recomputation takes. 1 - random() is in (0, 1], so the log is defined.
+    return now - entry.delta * beta * math.log(1.0 - random.random()) >= entry.expires

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from functools import partial
 
 from django.db import models, transaction
@@ -60,10 +61,13 @@ class WriteThrough(Strategy):
             return
         pk, token, epoch, contended, version = state
         opts = options.get(type(instance))
+        life = ttl(opts, conf.settings())
         value = b""
         if update_fields is None:
+            aging = opts.stale_ttl or opts.early_refresh
+            expires = int(time.time() * 1000) + life * 1000 if aging else 0
             try:
-                value = codec.encode(opts, version, instance, clean=True)
+                value = codec.encode(opts, version, instance, clean=True, expires=expires)
             except codec.Unstorable:
                 pass
         if len(options.family(type(instance))) > 1:
@@ -71,10 +75,19 @@ class WriteThrough(Strategy):
             # dropped first, since commit callbacks run in the order they were added.
             super().after_save(instance, using, created, update_fields)
         invalidation.mark_written(type(instance), using)
-        end = partial(self._end, type(instance), pk, token, epoch, contended or not value, value)
+        end = partial(
+            self._end,
+            type(instance),
+            pk,
+            token,
+            epoch,
+            contended or not value,
+            value,
+            life + opts.grace,
+        )
         transaction.on_commit(end, using=using)
 
-    def _end(self, model, pk, token, epoch, contended, value) -> None:
+    def _end(self, model, pk, token, epoch, contended, value, life) -> None:
         opts = options.get(model)
         cfg = conf.settings()
         prefix = cfg.KEY_PREFIX
@@ -91,7 +104,7 @@ class WriteThrough(Strategy):
                 epoch,
                 contended,
                 value,
-                ttl(opts, cfg),
+                life,
             )
         except CacheUnavailable:
             return

@@ -1,0 +1,280 @@
+"""Thundering herds: one database query per cold key, however many readers arrive."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from django.db import connection, connections
+from django.test import override_settings
+
+from django_cachestrat import invalidate, keys, options
+from django_cachestrat.strategies.base import Strategy
+from tests.conftest import child_env
+from tests.models import Book, Headline, Quote
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+class Herd:
+    """``size`` threads that run ``read`` at the same instant, round after round, and count
+    the SQL queries each round sends to ``table``."""
+
+    def __init__(self, size, read, table):
+        self.size = size
+        self.read = read
+        self.table = table
+        self.lock = threading.Lock()
+
+    def round(self):
+        barrier = threading.Barrier(self.size)
+        results, queries = [], []
+
+        def count(execute, sql, params, many, context):
+            if self.table in sql:
+                with self.lock:
+                    queries.append(sql)
+            return execute(sql, params, many, context)
+
+        def run():
+            try:
+                with connection.execute_wrapper(count):
+                    barrier.wait(10)
+                    try:
+                        outcome = self.read()
+                    except Exception as exc:
+                        outcome = exc
+                with self.lock:
+                    results.append(outcome)
+            finally:
+                connections.close_all()
+
+        threads = [threading.Thread(target=run) for _ in range(self.size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        return results, queries
+
+
+@pytest.fixture
+def book():
+    return Book.objects.create(title="hot", isbn="hot")
+
+
+def test_32_threads_on_a_cold_key_send_one_query(book, events):
+    herd = Herd(32, lambda: Book.objects.get_cached(pk=book.pk), "tests_book")
+    for _ in range(20):
+        invalidate(book)
+        results, queries = herd.round()
+        assert len(queries) == 1, queries
+        assert len(results) == 32
+        assert all(isinstance(r, Book) and r.title == "hot" for r in results)
+    assert events("wait_timeout", Book) == 0
+
+
+def test_32_threads_on_a_cold_lookup_send_one_query_per_key(book):
+    herd = Herd(32, lambda: Book.objects.get_cached(isbn="hot"), "tests_book")
+    results, queries = herd.round()
+    # Two keys are cold: the lookup's pointer (one query by isbn) and the row (one by pk).
+    assert len(queries) == 2, queries
+    assert sum('"isbn" =' in q for q in queries) == 1
+    assert all(isinstance(r, Book) and r.pk == book.pk for r in results)
+
+
+def test_32_threads_on_a_missing_row_send_one_query():
+    herd = Herd(32, lambda: Book.objects.get_cached(pk=424242), "tests_book")
+    results, queries = herd.round()
+    assert len(queries) == 1
+    assert all(isinstance(r, Book.DoesNotExist) for r in results)
+    # The answer is cached briefly; creating the row drops it at once.
+    Book.objects.create(pk=424242, title="now", isbn="now")
+    assert Book.objects.get_cached(pk=424242).title == "now"
+
+
+def test_a_missing_lookup_is_cached_until_a_row_takes_the_value():
+    herd = Herd(16, lambda: Book.objects.get_cached(isbn="later"), "tests_book")
+    results, queries = herd.round()
+    assert len(queries) == 1
+    assert all(isinstance(r, Book.DoesNotExist) for r in results)
+    Book.objects.create(title="later", isbn="later")
+    assert Book.objects.get_cached(isbn="later").title == "later"
+
+
+def test_get_many_cached_herd_sends_one_query_per_cold_key(book):
+    other = Book.objects.create(title="other", isbn="other")
+    herd = Herd(16, lambda: Book.objects.get_many_cached([book.pk, other.pk]), "tests_book")
+    results, queries = herd.round()
+    assert 1 <= len(queries) <= 2  # one per key at most (one when a reader leases both)
+    assert all(set(r) == {book.pk, other.pk} for r in results)
+
+
+def test_protection_off_lets_the_herd_through(book, settings):
+    config = {**settings.CACHESTRAT, "FILL_WAIT": 0}
+    with override_settings(CACHESTRAT=config):
+        herd = Herd(16, lambda: Book.objects.get_cached(pk=book.pk), "tests_book")
+        _, queries = herd.round()
+    assert len(queries) > 1
+
+
+def test_a_filler_that_raises_hands_over_to_exactly_one_waiter(book, monkeypatch, events):
+    real = Strategy._from_db
+    failed = []
+
+    def flaky(self, model, using, pks):
+        with threading.Lock():
+            first = not failed
+            failed.append(1)
+        if first:
+            time.sleep(0.2)  # let the others start waiting
+            raise RuntimeError("database hiccup")
+        return real(self, model, using, pks)
+
+    monkeypatch.setattr(Strategy, "_from_db", flaky)
+    herd = Herd(32, lambda: Book.objects.get_cached(pk=book.pk), "tests_book")
+    results, queries = herd.round()
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert len(errors) == 1 and "hiccup" in str(errors[0])
+    assert sum(isinstance(r, Book) for r in results) == 31
+    assert len(queries) == 1  # exactly one waiter took over and filled
+    assert events("wait_timeout", Book) == 0  # woken by the release, not by the bound
+
+
+def test_a_dead_fillers_lease_lapses_and_one_waiter_fills(book, raw_redis, settings, events):
+    config = {**settings.CACHESTRAT, "LEASE_TIMEOUT": 0.5, "FILL_WAIT": 5.0}
+    lease = keys.lease("cstest", "tests.book", book.pk)
+    with override_settings(CACHESTRAT=config):
+        raw_redis.set(lease, "a-process-that-died", px=500)
+        herd = Herd(16, lambda: Book.objects.get_cached(pk=book.pk), "tests_book")
+        results, queries = herd.round()
+    assert len(queries) == 1
+    assert all(isinstance(r, Book) for r in results)
+    assert events("wait_timeout", Book) == 0
+
+
+def test_no_reader_waits_longer_than_the_bound(book, raw_redis, settings, events):
+    config = {**settings.CACHESTRAT, "LEASE_TIMEOUT": 30.0, "FILL_WAIT": 0.3}
+    lease = keys.lease("cstest", "tests.book", book.pk)
+    with override_settings(CACHESTRAT=config):
+        raw_redis.set(lease, "a-stuck-filler", px=30_000)
+        herd = Herd(8, lambda: Book.objects.get_cached(pk=book.pk), "tests_book")
+        results, queries = herd.round()
+    assert all(isinstance(r, Book) for r in results)
+    assert len(queries) == 8  # each gave up waiting and read the database itself
+    assert events("wait_timeout", Book) == 8
+
+
+PROCESS_READER = """
+import sys, django
+django.setup()
+import redis
+from django.conf import settings
+from django.db import connection
+from tests.models import Book
+client = redis.Redis.from_url(settings.CACHES["default"]["LOCATION"], socket_timeout=None)
+pk, rounds, name = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+for n in range(rounds):
+    client.blpop([f"cstest:herd:{name}:go:{n}"], 30)
+    seen = []
+    with connection.execute_wrapper(lambda ex, sql, *a: seen.append(sql) or ex(sql, *a)):
+        assert Book.objects.get_cached(pk=pk).title == "hot"
+    client.rpush(f"cstest:herd:{name}:done:{n}", sum("tests_book" in q for q in seen))
+"""
+
+
+def test_8_processes_on_a_cold_key_send_one_query(book):
+    import redis
+    from django.conf import settings
+
+    raw_redis = redis.Redis.from_url(settings.CACHES["default"]["LOCATION"], socket_timeout=None)
+    rounds, name = 20, f"p{book.pk}"
+    Book.objects.get_cached(pk=book.pk)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROCESS_READER, str(book.pk), str(rounds), name],
+            env=child_env(),
+        )
+        for _ in range(8)
+    ]
+    try:
+        for n in range(rounds):
+            invalidate(book)
+            raw_redis.rpush(f"cstest:herd:{name}:go:{n}", *[1] * 8)
+            counts = [
+                int(raw_redis.blpop([f"cstest:herd:{name}:done:{n}"], 60)[1]) for _ in range(8)
+            ]
+            assert sum(counts) == 1, (n, counts)
+    finally:
+        for p in procs:
+            p.wait(60)
+    assert all(p.returncode == 0 for p in procs)
+
+
+def _age(raw_redis, model, pk, *, expires_in_ms, delta_ms=0):
+    """Rewrite an entry's header as if it had been filled long ago."""
+    opts = options.get(model)
+    key = keys.entry("cstest", opts.label, opts.fingerprint, pk)
+    version, _, _, payload = raw_redis.get(key).split(b":", 3)
+    expires = int(time.time() * 1000) + expires_in_ms
+    raw_redis.set(key, b"%s:%d:%d:%s" % (version, expires, delta_ms, payload), keepttl=True)
+
+
+def test_stale_rows_are_served_while_one_reader_refreshes(raw_redis, monkeypatch, events):
+    headline = Headline.objects.create(text="old")
+    Headline.objects.get_cached(pk=headline.pk)
+    Headline.objects.filter(pk=headline.pk).update(text="new")  # through the ORM: invalidates
+    Headline.objects.get_cached(pk=headline.pk)
+    raw_redis_entry = keys.entry(
+        "cstest", "tests.headline", options.get(Headline).fingerprint, headline.pk
+    )
+    assert raw_redis.ttl(raw_redis_entry) > 50  # kept for the stale window
+    # Pretend the entry expired a moment ago, and the row changed behind our back.
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE tests_headline SET text = 'newer'")
+    _age(raw_redis, Headline, headline.pk, expires_in_ms=-10)
+    release = threading.Event()
+    real = Strategy._from_db
+
+    def slow(self, model, using, pks):
+        if model is Headline:
+            release.wait(10)
+        return real(self, model, using, pks)
+
+    monkeypatch.setattr(Strategy, "_from_db", slow)
+    refresher = threading.Thread(
+        target=lambda: (Headline.objects.get_cached(pk=headline.pk), connections.close_all())
+    )
+    refresher.start()
+    time.sleep(0.2)  # it holds the lease and is reading
+    served = []
+    with connection.execute_wrapper(lambda ex, sql, *a: served.append(sql) or ex(sql, *a)):
+        for _ in range(5):
+            assert Headline.objects.get_cached(pk=headline.pk).text == "new"  # stale, no query
+    assert served == []
+    assert events("stale", Headline) == 5
+    release.set()
+    refresher.join(10)
+    assert Headline.objects.get_cached(pk=headline.pk).text == "newer"
+
+
+def test_an_invalidated_row_is_never_served_stale(raw_redis):
+    headline = Headline.objects.create(text="old")
+    Headline.objects.get_cached(pk=headline.pk)
+    _age(raw_redis, Headline, headline.pk, expires_in_ms=-10)
+    headline.text = "written"
+    headline.save()  # invalidates: the stale value is gone, not served
+    assert Headline.objects.get_cached(pk=headline.pk).text == "written"
+
+
+def test_early_refresh_refreshes_before_expiry(raw_redis, events):
+    quote = Quote.objects.create(text="q")
+    Quote.objects.get_cached(pk=quote.pk)
+    misses, fills = events("miss", Quote), events("fill", Quote)
+    deadline = time.monotonic() + 2.5  # well past the 1 s TTL
+    while time.monotonic() < deadline:
+        assert Quote.objects.get_cached(pk=quote.pk).text == "q"
+        time.sleep(0.002)
+    # Refreshed many times, and never a miss: it never expired.
+    assert events("fill", Quote) - fills >= 2
+    assert events("miss", Quote) == misses
