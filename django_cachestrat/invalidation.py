@@ -146,6 +146,6 @@ def _require_cached(model_class: type[models.Model]) -> None:
 
     if not issubclass(model_class, CachedModelMixin):
         raise TypeError(
-            f"{model_class._meta.label} is not cached: add CacheAsideMixin or "
-            "WriteThroughMixin to its bases."
+            f"{model_class._meta.label} is not cached: add CacheAsideMixin, "
+            "WriteThroughMixin or WriteBehindMixin to its bases."
         )

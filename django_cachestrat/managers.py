@@ -20,7 +20,7 @@ def _require_cached(model: type[models.Model]) -> None:
     if not issubclass(model, CachedModelMixin):
         raise ImproperlyConfigured(
             f"{model._meta.label} uses CachedManager but has no strategy mixin "
-            "(CacheAsideMixin or WriteThroughMixin)."
+            "(CacheAsideMixin, WriteThroughMixin or WriteBehindMixin)."
         )
 
 

@@ -214,3 +214,41 @@ def test_saving_a_deferred_instance_writes_its_loaded_fields(page, django_assert
     assert (got.note, got.views) == ("only", 3)
     flusher.flush()
     assert (in_db(page.pk).note, in_db(page.pk).views) == ("only", 3)
+
+
+def test_lookup_reads_see_pending_writes_even_without_a_pointer(page, raw_redis):
+    from django_cachestrat import keys
+
+    PageStats.objects.increment_behind(page.pk, views=11)
+    raw_redis.delete(keys.lookup("cstest", "tests.pagestats", "path", "/"))
+    raw_redis.delete(keys.entry("cstest", "tests.pagestats", "x", page.pk))  # not the view
+    assert PageStats.objects.get_cached(path="/").views == 11
+    from django_cachestrat import invalidate
+
+    invalidate(page)  # the view is dropped too: rebuilt from the database and the pending
+    raw_redis.delete(keys.lookup("cstest", "tests.pagestats", "path", "/"))
+    assert PageStats.objects.get_cached(path="/").views == 11
+
+
+def test_writes_in_a_rolled_back_transaction_are_forgotten(page):
+    from django.db import transaction
+
+    class Rollback(Exception):
+        pass
+
+    with pytest.raises(Rollback), transaction.atomic():
+        PageStats.objects.increment_behind(page.pk, views=1000)
+        stats = PageStats.objects.get(pk=page.pk)
+        stats.note = "rb"
+        stats.save()
+        raise Rollback
+    assert PageStats.objects.get_cached(pk=page.pk).views == 0
+    with transaction.atomic():
+        PageStats.objects.increment_behind(page.pk, views=2)
+        stats = PageStats.objects.get(pk=page.pk)
+        stats.note = "ok"
+        stats.save(update_fields=["note"])
+    got = PageStats.objects.get_cached(pk=page.pk)
+    assert (got.views, got.note) == (2, "ok")  # recorded at commit
+    flusher.flush()
+    assert (in_db(page.pk).views, in_db(page.pk).note) == (2, "ok")

@@ -137,27 +137,26 @@ class Strategy:
         field = model._meta.get_field(name)
         if isinstance(value, models.Model):
             value = value.pk
-        db = model._base_manager.db_manager(using)
         try:
             value = field.to_python(value)
         except ValidationError:
-            return db.get(**{name: value})  # let the database say what is wrong
+            return self._lookup_db(model, using, name, value)  # let the database say what is wrong
         if value is None or not cfg.ENABLED or transactions.written(using, opts.label):
-            return db.get(**{name: value})
+            return self._lookup_db(model, using, name, value)
         transport = backends.get(cfg.CACHE_ALIAS)
         prefix = cfg.KEY_PREFIX
         pointer = keys.lookup(prefix, opts.label, field.attname, value)
         try:
             raw = transport.get(pointer)
         except CacheUnavailable:
-            return db.get(**{name: value})
+            return self._lookup_db(model, using, name, value)
         if raw is not None:
             found = self._follow(model, opts, using, field, value, raw)
             if found is not None:
                 return found
         _send(signals.cache_miss, model, 1)
         if not transactions.may_fill(using):
-            return db.get(**{name: value})
+            return self._lookup_db(model, using, name, value)
         fill_keys = keys.lookup_fill(prefix, opts.label, field.attname, value)
         token = secrets.token_hex(8)
         try:
@@ -169,10 +168,10 @@ class Strategy:
                 (held,) = transport.acquire_leases([fill_keys[0]], token, cfg.LEASE_TIMEOUT)
                 status = 1 if held else 0
         except CacheUnavailable:
-            return db.get(**{name: value})
+            return self._lookup_db(model, using, name, value)
         if status == 2:  # another reader filled the pointer since our read
             found = self._follow(model, opts, using, field, value, raw)
-            return found if found is not None else db.get(**{name: value})
+            return found if found is not None else self._lookup_db(model, using, name, value)
         held = status == 1
         if not held and cfg.FILL_WAIT:
             (answer,) = _await(model, transport, cfg, [(pointer, fill_keys)])
@@ -180,11 +179,11 @@ class Strategy:
                 found = self._follow(model, opts, using, field, value, answer)
                 if found is not None:
                     return found
-            return db.get(**{name: value})
+            return self._lookup_db(model, using, name, value)
         if not held:
-            return db.get(**{name: value})
+            return self._lookup_db(model, using, name, value)
         try:
-            obj = db.get(**{name: value})
+            obj = self._lookup_db(model, using, name, value)
         except model.DoesNotExist:
             stored = (fill_keys, pointer, b"-", cfg.NEGATIVE_TTL)
             self._store_pointer(transport, token, fill_keys, stored if cfg.NEGATIVE_TTL else None)
@@ -195,6 +194,10 @@ class Strategy:
         stored = (fill_keys, pointer, str(obj.pk).encode(), ttl(opts, cfg))
         self._store_pointer(transport, token, fill_keys, stored)
         return obj
+
+    def _lookup_db(self, model, using, name, value):
+        """Read the row whose ``name`` is ``value`` from the database (a lookup miss)."""
+        return model._base_manager.db_manager(using).get(**{name: value})
 
     def _follow(self, model, opts, using, field, value, raw: bytes):
         """Return the row a pointer leads to if it still has ``value``, else None.

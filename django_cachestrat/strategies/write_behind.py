@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import secrets
 
-from django.db import models, router, transaction
+from django.db import connections, models, router, transaction
 
 from django_cachestrat import buffer, codec, conf, invalidation, options, signals, transactions
 from django_cachestrat.backends import CacheUnavailable
@@ -72,6 +72,17 @@ class WriteBehind(Strategy):
                 signals.cache_error.send(sender=model, error=exc, model=model)
             return None
         return codec.build(model, opts, using, values)
+
+    def _lookup_db(self, model, using, name, value):
+        """Read the row by a lookup, with its pending writes laid over, as pk reads do."""
+        obj = super()._lookup_db(model, using, name, value)
+        try:
+            pending = buffer.Buffer(model).pending([obj.pk])
+        except CacheUnavailable:
+            return obj
+        if not pending:
+            return obj
+        return self._with_pending(model, using, [obj.pk], fill=False).get(obj.pk, obj)
 
     def _with_pending(self, model, using, pks, *, fill: bool) -> dict[object, models.Model]:
         """Read rows from the database with the writes still pending in Redis laid over."""
@@ -175,7 +186,33 @@ class WriteBehind(Strategy):
         except codec.Unstorable as exc:
             logger.debug("write-behind save of %s written at once: %s", opts.label, exc)
             return False
-        return self._record(model, instance.pk, fields, {}, full=update_fields is None)
+        full = update_fields is None
+        if connections[router.db_for_write(model)].in_atomic_block:
+            # Inside a transaction the write is recorded when it commits, and forgotten
+            # if it rolls back.
+            self._on_commit(model, instance.pk, fields, {}, full=full)
+            return True
+        return self._record(model, instance.pk, fields, {}, full=full)
+
+    def _on_commit(self, model, pk, fields, deltas, *, full: bool) -> None:
+        def record() -> None:
+            if not self._record(model, pk, fields, deltas, full=full):
+                self._write_now(model, pk, fields, deltas)
+
+        transaction.on_commit(record, using=router.db_for_write(model))
+
+    def _write_now(self, model, pk, fields, deltas) -> None:
+        """Write ``fields`` and ``deltas`` to the database at once (Redis is unreachable)."""
+        from django.db.models import F
+
+        using = router.db_for_write(model)
+        values = dict(fields)
+        for name, amount in deltas.items():
+            values[name] = fields[name] + amount if name in fields else F(name) + amount
+        updated = models.QuerySet(model, using=using).filter(pk=pk).update(**values)
+        if not updated:
+            raise model.DoesNotExist(f"{model._meta.object_name} pk={pk!r} does not exist.")
+        invalidation.rows(model, [pk], using)
 
     def increment(self, model, pk, deltas: dict[str, int]) -> None:
         """Add ``deltas`` to the row's counters, in Redis now and in the database later."""
@@ -190,18 +227,10 @@ class WriteBehind(Strategy):
                 raise TypeError(f"increment_behind({name}=...) takes an int, not {amount!r}.")
             by_attname[field.attname] = amount
         deltas = by_attname
-        if not self._record(model, pk, {}, deltas, full=False):
-            # Redis is unreachable: the increment goes to the database now.
-            from django.db.models import F
-
-            using = router.db_for_write(model)
-            updated = (
-                models.QuerySet(model, using=using)
-                .filter(pk=pk)
-                .update(**{name: F(name) + amount for name, amount in deltas.items()})
-            )
-            if not updated:
-                raise model.DoesNotExist(f"{model._meta.object_name} pk={pk!r} does not exist.")
+        if connections[router.db_for_write(model)].in_atomic_block:
+            self._on_commit(model, pk, {}, deltas, full=False)
+        elif not self._record(model, pk, {}, deltas, full=False):
+            self._write_now(model, pk, {}, deltas)  # Redis is unreachable
 
     def _record(self, model, pk, fields, deltas, *, full: bool) -> bool:
         cfg = conf.settings()
