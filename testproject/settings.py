@@ -2,12 +2,15 @@
 
 SQLite file database at ``testproject/db.sqlite3``; the cache is the Redis (or Valkey)
 server at ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``). ``scripts/demo`` starts an
-embedded Valkey server and sets ``REDIS_URL`` when it is not set already.
+embedded Valkey server and sets ``REDIS_URL`` when it is not set already. Celery's broker
+(for the write-behind flushes, see ``testproject/celery.py``) is the same server, on the
+next database number.
 
 For a local demo only: the secret key is public and DEBUG is on.
 """
 
 import os
+import urllib.parse
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent
@@ -73,7 +76,24 @@ CACHES = {
     }
 }
 
-CACHESTRAT = {"CACHE_ALIAS": "default", "DEFAULT_TTL": 3600}
+CACHESTRAT = {"CACHE_ALIAS": "default", "DEFAULT_TTL": 3600, "FLUSH_INTERVAL": 5.0}
+
+
+def _broker_url(cache_url: str) -> str:
+    """The cache's Redis URL on the next database number (the one before, for db 15)."""
+    parts = urllib.parse.urlsplit(cache_url)
+    db = int(parts.path.strip("/") or 0)
+    return parts._replace(path=f"/{db + 1 if db < 15 else db - 1}").geturl()
+
+
+# Celery (``celery -A testproject worker -B``): the worker runs the write-behind flushes
+# that beat schedules, and those the size trigger queues. No result backend: the flush task
+# ignores its result.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or _broker_url(REDIS_URL)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_DEFAULT_QUEUE = "cachestrat-demo"
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TIMEZONE = "UTC"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"

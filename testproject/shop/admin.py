@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 
 from django_cachestrat import invalidate
 
-from .models import Customer, Order, Product
+from .models import Customer, Order, Product, ProductStats
 
 
 @admin.action(description="Drop the selected rows from the cache")
@@ -49,3 +49,64 @@ class OrderAdmin(admin.ModelAdmin):
     autocomplete_fields = ["customer", "product"]
     readonly_fields = ["created_at"]
     actions = [drop_from_cache]
+
+
+@admin.action(description="Count one more view of each (write-behind)")
+def count_a_view(modeladmin, request, queryset):
+    """``increment_behind(views=1)`` each selected row: at once in Redis, later in the database."""
+    pks = list(queryset.values_list("pk", flat=True))
+    for pk in pks:
+        ProductStats.objects.increment_behind(pk, views=1)
+    modeladmin.message_user(
+        request,
+        f"Counted a view of {len(pks)} row(s) in Redis; the Celery worker writes them to the "
+        "database within a few seconds.",
+        messages.SUCCESS,
+    )
+
+
+@admin.register(ProductStats)
+class ProductStatsAdmin(admin.ModelAdmin):
+    """Product stats: write-behind cached.
+
+    The list shows the database's values next to the cache's: they differ until the Celery
+    worker flushes the pending writes (every ``FLUSH_INTERVAL`` seconds). The change form
+    shows what reads see (the cache, pending writes included) and saves only the fields
+    that were changed, so it never writes back a stale counter.
+    """
+
+    list_display = ["product", "views", "cached_views", "last_viewed"]
+    list_select_related = ["product"]
+    search_fields = ["product__sku", "product__name"]
+    autocomplete_fields = ["product"]
+    actions = [count_a_view, drop_from_cache]
+
+    @admin.display(description="views (cache)")
+    def cached_views(self, obj):
+        """The count reads see: the database's plus the writes not flushed yet."""
+        try:
+            return ProductStats.objects.get_cached(pk=obj.pk).views
+        except ProductStats.DoesNotExist:
+            return "-"
+
+    def get_readonly_fields(self, request, obj=None):
+        """The counter is counted, not typed in; a row's product does not change."""
+        return ["product", "views"] if obj is not None else ["views"]
+
+    def get_object(self, request, object_id, from_field=None):
+        """Edit the row as reads see it, with the pending writes included."""
+        obj = super().get_object(request, object_id, from_field)
+        if obj is None:
+            return None
+        try:
+            return ProductStats.objects.get_cached(pk=obj.pk)
+        except ProductStats.DoesNotExist:
+            return None
+
+    def save_model(self, request, obj, form, change):
+        """Save only the changed fields (write-behind); a new row is inserted at once."""
+        if change:
+            if form.changed_data:
+                obj.save(update_fields=form.changed_data)
+        else:
+            obj.save()

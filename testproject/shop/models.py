@@ -5,13 +5,17 @@
 - ``Product``: cache-aside; a save drops the row and the next read fills it.
   Looked up by pk or by its unique ``sku``.
 - ``Order``: cache-aside with foreign keys to both, looked up by pk only.
+- ``ProductStats``: write-behind; a product's view counter and last view. Saves and
+  ``increment_behind`` go to Redis at once and to the database when the Celery task
+  ``django_cachestrat.tasks.flush_write_behind`` (or ``flusher.drain()``) flushes them.
+  Looked up by pk or by its product.
 """
 
 from decimal import Decimal
 
 from django.db import models
 
-from django_cachestrat import CacheAsideMixin, CachedManager, WriteThroughMixin
+from django_cachestrat import CacheAsideMixin, CachedManager, WriteBehindMixin, WriteThroughMixin
 
 
 class Customer(WriteThroughMixin, models.Model):
@@ -91,3 +95,29 @@ class Order(CacheAsideMixin, models.Model):
 
     def __str__(self):
         return f"Order #{self.pk}"
+
+
+class ProductStats(WriteBehindMixin, models.Model):
+    """How often a product was viewed, and when last; write-behind cached, also by product.
+
+    ``ProductStats.objects.increment_behind(pk, views=1)`` and ``save()`` of an existing row
+    are recorded in Redis (reads see them at once) and written to the database in batches.
+    """
+
+    product = models.OneToOneField(Product, on_delete=models.CASCADE, related_name="stats")
+    views = models.PositiveIntegerField(default=0)
+    last_viewed = models.DateTimeField(null=True, blank=True)
+
+    objects = CachedManager()
+
+    class Meta:
+        ordering = ["product"]
+        verbose_name = "product stats"
+        verbose_name_plural = "product stats"
+        base_manager_name = "objects"  # so reverse add() updates drop cached rows too
+
+    class CacheMeta:
+        lookups = ["product"]
+
+    def __str__(self):
+        return f"stats of product #{self.product_id}"

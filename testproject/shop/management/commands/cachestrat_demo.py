@@ -2,13 +2,18 @@
 
 The workload is random but repeatable (``--seed``). It counts django_cachestrat's events
 (``cache_hit``, ``cache_miss``, ``cache_fill``, ``cache_invalidate``) per model, prints them
-as a table, and then reads a sample of rows through the cache and compares each with the
-database row: any difference is reported and the command exits with status 1.
+as a table, flushes the write-behind writes still pending (``flusher.drain()``), and then
+reads a sample of rows through the cache and compares each with the database row. Product
+views are counted write-behind (``ProductStats``); the workload keeps its own tally of
+every view and stamp, and each ``ProductStats`` row, read through the cache during the run
+and from the database at the end, must match it exactly. Any difference is reported and
+the command exits with status 1.
 """
 
 from __future__ import annotations
 
 import random
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -18,13 +23,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, models, transaction
 from django.db.models import F
+from django.utils import timezone
 from tqdm import tqdm
 
-from django_cachestrat import invalidate, invalidate_model, signals
+from django_cachestrat import flusher, invalidate, invalidate_model, signals
 
-from ...models import Customer, Order, Product
+from ...models import Customer, Order, Product, ProductStats
 
-MODELS: tuple[type[models.Model], ...] = (Customer, Product, Order)
+MODELS: tuple[type[models.Model], ...] = (Customer, Product, Order, ProductStats)
 
 FIRST_NAMES = [
     "Ada",
@@ -68,6 +74,33 @@ NOUNS = ["Kettle", "Lamp", "Chair", "Backpack", "Keyboard", "Mug", "Bicycle", "S
 
 class Rollback(Exception):
     """Raised inside ``atomic`` by the workload to roll a transaction back on purpose."""
+
+
+def add_reports(total: flusher.FlushReport, step: flusher.FlushReport) -> None:
+    """Add what one flush did to ``total``."""
+    for label, rows in step.rows.items():
+        total.add(label, rows)
+    total.batches += step.batches
+    total.dead_letters += step.dead_letters
+    total.requeued += step.requeued
+
+
+def describe(report: flusher.FlushReport) -> str:
+    """``report`` in a few words: rows by model, batches, dead letters, rows put back."""
+    rows = ", ".join(f"{n} {label}" for label, n in sorted(report.rows.items())) or "none"
+    return (
+        f"rows {rows}; {report.batches} batch(es), {report.dead_letters} dead letter(s), "
+        f"{report.requeued} requeued"
+    )
+
+
+def kind_of(problem: str) -> str:
+    """Group a verification problem: the read that showed it, or the tally's check."""
+    if "the workload counted" in problem or "the workload saved" in problem:
+        return "database vs the workload's tally"
+    how = re.search(r" via (\S+)", problem)
+    kind = how.group(1) if how else "rows missing, extra or not deleted"
+    return f"{kind} during the run" if "during the run" in problem else kind
 
 
 def money(cents: int) -> Decimal:
@@ -127,6 +160,19 @@ class Workload:
         self.products: list[int] = list(Product.objects.values_list("pk", flat=True))
         self.sku_of: dict[int, str] = dict(Product.objects.values_list("pk", "sku"))
         self.orders: list[int] = list(Order.objects.values_list("pk", flat=True))
+        # product pk -> its ProductStats pk, and what the workload expects each stats row to
+        # hold: the database's values at the start (nothing is pending then) plus every
+        # view counted and every stamp saved since, write-behind.
+        self.stats_of: dict[int, int] = dict(ProductStats.objects.values_list("product_id", "pk"))
+        self.views: dict[int, int] = dict(ProductStats.objects.values_list("pk", "views"))
+        self.last_viewed: dict[int, object] = dict(
+            ProductStats.objects.values_list("pk", "last_viewed")
+        )
+        # Reads of a stats row during the run that did not show the workload's own writes.
+        self.problems: list[str] = []
+        self.counted = 0  # views this run added
+        # What the in-process flushes during the run wrote (a worker would, in production).
+        self.flushed = flusher.FlushReport()
         # Rows the workload wrote (checked first at the end) and rows it deleted.
         self.touched: dict[type, set] = {m: set() for m in MODELS}
         self.deleted: dict[type, set] = {m: set() for m in MODELS}
@@ -152,6 +198,14 @@ class Workload:
             (1, self.rolled_back_save),
             (0.5, self.raw_sql_and_invalidate),
             (0.5, self.delete_and_recreate),
+            # Write-behind: product views are counted in Redis and flushed later.
+            (14, self.view_product),
+            (7, self.view_product_and_stamp),
+            (4, self.stats_by_pk),
+            (3, self.stats_by_product),
+            (3, self.many_stats),
+            (0.5, self.stats_update_now),
+            (0.25, self.flush_write_behind),
         ]
         self._weights = [w for w, _ in self.mix]
         self._ops = [op for _, op in self.mix]
@@ -342,6 +396,79 @@ class Workload:
         invalidate(Product, pk=pk)
         self.touched[Product].add(pk)
 
+    # -- write-behind ----------------------------------------------------------------------
+
+    def _check_stats(self, how: str, stats: ProductStats) -> None:
+        """A read of a stats row must show every write the workload made, flushed or not."""
+        want = (self.views[stats.pk], self.last_viewed[stats.pk])
+        got = (stats.views, stats.last_viewed)
+        if got != want:
+            self.problems.append(
+                f"shop.ProductStats pk={stats.pk} via {how} during the run: (views, "
+                f"last_viewed) is {got!r}, the workload wrote {want!r}"
+            )
+
+    def _count_view(self, product_pk: int) -> int:
+        """``increment_behind(views=1)`` of the product's stats row; return the row's pk."""
+        pk = self.stats_of[product_pk]
+        ProductStats.objects.increment_behind(pk, views=1)
+        self.views[pk] += 1
+        self.counted += 1
+        self.touched[ProductStats].add(pk)
+        return pk
+
+    def view_product(self):
+        """Show a product: read it through the cache and count the view, write-behind."""
+        product = Product.objects.get_cached(pk=self.pick(self.products))
+        self._count_view(product.pk)
+
+    def view_product_and_stamp(self):
+        """Count a view, then read the stats row, set ``last_viewed`` and ``save()`` it.
+
+        The save is recorded in Redis: no query. Half of the saves are full ``save()``s
+        (the counter, unchanged since the read, is not rewritten), half name the field.
+        """
+        product = Product.objects.get_cached(sku=self.sku_of[self.pick(self.products)])
+        self._count_view(product.pk)
+        stats = ProductStats.objects.get_cached(product=product.pk)
+        self._check_stats("get_cached(product)", stats)
+        stats.last_viewed = timezone.now()
+        if self.rng.random() < 0.5:
+            stats.save()
+        else:
+            stats.save(update_fields=["last_viewed"])
+        self.last_viewed[stats.pk] = stats.last_viewed
+
+    def stats_by_pk(self):
+        """Read a product's stats by pk: the view, pending writes included."""
+        pk = self.stats_of[self.pick(self.products)]
+        self._check_stats("get_cached(pk)", ProductStats.objects.get_cached(pk=pk))
+
+    def stats_by_product(self):
+        """Read a product's stats by its product (the unique one-to-one field)."""
+        stats = ProductStats.objects.get_cached(product=self.pick(self.products))
+        self._check_stats("get_cached(product)", stats)
+
+    def many_stats(self):
+        """Read the stats of a handful of products."""
+        pks = [self.stats_of[pk] for pk in self.pick_many(self.products)]
+        for stats in ProductStats.objects.get_many_cached(pks).values():
+            self._check_stats("get_many_cached", stats)
+
+    def stats_update_now(self):
+        """A synchronous ``update()`` of a counter with views pending: it drops the view,
+        and the next read rebuilds it from the database plus the writes still pending.
+        """
+        pk = self.stats_of[self.pick(self.products)]
+        ProductStats.objects.filter(pk=pk).update(views=F("views") + 1)
+        self.views[pk] += 1
+        self.counted += 1
+        self.touched[ProductStats].add(pk)
+
+    def flush_write_behind(self):
+        """Flush the pending writes now, as the Celery worker does every few seconds."""
+        add_reports(self.flushed, flusher.flush())
+
     def delete_and_recreate(self):
         """Delete a customer or a product (and its orders) and create it again: new pk."""
         if self.rng.random() < 0.5:
@@ -352,6 +479,8 @@ class Workload:
         old_pk = pks[index]
         old = model.objects.get(pk=old_pk)
         gone_orders = set(old.orders.values_list("pk", flat=True))
+        # A product's stats row goes with it (CASCADE), and so do its pending writes.
+        gone_stats = self.stats_of.pop(old_pk, None) if model is Product else None
         old.delete()
         new = model.objects.create(
             **{
@@ -368,6 +497,16 @@ class Workload:
         self.deleted[Order] |= gone_orders
         self.touched[Order] -= gone_orders
         self.orders = [pk for pk in self.orders if pk not in gone_orders]
+        if gone_stats is not None:
+            self.deleted[ProductStats].add(gone_stats)
+            self.touched[ProductStats].discard(gone_stats)
+            del self.views[gone_stats], self.last_viewed[gone_stats]
+        if model is Product:
+            stats = ProductStats.objects.create(product=new)  # a new row: inserted at once
+            self.stats_of[new.pk] = stats.pk
+            self.views[stats.pk] = 0
+            self.last_viewed[stats.pk] = None
+            self.touched[ProductStats].add(stats.pk)
 
 
 class Command(BaseCommand):
@@ -375,8 +514,10 @@ class Command(BaseCommand):
 
     help = (
         "Seed the demo shop (idempotent), run a random but repeatable workload of cached "
-        "reads and writes, print hits/misses/fills/invalidations per model, and check a "
-        "sample of cached rows against the database (exit status 1 on a mismatch)."
+        "reads and writes (product views counted write-behind), print hits/misses/fills/"
+        "invalidations per model, flush the write-behind writes, and check a sample of "
+        "cached rows and every product stats row against the database (exit status 1 on "
+        "a mismatch)."
     )
 
     def add_arguments(self, parser):
@@ -411,6 +552,12 @@ class Command(BaseCommand):
         url = settings.CACHES[alias].get("LOCATION")
         self.stdout.write(f"Cache backend: {url} ({settings.CACHES[alias]['BACKEND']})")
         self._ping(alias, url)
+        # The workload's tally of views starts from the database: nothing may be pending.
+        leftovers = self.drain("before the workload")
+        if leftovers.batches:
+            self.stdout.write(
+                "Flushed the write-behind writes an earlier run left: " + describe(leftovers)
+            )
 
         rng = random.Random(options["seed"])
         self.seed(rng, options["customers"], options["products"], options["orders"])
@@ -450,7 +597,41 @@ class Command(BaseCommand):
             + "\n"
         )
         self.report(counter)
+        flushes = workload.done["flush_write_behind"]
+        self.stdout.write(
+            f"Write-behind flushes during the run ({flushes}, in-process): "
+            + describe(workload.flushed)
+        )
+        # What the worker would write within FLUSH_INTERVAL seconds, written now.
+        report = self.drain("after the workload")
+        self.stdout.write(f"Write-behind drain at the end (flusher.drain()): {describe(report)}")
+        add_reports(workload.flushed, report)
+        self.stdout.write("")
         self.verify(workload, random.Random(options["seed"] + 1), options["verify"])
+
+    def drain(self, when: str, patience: float = 15) -> flusher.FlushReport:
+        """``flusher.drain()``, until nothing is pending; return what it wrote.
+
+        Batches a Celery worker has claimed are its to finish: wait up to ``patience``
+        seconds for them, then fail (the view counts could not be checked exactly).
+        """
+        total = flusher.FlushReport()
+        deadline = time.monotonic() + patience
+        while True:
+            add_reports(total, flusher.drain())
+            waiting = flusher.waiting()
+            if not waiting:
+                return total
+            if time.monotonic() > deadline:
+                raise CommandError(
+                    f"Write-behind writes still pending {when}: "
+                    + ", ".join(
+                        f"{label}: {rows} row(s), {batches} batch(es) in flight"
+                        for label, (rows, batches) in sorted(waiting.items())
+                    )
+                    + ". Stop the Celery workers and run manage.py cachestrat_flush --reclaim."
+                )
+            time.sleep(0.2)
 
     def _ping(self, alias: str, url: str) -> None:
         from django_redis import get_redis_connection
@@ -518,10 +699,18 @@ class Command(BaseCommand):
                         )
                     )
                 Order.objects.bulk_create(new_orders, batch_size=500)
+
+            # Every product has its stats row (write-behind saves update existing rows).
+            new_stats = [
+                ProductStats(product_id=pk)
+                for pk in Product.objects.filter(stats__isnull=True).values_list("pk", flat=True)
+            ]
+            ProductStats.objects.bulk_create(new_stats, batch_size=500)
         self.stdout.write(
-            f"Seeded {len(new_customers)} customers, {len(new_products)} products and "
-            f"{len(new_orders)} orders; the database has {Customer.objects.count()} customers, "
-            f"{Product.objects.count()} products and {Order.objects.count()} orders."
+            f"Seeded {len(new_customers)} customers, {len(new_products)} products, "
+            f"{len(new_orders)} orders and {len(new_stats)} product stats; the database has "
+            f"{Customer.objects.count()} customers, {Product.objects.count()} products, "
+            f"{Order.objects.count()} orders and {ProductStats.objects.count()} product stats."
         )
 
     # -- the report ----------------------------------------------------------------------
@@ -579,9 +768,11 @@ class Command(BaseCommand):
         The sample is every row the workload wrote plus ``untouched`` others per model.
         Each row is read with ``get_cached(pk=...)``, with ``get_cached`` by each of the
         model's lookups, and with ``get_many_cached``; rows the workload deleted must be
-        gone from all of them. Raises ``CommandError`` (exit status 1) on any difference.
+        gone from all of them. Then every ``ProductStats`` row in the database must hold
+        exactly the views and stamps the workload counted (nothing lost, nothing twice).
+        Raises ``CommandError`` (exit status 1) on any difference.
         """
-        problems: list[str] = []
+        problems: list[str] = list(workload.problems)
         checked = 0
         for model in MODELS:
             existing = set(model._base_manager.values_list("pk", flat=True))
@@ -606,7 +797,7 @@ class Command(BaseCommand):
             for pk in sample:
                 compare("get_cached(pk)", pk, model.objects.get_cached(pk=pk))
                 for name in lookups:
-                    value = getattr(expected[pk], name)
+                    value = getattr(expected[pk], model._meta.get_field(name).attname)
                     compare(f"get_cached({name})", pk, model.objects.get_cached(**{name: value}))
             for start in range(0, len(sample), 100):
                 chunk = sample[start : start + 100]
@@ -633,14 +824,25 @@ class Command(BaseCommand):
             if gone and model.objects.get_many_cached(gone):
                 problems.append(f"{model._meta.label}: get_many_cached returned deleted rows")
 
+        total = self.verify_stats(workload, problems)
+
         if problems:
             for problem in problems[:20]:
                 self.stderr.write(f"MISMATCH {problem}")
             if len(problems) > 20:
                 self.stderr.write(f"... and {len(problems) - 20} more")
+            kinds = Counter(kind_of(problem) for problem in problems)
+            self.stderr.write(
+                "mismatches by kind: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common())
+            )
+            in_db = ProductStats.objects.aggregate(views=models.Sum("views"))["views"] or 0
+            if in_db != total:
+                self.stderr.write(
+                    f"product views: {in_db} in the database, {total} counted ({in_db - total:+d})"
+                )
             raise CommandError(
-                f"{len(problems)} mismatch(es) between reads through the cache and the "
-                f"database ({checked} rows checked)."
+                f"{len(problems)} mismatch(es) between reads through the cache, the "
+                f"database and the workload's tally ({checked} rows checked)."
             )
         deleted = sum(len(workload.deleted[m]) for m in MODELS)
         self.stdout.write(
@@ -649,3 +851,39 @@ class Command(BaseCommand):
                 f"(and {deleted} deleted rows are gone from the cache)"
             )
         )
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"verified all {len(workload.views)} product stats rows in the database "
+                f"against the workload's own tally: views and last_viewed exact ({total} "
+                f"views in all; {workload.counted} counted by this run, with rows it deleted)"
+            )
+        )
+
+    def verify_stats(self, workload: Workload, problems: list[str]) -> int:
+        """Compare every ``ProductStats`` row in the database with the workload's tally.
+
+        Append a line to ``problems`` for each difference; return the views in all.
+        """
+        rows = {
+            pk: (views, last_viewed)
+            for pk, views, last_viewed in ProductStats.objects.values_list(
+                "pk", "views", "last_viewed"
+            )
+        }
+        for pk in sorted(rows.keys() - workload.views.keys()):
+            problems.append(f"shop.ProductStats pk={pk}: in the database, not in the tally")
+        for pk in sorted(workload.views.keys() - rows.keys()):
+            problems.append(f"shop.ProductStats pk={pk}: in the tally, not in the database")
+        for pk in sorted(rows.keys() & workload.views.keys()):
+            views, last_viewed = rows[pk]
+            if views != workload.views[pk]:
+                problems.append(
+                    f"shop.ProductStats pk={pk}: views is {views} in the database, the "
+                    f"workload counted {workload.views[pk]} ({views - workload.views[pk]:+d})"
+                )
+            if last_viewed != workload.last_viewed[pk]:
+                problems.append(
+                    f"shop.ProductStats pk={pk}: last_viewed is {last_viewed!r} in the "
+                    f"database, the workload saved {workload.last_viewed[pk]!r}"
+                )
+        return sum(workload.views.values())
