@@ -1,12 +1,13 @@
-"""Three models with the same six fields: write-through, cache-aside and plain (not cached)."""
+"""Models with the same six fields: write-through, cache-aside, plain (not cached), and
+write-behind (plus an integer counter for ``increment_behind``)."""
 
 from django.db import models
 
-from django_cachestrat import CacheAsideMixin, CachedManager, WriteThroughMixin
+from django_cachestrat import CacheAsideMixin, CachedManager, WriteBehindMixin, WriteThroughMixin
 
 
 class Fields(models.Model):
-    """The fields the three models share: char, int, decimal, datetime, bool, text."""
+    """The fields the models share: char, int, decimal, datetime, bool, text."""
 
     name = models.CharField(max_length=100)
     count = models.IntegerField(default=0)
@@ -32,3 +33,9 @@ class CacheAsideItem(CacheAsideMixin, Fields):
 
 class PlainItem(Fields):
     pass
+
+
+class WriteBehindItem(WriteBehindMixin, Fields):
+    hits = models.IntegerField(default=0)
+
+    objects = CachedManager()

@@ -1,6 +1,9 @@
 """Benchmark: django_cachestrat against the Redis floor and the ORM on PostgreSQL.
 
-Usage: ``scripts/bench`` or ``.venv/bin/python -m bench.run [--rounds N] [--profile]``.
+Usage: ``scripts/bench`` or ``.venv/bin/python -m bench.run [--rounds N] [--profile]
+[--only SECTION]``. Sections: ``core`` (reads, write-through and cache-aside saves) and
+``write-behind`` (ingest, coalescing and flushing; see ``bench/write_behind.py``); both run
+by default.
 
 Method. The operations compared with each other run interleaved, in rounds: each round
 runs a small batch of every variant (in an order that rotates from round to round) and
@@ -34,6 +37,8 @@ import sys
 import time
 from collections.abc import Callable
 
+SECTIONS = ("core", "write-behind")
+
 # -- set-up before Django -------------------------------------------------------------
 
 
@@ -61,7 +66,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also profile the cached hot paths with cProfile and print where time goes",
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (repeatable; default: all of them)",
+    )
+    parser.add_argument(
+        "--behind-rows",
+        type=int,
+        default=10_000,
+        help="write-behind rows, all flushed at once in the flush timing (10000)",
+    )
+    parser.add_argument(
+        "--flush-reps", type=int, default=3, help="repetitions of the 10,000-row flush (3)"
+    )
     args = parser.parse_args(argv)
+    args.only = [s for s in SECTIONS if s in (args.only or SECTIONS)]
+    if args.flush_reps < 1:
+        parser.error("--flush-reps must be at least 1")
     if args.rows < max(args.bulk_size, 200):
         parser.error(f"--rows must be at least 200 and --bulk-size ({args.bulk_size})")
     args.rounds = max(4, int(args.rounds * args.scale))
@@ -468,21 +491,37 @@ class Setup:
 
 
 def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
+    from django_redis import get_redis_connection
+
     from django_cachestrat import conf
 
     header(args, redis_url, started)
-    b = Setup(args, started)
+    missed = {}
     try:
-        measure(args, b)
-        if args.profile:
-            profile(b, args)
+        if "core" in args.only:
+            b = Setup(args, started)
+            missed["core"] = measure(args, b)
+            if args.profile:
+                profile(b, args)
+        if "write-behind" in args.only:
+            from bench import write_behind
+
+            print()
+            missed["write-behind"] = write_behind.run_section(args, started)
     finally:
         if not started:  # leave a shared server as we found it
-            clear_redis(b.client, conf.settings().KEY_PREFIX, owned=False)
+            client = get_redis_connection("default")
+            clear_redis(client, conf.settings().KEY_PREFIX, owned=False)
+    if len(missed) > 1:
+        total = sum(len(m) for m in missed.values())
+        print()
+        print(f"OVERALL: {total} goal(s) missed (" + ", ".join(
+            f"{section} {len(m)}" for section, m in missed.items()) + ")")
 
 
-def measure(args: argparse.Namespace, b: Setup) -> None:
-    """Count round trips, time the interleaved comparisons, print the table."""
+def measure(args: argparse.Namespace, b: Setup) -> list[str]:
+    """Count round trips, time the interleaved comparisons, print the table; return the
+    goals missed."""
     from django.db import connection
 
     size = b.size
@@ -568,6 +607,7 @@ def measure(args: argparse.Namespace, b: Setup) -> None:
         print(f"SUMMARY: {len(missed)} goal(s) MISSED: " + "; ".join(missed))
     else:
         print("SUMMARY: every goal PASSED")
+    return missed
 
 
 def lean_reader(b: Setup):

@@ -331,17 +331,6 @@ class RedisTransport:
         slice_ = min(timeout, 0.5 * socket_timeout if socket_timeout else 1.0)
         self.call(self.client.blpop, list(ready_keys), max(0.01, slice_))
 
-    def set_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
-        """``SET key value EX ttl`` for each item, in one round trip (lookup pointers)."""
-
-        def run() -> None:
-            pipe = self.client.pipeline(transaction=False)
-            for key, value, ttl in items:
-                pipe.set(key, value, ex=ttl)
-            pipe.execute()
-
-        self.call(run)
-
     # -- write-through -----------------------------------------------------------------
 
     def write_begin(
