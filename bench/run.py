@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("core", "write-behind")
+SECTIONS = ("core", "write-behind", "stampede")
 
 # -- set-up before Django -------------------------------------------------------------
 
@@ -508,6 +508,11 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
 
             print()
             missed["write-behind"] = write_behind.run_section(args, started)
+        if "stampede" in args.only:
+            from bench import stampede
+
+            print()
+            missed["stampede"] = stampede.run_section(args, started)
     finally:
         if not started:  # leave a shared server as we found it
             client = get_redis_connection("default")

@@ -1,0 +1,698 @@
+"""The write-behind section of the benchmark (``python -m bench.run --only write-behind``).
+
+Three questions, on PostgreSQL and Redis, with ``bench.models.WriteBehindItem`` (the six
+shared fields plus a ``hits`` counter) against ``PlainItem`` (the same six fields, not
+cached):
+
+1. Ingest: writes per second of a write-behind ``save()`` of an existing row and of
+   ``increment_behind`` against a plain ``save()`` (autocommit), interleaved in rounds as
+   the other comparisons are; again while more rows than ``BATCH_SIZE`` are pending.
+2. Coalescing: 10,000 updates (half ``increment_behind``, half read-modify-``save()``)
+   spread over 100 rows, then one flush: how many UPDATE statements reach the database.
+3. Flush: the time to flush 10,000 distinct pending rows (half a save, half an
+   increment), median over repetitions, against floors that send the same UPDATEs
+   without the app (one ``execute`` per row, and psycopg's pipelined ``executemany``).
+
+Size-triggered flushes go to an in-memory Celery broker that nothing consumes: the
+benchmark flushes explicitly, and counts the tasks the saves queued.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as dt
+import functools
+import io
+import os
+import pstats
+import statistics
+import sys
+import time
+
+from bench.run import (
+    RedisCounter,
+    clear_redis,
+    create_schema,
+    describe,
+    interleaved,
+    paired,
+    quantiles,
+    seed,
+)
+
+HOT = 200  # rows the ingest saves cycle through; as many others take the increments
+COALESCE_ROWS = 100
+COALESCE_OPS = 10_000
+CHUNK = 100  # rows per get_many_cached when priming and checking
+FLOOR = "bench-floor:{wb}"  # the floor's own keys (one hash tag, as the app's queue)
+
+
+def chunks(seq: list, size: int = CHUNK) -> list[list]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+class Speed:
+    """One ingest comparison: ours against a baseline as a speed-up, with a minimum goal.
+
+    The speed-up of a round is base µs / ours µs of that round (the paired comparison);
+    the figure is the median over rounds, with its 25th-75th percentiles. ``floor``: the
+    speed-up of a variant that only makes the Redis call the design needs.
+    """
+
+    def __init__(self, label, samples, ours, base, goal, floor=None):
+        self.label = label
+        self.ours = statistics.median(samples[ours])
+        self.base = statistics.median(samples[base])
+        self.r25, self.ratio, self.r75 = quantiles(paired(samples[base], samples[ours]))
+        self.floor = None if floor is None else statistics.median(
+            paired(samples[base], samples[floor])
+        )
+        self.goal = goal
+
+    @property
+    def passed(self) -> bool | None:
+        return None if self.goal is None else self.ratio >= self.goal
+
+
+def print_speed_table(rows: list[Speed]) -> None:
+    head = (
+        f"{'comparison':<48} {'ours op/s':>9} {'base op/s':>9} {'speed-up':>8} "
+        f"{'p25-p75':>13} {'floor':>7} {'goal':>6}  result"
+    )
+    print(head)
+    print("-" * len(head))
+    for row in rows:
+        goal = "" if row.goal is None else f">={row.goal:g}x"
+        floor = "" if row.floor is None else f"{row.floor:.1f}x"
+        verdict = "" if row.passed is None else ("PASS" if row.passed else "MISS  <<<")
+        print(
+            f"{row.label:<48} {1e6 / row.ours:>9.0f} {1e6 / row.base:>9.0f} {row.ratio:>7.2f}x "
+            f"{row.r25:>6.2f}-{row.r75:<6.2f} {floor:>7} {goal:>6}  {verdict}"
+        )
+
+
+class UpdateCounter:
+    """Counts the statements (and the UPDATEs among them) sent on a connection.
+
+    An ``execute_wrapper``: unlike ``CaptureQueriesContext`` it keeps no SQL and has no
+    cap (that one keeps the last 9,000), so it can stay on while a flush is timed.
+    """
+
+    def __init__(self):
+        self.statements = 0
+        self.updates = 0
+
+    def __call__(self, execute, sql, params, many, context):
+        self.statements += 1
+        if sql.lstrip()[:6].upper() == "UPDATE":
+            self.updates += len(params) if many else 1
+        return execute(sql, params, many, context)
+
+
+class Behind:
+    """Set-up of the section: tables, rows, primed views, instances, the Redis floor."""
+
+    def __init__(self, args: argparse.Namespace, started: bool):
+        from celery import Celery
+        from celery.signals import before_task_publish
+        from django_redis import get_redis_connection
+
+        from bench.models import PlainItem, WriteBehindItem
+        from django_cachestrat import buffer, conf, flusher
+        from django_cachestrat.models import AppliedBatch, DeadLetter
+
+        self.args = args
+        self.WB, self.PLAIN = WriteBehindItem, PlainItem
+        self.cfg = cfg = conf.settings()
+        self.flusher = flusher
+        self.buffer = buffer.Buffer(WriteBehindItem)
+        self.client = get_redis_connection("default")
+        self.label = WriteBehindItem._meta.label_lower
+
+        # Size-triggered flushes (trigger_flush -> flush_write_behind.delay) go here.
+        self.celery = Celery("bench", broker="memory://", set_as_current=True)
+        self.published = 0
+        before_task_publish.connect(self._published, weak=False)
+
+        clear_redis(self.client, cfg.KEY_PREFIX, started)
+        create_schema([WriteBehindItem, PlainItem, AppliedBatch, DeadLetter])
+        n = max(args.behind_rows, 2 * HOT + COALESCE_ROWS)
+        self.pks = seed([WriteBehindItem], n)[WriteBehindItem]
+        self.plain_pks = seed([PlainItem], 2 * HOT)[PlainItem]
+        self.findings: list[str] = []
+        self._prime()
+        self.now = dt.datetime.now(dt.UTC)
+        self.save_pks = self.pks[:HOT]  # write-behind saves
+        self.inc_pks = self.pks[HOT : 2 * HOT]  # increment_behind
+        self.coalesce_pks = self.pks[2 * HOT : 2 * HOT + COALESCE_ROWS]
+        self.refresh_instances()
+        self.plain_objs = list(PlainItem.objects.filter(pk__in=self.plain_pks[:HOT]).order_by("pk"))
+        self._floor_setup()
+
+    def _published(self, **kwargs):
+        self.published += 1
+
+    def queries_for(self, fn) -> int:
+        from django.db import connection
+        from django.test.utils import CaptureQueriesContext
+
+        with CaptureQueriesContext(connection) as queries:
+            fn()
+        return len(queries)
+
+    def _prime(self) -> None:
+        """Fill every row's view; then every read of it must be a hit (no query).
+
+        Views filled while the model has no version key in Redis were seen to be stored
+        as version ``0`` and never match (reads stay misses, and the first write of each
+        row has to rebuild its view): measure that, then let one write-behind write create
+        the key, as any application's first write would, before priming for real.
+        """
+        from django_cachestrat import signals
+
+        sample = self.pks[:CHUNK]
+        get_many = self.WB.objects.get_many_cached
+        had_version = self.client.get(self.buffer.version_key()) is not None
+        get_many(sample)
+        misses = 0
+
+        def missed(sender, keys, **kwargs):
+            nonlocal misses
+            misses += keys
+
+        signals.cache_miss.connect(missed, weak=False)
+        try:
+            before = self.queries_for(lambda: get_many(sample))
+        finally:
+            signals.cache_miss.disconnect(missed)
+        if before and not had_version:
+            stored = self.client.hget(self.buffer.row(sample[0])["view"], "__v")
+            self.findings.append(
+                f"views filled before the model's first write-behind write are never hits: "
+                f"re-reading {len(sample)} just-filled rows gave {misses} misses and "
+                f"{before} query(ies); the model had no version key in Redis and the fill "
+                f"stored __v={stored!r} (strategies/write_behind.py _with_pending)"
+            )
+        self.WB.objects.increment_behind(self.pks[0], hits=0)  # creates the version key
+        self.flusher.drain()
+        for part in chunks(self.pks):
+            get_many(part)
+        left = sum(self.queries_for(lambda p=part: get_many(p)) for part in chunks(self.pks))
+        if left:
+            raise RuntimeError(f"{left} queries re-reading {len(self.pks)} primed rows")
+
+    def refresh_instances(self) -> None:
+        """Instances of the saved rows as the cache has them now (so no save is stale)."""
+        got = self.WB.objects.get_many_cached(self.save_pks)
+        self.save_objs = [got[pk] for pk in self.save_pks]
+
+    def _floor_setup(self) -> None:
+        """The RECORD script as raw EVALSHAs on keys of the floor's own: a save (every
+        field, ``count`` changed) and an increment, as the app sends them."""
+        from django_cachestrat import buffer
+
+        self.record_sha = self.client.script_load(buffer.RECORD)
+        obj = self.save_objs[0]
+        names = [f.attname for f in self.WB._meta.concrete_fields if not f.primary_key]
+        self.floor_fields = [(name, buffer.encode(getattr(obj, name))) for name in names]
+        self.floor_count = obj.count
+        for n in range(2 * HOT):
+            self.floor_save(n)  # a full save creates the view the increments need
+
+    def _floor_keys(self, n: int) -> list[str]:
+        tag = f"bench-floor:{{wb:{n}}}"
+        return [f"{tag}:view", f"{tag}:fields", f"{tag}:deltas", f"{FLOOR}:dirty",
+                f"{FLOOR}:version", f"{tag}:lease"]
+
+    def floor_save(self, i: int):
+        n = i % HOT
+        args: list = [n, int(time.time() * 1000), "1", time.time_ns() // 1000,
+                      len(self.floor_fields)]
+        for name, value in self.floor_fields:
+            args += [name, str(self.floor_count + i).encode() if name == "count" else value]
+        args.append(0)
+        return self.client.evalsha(self.record_sha, 6, *self._floor_keys(n), *args)
+
+    def floor_increment(self, i: int):
+        n = HOT + i % HOT
+        return self.client.evalsha(
+            self.record_sha, 6, *self._floor_keys(n),
+            n, int(time.time() * 1000), "0", time.time_ns() // 1000, 0, 1, "hits", 1,
+        )
+
+    # -- operations, each called with an operation index --
+
+    def behind_save(self, i: int) -> None:
+        obj = self.save_objs[i % HOT]
+        obj.count += 1
+        obj.updated = self.now
+        obj.save()
+
+    def increment(self, i: int) -> None:
+        self.WB.objects.increment_behind(self.inc_pks[i % HOT], hits=1)
+
+    def plain_save(self, i: int) -> None:
+        obj = self.plain_objs[i % HOT]
+        obj.count += 1
+        obj.updated = self.now
+        obj.save()
+
+    # -- checks --
+
+    def check_flushed(self, pks: list) -> None:
+        """Nothing pending, and the database holds what the cache shows, field by field."""
+        waiting, flying = self.buffer.counts()
+        if waiting or flying:
+            raise RuntimeError(f"{waiting} rows still pending, {flying} batches in flight")
+        names = [f.attname for f in self.WB._meta.concrete_fields]
+        for part in chunks(pks, 1000):
+            cached = self.WB.objects.get_many_cached(part)
+            stored = self.WB._base_manager.in_bulk(part)
+            for pk in part:
+                a = [getattr(cached[pk], n) for n in names]
+                b = [getattr(stored[pk], n) for n in names]
+                if a != b:
+                    raise RuntimeError(f"pk={pk}: cache {a} != database {b} after the flush")
+
+
+# -- the measurements -----------------------------------------------------------------
+
+
+def measure_ingest(b: Behind, counter: RedisCounter) -> tuple[dict, dict]:
+    """Per-op costs and the interleaved ingest timings (few rows pending)."""
+    from django.db import connection
+
+    assert connection.get_autocommit()  # each plain save is its own transaction
+    costs = {
+        "write-behind save()": counter.per_op(functools.partial(b.behind_save, 0)),
+        "increment_behind()": counter.per_op(functools.partial(b.increment, 0)),
+        "plain save()": counter.per_op(functools.partial(b.plain_save, 0)),
+    }
+    samples = interleaved(
+        {
+            "plain save": b.plain_save,
+            "write-behind save": b.behind_save,
+            "increment_behind": b.increment,
+            "RECORD save (floor)": b.floor_save,
+            "RECORD increment (floor)": b.floor_increment,
+        },
+        ingest_rounds(b.args), b.args.write_batch, warmup=50,
+    )
+    return costs, samples
+
+
+def ingest_rounds(args: argparse.Namespace) -> int:
+    """Half the rounds of the other comparisons: a write-behind round is long (a plain
+    save commits), and the paired ratios settle well before."""
+    return max(4, args.rounds // 2)
+
+
+def measure_coalescing(b: Behind) -> dict:
+    """10,000 updates of 100 rows, then one flush: the statements it sends."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    pks = b.coalesce_pks
+    n = len(pks)
+    start = {obj.pk: (obj.count, obj.hits) for obj in b.WB._base_manager.filter(pk__in=pks)}
+    get_cached, increment = b.WB.objects.get_cached, b.WB.objects.increment_behind
+    t0 = time.perf_counter()
+    for i in range(COALESCE_OPS):
+        pk = pks[i % n]
+        if (i // n) % 2 == 0:
+            increment(pk, hits=1)
+        else:  # a read-modify-write, as a view would do it
+            obj = get_cached(pk=pk)
+            obj.count += 1
+            obj.save()
+    ingest = time.perf_counter() - t0
+    with CaptureQueriesContext(connection) as queries:
+        t0 = time.perf_counter()
+        report = b.flusher.flush([b.WB])
+        flush = time.perf_counter() - t0
+    sql = [q["sql"] for q in queries]
+    updates = sum(1 for s in sql if s.lstrip().upper().startswith("UPDATE"))
+    rounds = COALESCE_OPS // n
+    for obj in b.WB._base_manager.filter(pk__in=pks):
+        count, hits = start[obj.pk]
+        if (obj.count, obj.hits) != (count + rounds // 2, hits + (rounds + 1) // 2):
+            raise RuntimeError(f"pk={obj.pk}: wrong values after the coalesced flush")
+    b.check_flushed(pks)
+    return {
+        "ops": COALESCE_OPS, "rows": n, "updates": updates, "statements": len(sql),
+        "written": report.rows.get(b.label, 0), "batches": report.batches,
+        "ingest": ingest, "flush": flush,
+    }
+
+
+def fill(b: Behind, pks: list | None = None) -> float:
+    """Give each row (all of them by default) one pending write: even rows an increment,
+    odd rows a save of a freshly read instance. Return the seconds the writes took."""
+    pks = b.pks if pks is None else pks
+    get_many = b.WB.objects.get_many_cached
+    objs = {}
+    for part in chunks(pks[1::2]):
+        objs.update(get_many(part))
+    increment = b.WB.objects.increment_behind
+    t0 = time.perf_counter()
+    for k, pk in enumerate(pks):
+        if k % 2 == 0:
+            increment(pk, hits=1)
+        else:
+            obj = objs[pk]
+            obj.count += 1
+            obj.save()
+    return time.perf_counter() - t0
+
+
+def floor_statements(b: Behind) -> list[list[tuple[str, list]]]:
+    """The flush's UPDATEs as SQL with parameters, batch by batch, writing values the rows
+    already hold in the database (so the floors change nothing): ``hits + 0`` for the
+    incremented rows, the stored ``count`` for the saved ones. Same statements, same rows,
+    same batches as the app's flush."""
+    from django.db import connection
+
+    qn = connection.ops.quote_name
+    table = qn(b.WB._meta.db_table)
+    where = f"WHERE {table}.{qn('id')} = %s"
+    inc = f"UPDATE {table} SET {qn('hits')} = ({table}.{qn('hits')} + %s) {where}"
+    save = f"UPDATE {table} SET {qn('count')} = %s {where}"
+    counts = dict(b.WB._base_manager.filter(pk__in=b.pks[1::2]).values_list("pk", "count"))
+    stmts = [(inc, [0, pk]) if k % 2 == 0 else (save, [counts[pk], pk])
+             for k, pk in enumerate(b.pks)]
+    return chunks(stmts, b.cfg.BATCH_SIZE)
+
+
+def floor_execute(batches) -> None:
+    """One ``execute`` per row, a transaction per batch: the app's statements, no app."""
+    from django.db import connection, transaction
+
+    for batch in batches:
+        with transaction.atomic(), connection.cursor() as cursor:
+            for sql, params in batch:
+                cursor.execute(sql, params)
+
+
+def floor_executemany(batches) -> None:
+    """The same UPDATEs grouped by statement, one pipelined ``executemany`` per group."""
+    from django.db import connection, transaction
+
+    for batch in batches:
+        groups: dict[str, list] = {}
+        for sql, params in batch:
+            groups.setdefault(sql, []).append(params)
+        with transaction.atomic(), connection.cursor() as cursor:
+            for sql, many in groups.items():
+                cursor.executemany(sql, many)
+
+
+def measure_flush(b: Behind, counter: RedisCounter) -> dict:
+    """Repetitions of: fill every row, then (in rotating order) the app's flush and the
+    two floors. The first repetition also times ingest with every row pending."""
+    from django.db import connection
+
+    n = len(b.pks)
+    expect_batches = -(-n // b.cfg.BATCH_SIZE)
+    times: dict[str, list[float]] = {"flush": [], "execute": [], "executemany": []}
+    fills, updates = [], []
+    pending = None
+    for rep in range(b.args.flush_reps):
+        fills.append(fill(b))
+        waiting, _ = b.buffer.counts()
+        if waiting != n:
+            raise RuntimeError(f"{waiting} rows pending after the fill, not {n}")
+        if rep == 0:
+            pending = measure_pending_ingest(b, counter)
+        order = ["flush", "execute", "executemany"]
+        k = rep % len(order)
+        order = order[k:] + order[:k]
+        for name in order:
+            if name == "flush":
+                count = UpdateCounter()
+                with connection.execute_wrapper(count):
+                    t0 = time.perf_counter()
+                    report = b.flusher.flush([b.WB])
+                    times[name].append(time.perf_counter() - t0)
+                if report.rows.get(b.label) != n or report.batches != expect_batches:
+                    raise RuntimeError(f"flush of {n} rows reported {report}")
+                updates.append(count.updates)
+            else:
+                batches = floor_statements(b)
+                fn = floor_execute if name == "execute" else floor_executemany
+                t0 = time.perf_counter()
+                fn(batches)
+                times[name].append(time.perf_counter() - t0)
+    b.check_flushed(b.pks)
+    return {"rows": n, "batches": expect_batches, "times": times, "fills": fills,
+            "updates": updates, "pending": pending}
+
+
+def measure_pending_ingest(b: Behind, counter: RedisCounter) -> dict:
+    """Ingest again while every row is pending (more than ``BATCH_SIZE``): each save then
+    also asks for a size-triggered flush."""
+    b.refresh_instances()
+    rounds = max(4, b.args.rounds // 8)
+    costs = {
+        "write-behind save(), all rows pending": counter.per_op(
+            functools.partial(b.behind_save, 0)
+        ),
+        "increment_behind(), all rows pending": counter.per_op(
+            functools.partial(b.increment, 0)
+        ),
+    }
+    samples = interleaved(
+        {"plain save": b.plain_save, "write-behind save": b.behind_save,
+         "increment_behind": b.increment},
+        rounds, b.args.write_batch, warmup=20,
+    )
+    return {"costs": costs, "samples": samples, "rounds": rounds}
+
+
+# -- the section ----------------------------------------------------------------------
+
+
+def run_section(args: argparse.Namespace, started: bool) -> list[str]:
+    """Set up, measure and print the write-behind section; return the goals missed."""
+    print("=" * 100)
+    print("Write-behind (WriteBehindItem: the six fields + a hits counter; PlainItem as base)")
+    print("=" * 100)
+    phases: dict[str, float] = {}
+    clock = time.perf_counter
+    t = clock()
+    b = Behind(args, started)
+    counter = RedisCounter(b.client)
+    phases["set-up"], t = clock() - t, clock()
+    costs, samples = measure_ingest(b, counter)
+    b.flusher.drain()
+    b.check_flushed(b.save_pks + b.inc_pks)
+    phases["ingest"], t = clock() - t, clock()
+    coal = measure_coalescing(b)
+    phases["coalescing"], t = clock() - t, clock()
+    flush = measure_flush(b, counter)
+    phases["flush"] = clock() - t
+    missed = report(b, costs, samples, coal, flush, phases)
+    if args.profile:
+        profile(b)
+    return missed
+
+
+def report(b: Behind, costs, samples, coal, flush, phases) -> list[str]:
+    args, cfg = b.args, b.cfg
+    pending = flush["pending"]
+    took = ", ".join(f"{name} {seconds:.0f}" for name, seconds in phases.items())
+    print(f"  {len(b.pks)} write-behind rows, {len(b.plain_pks)} plain rows; BATCH_SIZE="
+          f"{cfg.BATCH_SIZE}; {ingest_rounds(args)} interleaved rounds of {args.write_batch} "
+          f"ops per variant; {args.flush_reps} flush repetitions")
+    print(f"  section took {sum(phases.values()):.0f}s ({took})")
+    print()
+    print("Cost of one operation (client sends, INFO deltas, captured queries):")
+    for label, c in {**costs, **pending["costs"]}.items():
+        print(f"  {label:<40} {describe(c)}")
+    print()
+
+    rows = [
+        Speed("write-behind save() vs plain save()", samples, "write-behind save",
+              "plain save", 20, floor="RECORD save (floor)"),
+        Speed("increment_behind() vs plain save()", samples, "increment_behind", "plain save",
+              20, floor="RECORD increment (floor)"),
+    ]
+    ps = pending["samples"]
+    rows_pending = [
+        Speed(f"  same, {len(b.pks)} rows pending: save()", ps, "write-behind save",
+              "plain save", 20),
+        Speed(f"  same, {len(b.pks)} rows pending: increment_behind()", ps,
+              "increment_behind", "plain save", 20),
+    ]
+    print("1. Ingest: ops/s = 1e6 / median µs per op; speed-up = median of per-round "
+          "(plain µs / ours µs), p25-p75 shown; goal >= 20x")
+    print_speed_table(rows + rows_pending)
+    print(f"""
+  ours: obj.save() of an instance in hand (count += 1, updated = now; every field saved)
+    over {HOT} rows; increment_behind(pk, hits=1) over {HOT} other rows. base: the same
+    save() of PlainItem, autocommit (one UPDATE and its commit).
+  floor: the RECORD script alone as a raw EVALSHA (same keys and arguments, no Python
+    of ours): the best the one-round-trip design could do against this base.
+  "rows pending": the same ops while all {len(b.pks)} rows have a pending write (more
+    than BATCH_SIZE), {pending['rounds']} rounds; size-triggered flush tasks queued during
+    the section: {b.published} (memory broker, not consumed).
+  raw µs: """ + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in samples.items())
+          + "; pending: " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in ps.items()))
+    print()
+
+    ratio = coal["ops"] / coal["updates"] if coal["updates"] else float("inf")
+    coal_pass = coal["updates"] <= coal["rows"]
+    print(f"2. Database writes for {coal['ops']:,} updates of {coal['rows']} hot rows "
+          f"(half increment_behind, half get_cached + save()), then one flush")
+    print(f"  UPDATE statements the flush sent  {coal['updates']:>6}   goal <= {coal['rows']}  "
+          f"{'PASS' if coal_pass else 'MISS  <<<'}")
+    print(f"  coalescing: {ratio:.0f} updates per UPDATE; {coal['written']} rows in "
+          f"{coal['batches']} batch(es), {coal['statements']} statements in all; the "
+          f"{coal['ops']:,} updates took {coal['ingest']:.2f}s "
+          f"({coal['ops'] / coal['ingest']:,.0f}/s), the flush {coal['flush'] * 1000:.0f} ms")
+    print()
+
+    times = flush["times"]
+    n = flush["rows"]
+    print(f"3. Flush of {n:,} pending rows (half an increment, half a save): "
+          f"{flush['batches']} batches of <= {cfg.BATCH_SIZE}, median of "
+          f"{len(times['flush'])} repetitions")
+    head = f"  {'what':<46} {'median s':>9} {'rows/s':>8} {'min-max s':>13} {'x ours':>7}"
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    ours = statistics.median(times["flush"])
+    labels = {
+        "flush": "flusher.flush() (the app)",
+        "execute": "floor: same UPDATEs, one execute() per row",
+        "executemany": "floor: same UPDATEs, executemany() per batch",
+    }
+    for name, label in labels.items():
+        t = statistics.median(times[name])
+        print(f"  {label:<46} {t:>9.2f} {n / t:>8,.0f} "
+              f"{min(times[name]):>6.2f}-{max(times[name]):<6.2f} {t / ours:>6.2f}x")
+    fill_s = statistics.median(flush["fills"])
+    print(f"""
+  UPDATEs per flush: {', '.join(str(u) for u in flush['updates'])} (one per row, as designed).
+  Filling the {n:,} rows (one write each, untimed reads first) took {fill_s:.1f}s median
+    ({n / fill_s:,.0f} writes/s), most of them with more than BATCH_SIZE rows pending.
+  Per flushed row, against a plain save(): {ours / n * 1e6:.0f} µs vs \
+{statistics.median(samples['plain save']):.0f} µs.
+  The floors write values the rows already hold (hits + 0, the stored count), so the
+    database does the same work and the data stays as the app left it.""")
+    print()
+
+    missed = [r.label for r in rows if r.passed is False]
+    if not coal_pass:
+        missed.append("coalescing: UPDATEs <= rows")
+    findings = list(b.findings)
+    if findings:
+        print("Findings:")
+        for f in findings:
+            print(f"  - {f}")
+        print()
+    if missed:
+        print(f"SUMMARY (write-behind): {len(missed)} goal(s) MISSED: " + "; ".join(missed))
+    else:
+        print("SUMMARY (write-behind): every goal PASSED")
+    return missed
+
+
+# -- where the time goes ----------------------------------------------------------------
+
+
+def profile(b: Behind) -> None:
+    """A ladder of the save path, then cProfile of the save, increment and flush paths."""
+    from django_cachestrat import buffer, codec, options
+
+    opts = options.get(b.WB)
+    strategy = b.WB.cache_strategy
+    buf = b.buffer
+    fields_of = [f for f in opts.fields if not f.primary_key]
+
+    def encode_only(i):
+        obj = b.save_objs[i % HOT]
+        obj.count += 1
+        return {f.attname: buffer.encode(codec.as_stored(f, f.pre_save(obj, False)))
+                for f in fields_of}
+
+    def buffer_record(i):
+        obj = b.save_objs[i % HOT]
+        obj.count += 1
+        fields = {f.attname: codec.as_stored(f, f.pre_save(obj, False)) for f in fields_of}
+        return buf.record(obj.pk, fields, {}, full=True)
+
+    def save_behind(i):
+        obj = b.save_objs[i % HOT]
+        obj.count += 1
+        return strategy.save_behind(obj, None)
+
+    per_pipe = b.args.write_batch
+    pipe = b.client.pipeline(transaction=False)
+
+    def pipelined(i):
+        """The floor's EVALSHAs, sent ``write_batch`` to a round trip (what a client-side
+        batch of writes could cost per write)."""
+        n = i % HOT
+        pipe.evalsha(b.record_sha, 6, *b._floor_keys(n), n, int(time.time() * 1000), "1",
+                     time.time_ns() // 1000, 1, "count", str(b.floor_count + i), 0)
+        if (i + 1) % per_pipe == 0:
+            pipe.execute()
+
+    b.flusher.drain()
+    b.refresh_instances()
+    ladder = interleaved(
+        {
+            "1 RECORD as raw EVALSHA (floor)": b.floor_save,
+            "2 Buffer.record(all fields)": buffer_record,
+            "3 WriteBehind.save_behind(obj)": save_behind,
+            "4 obj.save()": b.behind_save,
+            "fields + encode only (no Redis)": encode_only,
+            "increment_behind()": b.increment,
+            f"RECORD, {per_pipe} per pipeline (per op)": pipelined,
+            "plain save()": b.plain_save,
+        },
+        max(20, b.args.rounds // 4), per_pipe, warmup=per_pipe * 3,
+    )
+    print()
+    print("=== write-behind save(), built up step by step (interleaved, median µs) ===")
+    previous = None
+    for name, values in ladder.items():
+        median = statistics.median(values)
+        step = ""
+        if name[0].isdigit():
+            step = "" if previous is None else f"  (+{median - previous:.1f})"
+            previous = median
+        print(f"  {name:<36} {median:8.1f}{step}")
+    print()
+    b.flusher.drain()
+    b.refresh_instances()
+    flushed = b.pks[:2000]
+
+    def flush():
+        report = b.flusher.flush([b.WB])
+        assert report.rows.get(b.label) == len(flushed), report
+
+    cases = [
+        ("write-behind save(), 2000 calls", None, lambda: [b.behind_save(i) for i in range(2000)]),
+        ("increment_behind(), 2000 calls", None, lambda: [b.increment(i) for i in range(2000)]),
+        (f"flusher.flush() of {len(flushed)} pending rows", lambda: fill(b, flushed), flush),
+    ]
+    for label, before, fn in cases:
+        b.flusher.drain()
+        if before is not None:
+            before()
+        prof = cProfile.Profile()
+        prof.enable()
+        fn()
+        prof.disable()
+        out = io.StringIO()
+        stats = pstats.Stats(prof, stream=out)
+        print(f"=== cProfile: {label} ===")
+        stats.sort_stats("tottime").print_stats(15)
+        stats.sort_stats("cumulative").print_stats(r"django_cachestrat/", 20)
+        text = out.getvalue()
+        for path in sorted({*sys.path, os.getcwd()}, key=len, reverse=True):
+            if len(path) > 1:
+                text = text.replace(path + os.sep, "")
+        print(text)
+    b.flusher.drain()
