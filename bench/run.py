@@ -169,8 +169,8 @@ class Row:
         self.ours = statistics.median(samples[ours])
         self.base = statistics.median(samples[base])
         self.r25, self.ratio, self.r75 = quantiles(paired(samples[ours], samples[base]))
-        self.floor = None if floor is None else statistics.median(
-            paired(samples[floor], samples[base])
+        self.floor = (
+            None if floor is None else statistics.median(paired(samples[floor], samples[base]))
         )
         self.goal = goal
 
@@ -298,22 +298,33 @@ def header(args, redis_url: str, started: bool) -> None:
     except ImportError:
         parser = "pure-Python parser"
     with connection.cursor() as cursor:
-        cursor.execute("SELECT version(), current_setting('synchronous_commit'), "
-                       "current_setting('fsync')")
+        cursor.execute(
+            "SELECT version(), current_setting('synchronous_commit'), current_setting('fsync')"
+        )
         pg_version, sync_commit, fsync = cursor.fetchone()
     params = pg_params()
     print("django_cachestrat benchmark")
-    print(f"  Python   {platform.python_implementation()} {platform.python_version()} on "
-          f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
-    print(f"  Django   {django.get_version()}; redis-py {redis.__version__} ({parser}); "
-          f"django-redis {django_redis.__version__}; psycopg {psycopg.__version__}")
-    print(f"  Redis    {server} {version}{compat} at {redis_url} "
-          f"({'started by the benchmark' if started else 'REDIS_URL'})")
-    print(f"  DB       {pg_version.split(' on ')[0]} at {params['host']}:{params['port']}/"
-          f"{params['dbname']} (synchronous_commit={sync_commit}, fsync={fsync}, autocommit)")
-    print(f"  Load     {args.rows} rows per model; {args.rounds} interleaved rounds per "
-          f"comparison; batches of {args.point_batch} point reads, {args.bulk_batch} bulk reads "
-          f"of {args.bulk_size}, {args.write_batch} saves per variant per round")
+    print(
+        f"  Python   {platform.python_implementation()} {platform.python_version()} on "
+        f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"  Django   {django.get_version()}; redis-py {redis.__version__} ({parser}); "
+        f"django-redis {django_redis.__version__}; psycopg {psycopg.__version__}"
+    )
+    print(
+        f"  Redis    {server} {version}{compat} at {redis_url} "
+        f"({'started by the benchmark' if started else 'REDIS_URL'})"
+    )
+    print(
+        f"  DB       {pg_version.split(' on ')[0]} at {params['host']}:{params['port']}/"
+        f"{params['dbname']} (synchronous_commit={sync_commit}, fsync={fsync}, autocommit)"
+    )
+    print(
+        f"  Load     {args.rows} rows per model; {args.rounds} interleaved rounds per "
+        f"comparison; batches of {args.point_batch} point reads, {args.bulk_batch} bulk reads "
+        f"of {args.bulk_size}, {args.write_batch} saves per variant per round"
+    )
     print()
 
 
@@ -399,8 +410,9 @@ class Setup:
         self.wt = self.WT.objects
         self.wt_pks = wt_pks = self.pks[self.WT]
         opts = options.get(self.WT)
-        self.entry_keys = [keys.entry(cfg.KEY_PREFIX, opts.label, opts.fingerprint, pk)
-                           for pk in wt_pks]
+        self.entry_keys = [
+            keys.entry(cfg.KEY_PREFIX, opts.label, opts.fingerprint, pk) for pk in wt_pks
+        ]
         self.version_key = keys.version(cfg.KEY_PREFIX, opts.label)
         if self.client.get(self.entry_keys[0]) is None:
             raise RuntimeError(f"no entry under {self.entry_keys[0]!r}: the key layout changed")
@@ -484,8 +496,19 @@ class Setup:
 
         def after(obj):
             tag = f"bench-floor:{{wt:{obj.pk}}}"
-            client.evalsha(end, 4, f"{tag}:inflight", f"{tag}:epoch", f"{tag}:entry",
-                           f"{tag}:lease", "token", epochs.pop(obj.pk), "0", value, 3600)
+            client.evalsha(
+                end,
+                4,
+                f"{tag}:inflight",
+                f"{tag}:epoch",
+                f"{tag}:entry",
+                f"{tag}:lease",
+                "token",
+                epochs.pop(obj.pk),
+                "0",
+                value,
+                3600,
+            )
 
         return before, after
 
@@ -520,8 +543,11 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
     if len(missed) > 1:
         total = sum(len(m) for m in missed.values())
         print()
-        print(f"OVERALL: {total} goal(s) missed (" + ", ".join(
-            f"{section} {len(m)}" for section, m in missed.items()) + ")")
+        print(
+            f"OVERALL: {total} goal(s) missed ("
+            + ", ".join(f"{section} {len(m)}" for section, m in missed.items())
+            + ")"
+        )
 
 
 def measure(args: argparse.Namespace, b: Setup) -> list[str]:
@@ -545,19 +571,29 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
         print(f"  {label:<28} {describe(c)}")
     many = counts[f"get_many_cached({size}) hit"]
     one_trip = many["round_trips"] == 1 and many["server_commands"] == 1 and not many["queries"]
-    print(f"  => get_many_cached({size}) of hits is exactly one Redis round trip: "
-          f"{'PASS' if one_trip else 'MISS  <<<'}")
+    print(
+        f"  => get_many_cached({size}) of hits is exactly one Redis round trip: "
+        f"{'PASS' if one_trip else 'MISS  <<<'}"
+    )
     print()
 
     t0 = time.perf_counter()
     point = interleaved(
-        {"get_cached": b.get_cached, "GET": b.redis_get, "MGET 2": b.redis_mget_one,
-         "ORM get": b.orm_get},
-        args.rounds, args.point_batch, warmup=500,
+        {
+            "get_cached": b.get_cached,
+            "GET": b.redis_get,
+            "MGET 2": b.redis_mget_one,
+            "ORM get": b.orm_get,
+        },
+        args.rounds,
+        args.point_batch,
+        warmup=500,
     )
     bulk = interleaved(
         {"get_many_cached": b.get_many, "in_bulk": b.in_bulk, "MGET many": b.redis_mget_many},
-        args.rounds, args.bulk_batch, warmup=50,
+        args.rounds,
+        args.bulk_batch,
+        warmup=50,
     )
     assert connection.get_autocommit()  # each save is its own transaction
     writes = interleaved(
@@ -568,7 +604,9 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
             "plain save + DEL": b.saver(b.PLAIN, after=b.delete_floor),
             "plain save + write RTTs": b.saver(b.PLAIN, *b.write_floor()),
         },
-        args.rounds, args.write_batch, warmup=100,
+        args.rounds,
+        args.write_batch,
+        warmup=100,
     )
     elapsed = time.perf_counter() - t0
 
@@ -578,23 +616,61 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
 
     samples = {**point, **bulk, **writes}
     rows = [
-        Row("get_cached(pk=) hit vs Redis GET (floor)", samples, "get_cached", "GET", 1.5,
-            floor="MGET 2"),
-        Row("get_cached(pk=) hit vs ORM get(pk=)", samples, "get_cached", "ORM get", 0.2,
-            floor="GET"),
-        Row(f"get_many_cached({size}) hit vs ORM in_bulk({size})", samples, "get_many_cached",
-            "in_bulk", 0.35, floor="MGET many"),
-        Row(f"get_many_cached({size}) hit vs Redis MGET", samples, "get_many_cached",
-            "MGET many", None),
-        Row("write-through save() vs plain save()", samples, "write-through save",
-            "plain save", 1.3, floor="plain save + write RTTs"),
-        Row("cache-aside save() vs plain save()", samples, "cache-aside save", "plain save",
-            1.2, floor="plain save + DEL"),
+        Row(
+            "get_cached(pk=) hit vs Redis GET (floor)",
+            samples,
+            "get_cached",
+            "GET",
+            1.5,
+            floor="MGET 2",
+        ),
+        Row(
+            "get_cached(pk=) hit vs ORM get(pk=)",
+            samples,
+            "get_cached",
+            "ORM get",
+            0.2,
+            floor="GET",
+        ),
+        Row(
+            f"get_many_cached({size}) hit vs ORM in_bulk({size})",
+            samples,
+            "get_many_cached",
+            "in_bulk",
+            0.35,
+            floor="MGET many",
+        ),
+        Row(
+            f"get_many_cached({size}) hit vs Redis MGET",
+            samples,
+            "get_many_cached",
+            "MGET many",
+            None,
+        ),
+        Row(
+            "write-through save() vs plain save()",
+            samples,
+            "write-through save",
+            "plain save",
+            1.3,
+            floor="plain save + write RTTs",
+        ),
+        Row(
+            "cache-aside save() vs plain save()",
+            samples,
+            "cache-aside save",
+            "plain save",
+            1.2,
+            floor="plain save + DEL",
+        ),
     ]
-    print(f"Timings: median µs per operation over {args.rounds} interleaved rounds "
-          f"({elapsed:.0f}s); ratio = median of the per-round ratios (p25-p75 shown)")
+    print(
+        f"Timings: median µs per operation over {args.rounds} interleaved rounds "
+        f"({elapsed:.0f}s); ratio = median of the per-round ratios (p25-p75 shown)"
+    )
     print_table(rows)
-    print(f"""
+    print(
+        f"""
   ours / base: get_cached = WriteThroughItem.objects.get_cached(pk=); GET = redis-py GET of
     that row's entry key on the same pool; ORM get = WriteThroughItem.objects.get(pk=);
     get_many_cached / in_bulk / MGET: {size} pks, MGET of the version key + {size} entry keys;
@@ -603,7 +679,9 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     MGET of version + entry (get_cached vs GET), GET (vs ORM get), MGET (get_many),
     raw pipelined EVALSHA begin + plain save + EVALSHA end (write-through),
     plain save + DEL of entry and lease (cache-aside).
-  raw µs: """ + ", ".join(f"{name} {statistics.median(v):.1f}" for name, v in samples.items()))
+  raw µs: """
+        + ", ".join(f"{name} {statistics.median(v):.1f}" for name, v in samples.items())
+    )
     missed = [row.label for row in rows if row.passed is False]
     if not one_trip:
         missed.append(f"get_many_cached({size}) in one round trip")
@@ -673,8 +751,9 @@ def profile(b: Setup, args: argparse.Namespace) -> None:
     strategy = model.cache_strategy
     lean_get, lean_many = lean_reader(b)
     sample = b.get_cached(7)
-    assert all(getattr(lean_get(sample.pk), f.attname) == getattr(sample, f.attname)
-               for f in opts.fields)
+    assert all(
+        getattr(lean_get(sample.pk), f.attname) == getattr(sample, f.attname) for f in opts.fields
+    )
 
     def mget_decode(i):
         version, data = transport.mget([b.version_key, b.entry_keys[i % n]])
@@ -700,7 +779,9 @@ def profile(b: Setup, args: argparse.Namespace) -> None:
                 "lean reader get (bound)": lambda i: lean_get(b.wt_pks[i % n]),
                 "ORM get(pk=)": b.orm_get,
             },
-            rounds, args.point_batch, warmup=300,
+            rounds,
+            args.point_batch,
+            warmup=300,
         ),
         f"get_many_cached({b.size}) hit": interleaved(
             {
@@ -709,7 +790,9 @@ def profile(b: Setup, args: argparse.Namespace) -> None:
                 "lean reader get_many (bound)": lambda i: lean_many(b.chunks[i % m]),
                 "ORM in_bulk": b.in_bulk,
             },
-            rounds, args.bulk_batch, warmup=30,
+            rounds,
+            args.bulk_batch,
+            warmup=30,
         ),
     }
     for title, ladder in ladders.items():

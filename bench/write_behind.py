@@ -26,6 +26,7 @@ import functools
 import io
 import os
 import pstats
+import re
 import statistics
 import sys
 import time
@@ -46,6 +47,9 @@ COALESCE_ROWS = 100
 COALESCE_OPS = 10_000
 CHUNK = 100  # rows per get_many_cached when priming and checking
 FLOOR = "bench-floor:{wb}"  # the floor's own keys (one hash tag, as the app's queue)
+# What Buffer.record adds after the fields and deltas: BATCH_SIZE and the trigger hold (ms),
+# here never reached.
+TRIGGER_ARGS = (10**9, 1000)
 
 
 def chunks(seq: list, size: int = CHUNK) -> list[list]:
@@ -65,8 +69,8 @@ class Speed:
         self.ours = statistics.median(samples[ours])
         self.base = statistics.median(samples[base])
         self.r25, self.ratio, self.r75 = quantiles(paired(samples[base], samples[ours]))
-        self.floor = None if floor is None else statistics.median(
-            paired(samples[base], samples[floor])
+        self.floor = (
+            None if floor is None else statistics.median(paired(samples[base], samples[floor]))
         )
         self.goal = goal
 
@@ -222,23 +226,45 @@ class Behind:
 
     def _floor_keys(self, n: int) -> list[str]:
         tag = f"bench-floor:{{wb:{n}}}"
-        return [f"{tag}:view", f"{tag}:fields", f"{tag}:deltas", f"{FLOOR}:dirty",
-                f"{FLOOR}:version", f"{tag}:lease"]
+        return [
+            f"{tag}:view",
+            f"{tag}:fields",
+            f"{tag}:deltas",
+            f"{FLOOR}:dirty",
+            f"{FLOOR}:version",
+            f"{tag}:lease",
+            f"{FLOOR}:trigger",
+        ]
 
     def floor_save(self, i: int):
         n = i % HOT
-        args: list = [n, int(time.time() * 1000), "1", time.time_ns() // 1000,
-                      len(self.floor_fields)]
+        args: list = [
+            n,
+            int(time.time() * 1000),
+            "1",
+            time.time_ns() // 1000,
+            len(self.floor_fields),
+        ]
         for name, value in self.floor_fields:
             args += [name, str(self.floor_count + i).encode() if name == "count" else value]
-        args.append(0)
-        return self.client.evalsha(self.record_sha, 6, *self._floor_keys(n), *args)
+        args += [0, *TRIGGER_ARGS]
+        return self.client.evalsha(self.record_sha, 7, *self._floor_keys(n), *args)
 
     def floor_increment(self, i: int):
         n = HOT + i % HOT
         return self.client.evalsha(
-            self.record_sha, 6, *self._floor_keys(n),
-            n, int(time.time() * 1000), "0", time.time_ns() // 1000, 0, 1, "hits", 1,
+            self.record_sha,
+            7,
+            *self._floor_keys(n),
+            n,
+            int(time.time() * 1000),
+            "0",
+            time.time_ns() // 1000,
+            0,
+            1,
+            "hits",
+            1,
+            *TRIGGER_ARGS,
         )
 
     # -- operations, each called with an operation index --
@@ -297,7 +323,9 @@ def measure_ingest(b: Behind, counter: RedisCounter) -> tuple[dict, dict]:
             "RECORD save (floor)": b.floor_save,
             "RECORD increment (floor)": b.floor_increment,
         },
-        ingest_rounds(b.args), b.args.write_batch, warmup=50,
+        ingest_rounds(b.args),
+        b.args.write_batch,
+        warmup=50,
     )
     return costs, samples
 
@@ -332,7 +360,12 @@ def measure_coalescing(b: Behind) -> dict:
         report = b.flusher.flush([b.WB])
         flush = time.perf_counter() - t0
     sql = [q["sql"] for q in queries]
-    updates = sum(1 for s in sql if s.lstrip().upper().startswith("UPDATE"))
+    # One row written per UPDATE; an executemany is captured as "N times: UPDATE ...".
+    updates = sum(
+        int(m.group(1)) if (m := re.match(r"(\d+) times: UPDATE", s)) else 1
+        for s in sql
+        if re.match(r"(\d+ times: )?UPDATE", s.lstrip(), re.I)
+    )
     rounds = COALESCE_OPS // n
     for obj in b.WB._base_manager.filter(pk__in=pks):
         count, hits = start[obj.pk]
@@ -340,9 +373,14 @@ def measure_coalescing(b: Behind) -> dict:
             raise RuntimeError(f"pk={obj.pk}: wrong values after the coalesced flush")
     b.check_flushed(pks)
     return {
-        "ops": COALESCE_OPS, "rows": n, "updates": updates, "statements": len(sql),
-        "written": report.rows.get(b.label, 0), "batches": report.batches,
-        "ingest": ingest, "flush": flush,
+        "ops": COALESCE_OPS,
+        "rows": n,
+        "updates": updates,
+        "statements": len(sql),
+        "written": report.rows.get(b.label, 0),
+        "batches": report.batches,
+        "ingest": ingest,
+        "flush": flush,
     }
 
 
@@ -379,8 +417,9 @@ def floor_statements(b: Behind) -> list[list[tuple[str, list]]]:
     inc = f"UPDATE {table} SET {qn('hits')} = ({table}.{qn('hits')} + %s) {where}"
     save = f"UPDATE {table} SET {qn('count')} = %s {where}"
     counts = dict(b.WB._base_manager.filter(pk__in=b.pks[1::2]).values_list("pk", "count"))
-    stmts = [(inc, [0, pk]) if k % 2 == 0 else (save, [counts[pk], pk])
-             for k, pk in enumerate(b.pks)]
+    stmts = [
+        (inc, [0, pk]) if k % 2 == 0 else (save, [counts[pk], pk]) for k, pk in enumerate(b.pks)
+    ]
     return chunks(stmts, b.cfg.BATCH_SIZE)
 
 
@@ -444,8 +483,14 @@ def measure_flush(b: Behind, counter: RedisCounter) -> dict:
                 fn(batches)
                 times[name].append(time.perf_counter() - t0)
     b.check_flushed(b.pks)
-    return {"rows": n, "batches": expect_batches, "times": times, "fills": fills,
-            "updates": updates, "pending": pending}
+    return {
+        "rows": n,
+        "batches": expect_batches,
+        "times": times,
+        "fills": fills,
+        "updates": updates,
+        "pending": pending,
+    }
 
 
 def measure_pending_ingest(b: Behind, counter: RedisCounter) -> dict:
@@ -457,14 +502,17 @@ def measure_pending_ingest(b: Behind, counter: RedisCounter) -> dict:
         "write-behind save(), all rows pending": counter.per_op(
             functools.partial(b.behind_save, 0)
         ),
-        "increment_behind(), all rows pending": counter.per_op(
-            functools.partial(b.increment, 0)
-        ),
+        "increment_behind(), all rows pending": counter.per_op(functools.partial(b.increment, 0)),
     }
     samples = interleaved(
-        {"plain save": b.plain_save, "write-behind save": b.behind_save,
-         "increment_behind": b.increment},
-        rounds, b.args.write_batch, warmup=20,
+        {
+            "plain save": b.plain_save,
+            "write-behind save": b.behind_save,
+            "increment_behind": b.increment,
+        },
+        rounds,
+        b.args.write_batch,
+        warmup=20,
     )
     return {"costs": costs, "samples": samples, "rounds": rounds}
 
@@ -501,9 +549,11 @@ def report(b: Behind, costs, samples, coal, flush, phases) -> list[str]:
     args, cfg = b.args, b.cfg
     pending = flush["pending"]
     took = ", ".join(f"{name} {seconds:.0f}" for name, seconds in phases.items())
-    print(f"  {len(b.pks)} write-behind rows, {len(b.plain_pks)} plain rows; BATCH_SIZE="
-          f"{cfg.BATCH_SIZE}; {ingest_rounds(args)} interleaved rounds of {args.write_batch} "
-          f"ops per variant; {args.flush_reps} flush repetitions")
+    print(
+        f"  {len(b.pks)} write-behind rows, {len(b.plain_pks)} plain rows; BATCH_SIZE="
+        f"{cfg.BATCH_SIZE}; {ingest_rounds(args)} interleaved rounds of {args.write_batch} "
+        f"ops per variant; {args.flush_reps} flush repetitions"
+    )
     print(f"  section took {sum(phases.values()):.0f}s ({took})")
     print()
     print("Cost of one operation (client sends, INFO deltas, captured queries):")
@@ -512,51 +562,83 @@ def report(b: Behind, costs, samples, coal, flush, phases) -> list[str]:
     print()
 
     rows = [
-        Speed("write-behind save() vs plain save()", samples, "write-behind save",
-              "plain save", 20, floor="RECORD save (floor)"),
-        Speed("increment_behind() vs plain save()", samples, "increment_behind", "plain save",
-              20, floor="RECORD increment (floor)"),
+        Speed(
+            "write-behind save() vs plain save()",
+            samples,
+            "write-behind save",
+            "plain save",
+            20,
+            floor="RECORD save (floor)",
+        ),
+        Speed(
+            "increment_behind() vs plain save()",
+            samples,
+            "increment_behind",
+            "plain save",
+            20,
+            floor="RECORD increment (floor)",
+        ),
     ]
     ps = pending["samples"]
     rows_pending = [
-        Speed(f"  same, {len(b.pks)} rows pending: save()", ps, "write-behind save",
-              "plain save", 20),
-        Speed(f"  same, {len(b.pks)} rows pending: increment_behind()", ps,
-              "increment_behind", "plain save", 20),
+        Speed(
+            f"  same, {len(b.pks)} rows pending: save()", ps, "write-behind save", "plain save", 20
+        ),
+        Speed(
+            f"  same, {len(b.pks)} rows pending: increment_behind()",
+            ps,
+            "increment_behind",
+            "plain save",
+            20,
+        ),
     ]
-    print("1. Ingest: ops/s = 1e6 / median µs per op; speed-up = median of per-round "
-          "(plain µs / ours µs), p25-p75 shown; goal >= 20x")
+    print(
+        "1. Ingest: ops/s = 1e6 / median µs per op; speed-up = median of per-round "
+        "(plain µs / ours µs), p25-p75 shown; goal >= 20x"
+    )
     print_speed_table(rows + rows_pending)
-    print(f"""
+    print(
+        f"""
   ours: obj.save() of an instance in hand (count += 1, updated = now; every field saved)
     over {HOT} rows; increment_behind(pk, hits=1) over {HOT} other rows. base: the same
     save() of PlainItem, autocommit (one UPDATE and its commit).
   floor: the RECORD script alone as a raw EVALSHA (same keys and arguments, no Python
     of ours): the best the one-round-trip design could do against this base.
   "rows pending": the same ops while all {len(b.pks)} rows have a pending write (more
-    than BATCH_SIZE), {pending['rounds']} rounds; size-triggered flush tasks queued during
+    than BATCH_SIZE), {pending["rounds"]} rounds; size-triggered flush tasks queued during
     the section: {b.published} (memory broker, not consumed).
-  raw µs: """ + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in samples.items())
-          + "; pending: " + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in ps.items()))
+  raw µs: """
+        + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in samples.items())
+        + "; pending: "
+        + ", ".join(f"{k} {statistics.median(v):.1f}" for k, v in ps.items())
+    )
     print()
 
     ratio = coal["ops"] / coal["updates"] if coal["updates"] else float("inf")
     coal_pass = coal["updates"] <= coal["rows"]
-    print(f"2. Database writes for {coal['ops']:,} updates of {coal['rows']} hot rows "
-          f"(half increment_behind, half get_cached + save()), then one flush")
-    print(f"  UPDATE statements the flush sent  {coal['updates']:>6}   goal <= {coal['rows']}  "
-          f"{'PASS' if coal_pass else 'MISS  <<<'}")
-    print(f"  coalescing: {ratio:.0f} updates per UPDATE; {coal['written']} rows in "
-          f"{coal['batches']} batch(es), {coal['statements']} statements in all; the "
-          f"{coal['ops']:,} updates took {coal['ingest']:.2f}s "
-          f"({coal['ops'] / coal['ingest']:,.0f}/s), the flush {coal['flush'] * 1000:.0f} ms")
+    print(
+        f"2. Database writes for {coal['ops']:,} updates of {coal['rows']} hot rows "
+        f"(half increment_behind, half get_cached + save()), then one flush"
+    )
+    print(
+        f"  UPDATE statements the flush sent  {coal['updates']:>6}   goal <= {coal['rows']}  "
+        f"{'PASS' if coal_pass else 'MISS  <<<'}"
+    )
+    print(
+        f"  coalescing: {ratio:.0f} updates per UPDATE; {coal['written']} rows in "
+        f"{coal['batches']} batch(es), {coal['statements']} statements in all; the "
+        f"{coal['ops']:,} updates took {coal['ingest']:.2f}s "
+        f"({coal['ops'] / coal['ingest']:,.0f}/s), the flush {coal['flush'] * 1000:.0f} ms"
+    )
     print()
 
     times = flush["times"]
     n = flush["rows"]
-    print(f"3. Flush of {n:,} pending rows (half an increment, half a save): "
-          f"{flush['batches']} batches of <= {cfg.BATCH_SIZE}, median of "
-          f"{len(times['flush'])} repetitions")
+    print(
+        f"3. Flush of {n:,} pending rows (half an increment, half a save): "
+        f"{flush['batches']} batches of <= {cfg.BATCH_SIZE}, median of "
+        f"{len(times['flush'])} repetitions"
+    )
     head = f"  {'what':<46} {'median s':>9} {'rows/s':>8} {'min-max s':>13} {'x ours':>7}"
     print(head)
     print("  " + "-" * (len(head) - 2))
@@ -568,15 +650,17 @@ def report(b: Behind, costs, samples, coal, flush, phases) -> list[str]:
     }
     for name, label in labels.items():
         t = statistics.median(times[name])
-        print(f"  {label:<46} {t:>9.2f} {n / t:>8,.0f} "
-              f"{min(times[name]):>6.2f}-{max(times[name]):<6.2f} {t / ours:>6.2f}x")
+        print(
+            f"  {label:<46} {t:>9.2f} {n / t:>8,.0f} "
+            f"{min(times[name]):>6.2f}-{max(times[name]):<6.2f} {t / ours:>6.2f}x"
+        )
     fill_s = statistics.median(flush["fills"])
     print(f"""
-  UPDATEs per flush: {', '.join(str(u) for u in flush['updates'])} (one per row, as designed).
+  UPDATEs per flush: {", ".join(str(u) for u in flush["updates"])} (one per row, as designed).
   Filling the {n:,} rows (one write each, untimed reads first) took {fill_s:.1f}s median
     ({n / fill_s:,.0f} writes/s), most of them with more than BATCH_SIZE rows pending.
   Per flushed row, against a plain save(): {ours / n * 1e6:.0f} µs vs \
-{statistics.median(samples['plain save']):.0f} µs.
+{statistics.median(samples["plain save"]):.0f} µs.
   The floors write values the rows already hold (hits + 0, the stored count), so the
     database does the same work and the data stays as the app left it.""")
     print()
@@ -612,8 +696,9 @@ def profile(b: Behind) -> None:
     def encode_only(i):
         obj = b.save_objs[i % HOT]
         obj.count += 1
-        return {f.attname: buffer.encode(codec.as_stored(f, f.pre_save(obj, False)))
-                for f in fields_of}
+        return {
+            f.attname: buffer.encode(codec.as_stored(f, f.pre_save(obj, False))) for f in fields_of
+        }
 
     def buffer_record(i):
         obj = b.save_objs[i % HOT]
@@ -633,8 +718,19 @@ def profile(b: Behind) -> None:
         """The floor's EVALSHAs, sent ``write_batch`` to a round trip (what a client-side
         batch of writes could cost per write)."""
         n = i % HOT
-        pipe.evalsha(b.record_sha, 6, *b._floor_keys(n), n, int(time.time() * 1000), "1",
-                     time.time_ns() // 1000, 1, "count", str(b.floor_count + i), 0)
+        pipe.evalsha(
+            b.record_sha,
+            6,
+            *b._floor_keys(n),
+            n,
+            int(time.time() * 1000),
+            "1",
+            time.time_ns() // 1000,
+            1,
+            "count",
+            str(b.floor_count + i),
+            0,
+        )
         if (i + 1) % per_pipe == 0:
             pipe.execute()
 
@@ -651,7 +747,9 @@ def profile(b: Behind) -> None:
             f"RECORD, {per_pipe} per pipeline (per op)": pipelined,
             "plain save()": b.plain_save,
         },
-        max(20, b.args.rounds // 4), per_pipe, warmup=per_pipe * 3,
+        max(20, b.args.rounds // 4),
+        per_pipe,
+        warmup=per_pipe * 3,
     )
     print()
     print("=== write-behind save(), built up step by step (interleaved, median µs) ===")

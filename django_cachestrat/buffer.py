@@ -69,7 +69,12 @@ redis.call('HSET', view, '__p', '1', '__v', version)
 redis.call('PERSIST', view)
 redis.call('DEL', lease)
 redis.call('ZADD', dirty, 'NX', ARGV[2], ARGV[1])
-return redis.call('ZCARD', dirty)
+-- Enough rows wait for a batch: the first writer to see it queues a flush (the trigger
+-- key, held for a flush interval, keeps the others from queueing one each).
+if redis.call('ZCARD', dirty) >= tonumber(ARGV[nf * 2 + nd * 2 + 7]) then
+  if redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[nf * 2 + nd * 2 + 8]) then return 1 end
+end
+return 0
 """
 
 READ = """
@@ -240,7 +245,8 @@ class Buffer:
     def record(self, pk: Any, fields: dict[str, Any], deltas: dict[str, int], *, full: bool) -> int:
         """Merge a save (``fields``) and increments (``deltas``) into the row.
 
-        Return how many rows of the model are now pending.
+        Return True when this write made ``BATCH_SIZE`` rows wait and the caller should
+        queue a flush (only one writer is told so per flush interval).
 
         ``full`` means ``fields`` holds every field, so a missing view may be rebuilt from
         it; otherwise ``NeedsView`` asks the caller to fill the view first.
@@ -258,6 +264,7 @@ class Buffer:
         args.append(len(deltas))
         for name, amount in deltas.items():
             args += [name, int(amount)]
+        args += [self.cfg.BATCH_SIZE, max(1, int(self.cfg.FLUSH_INTERVAL * 1000))]
         script_keys = [
             row["view"],
             row["fields"],
@@ -265,13 +272,14 @@ class Buffer:
             self.queue["dirty"],
             self.version_key(),
             row["lease"],
+            self.queue["trigger"],
         ]
         result = self._run(RECORD, script_keys, args)
         if result == -1:
             raise NeedsView(pk)
         if result == -2:
             raise NotACounter(", ".join(deltas))
-        return result
+        return result == 1
 
     def discard(self, pk: Any) -> None:
         """Forget the row's unflushed writes and its view (it was deleted)."""
@@ -388,12 +396,6 @@ class Buffer:
                 client.zadd(self.queue["inflight"], {b: 0 for b in batches}, xx=True)
 
         self.transport.call(run)
-
-    def take_trigger(self, seconds: float) -> bool:
-        """Claim the right to queue a size-triggered flush for ``seconds``; False if taken."""
-        client = self.transport.client
-        ms = max(1, int(seconds * 1000))
-        return bool(self.transport.call(client.set, self.queue["trigger"], 1, None, ms, True))
 
     def release_trigger(self) -> None:
         """Let the next size trigger queue another flush (one has started)."""

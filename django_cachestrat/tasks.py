@@ -49,17 +49,12 @@ def beat_schedule() -> dict[str, dict]:
     }
 
 
-def trigger_flush(model) -> None:
-    """Queue a flush of ``model`` now (its pending rows reached ``BATCH_SIZE``).
+def queue_flush(model) -> None:
+    """Queue a flush of ``model`` now: its pending rows reached ``BATCH_SIZE``.
 
-    Unless one is queued already: a flood of saves queues one task, not one per save.
+    The record script tells one writer per flush interval to call this, so a flood of
+    saves queues one task, not one per save.
     """
-    try:
-        queued = buffer.Buffer(model).take_trigger(conf.settings().FLUSH_INTERVAL)
-    except CacheUnavailable:
-        return
-    if not queued:
-        return
     try:
         flush_write_behind.delay(options.get(model).label)
     except Exception as exc:  # the broker is down: the scheduled flush still runs

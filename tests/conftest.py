@@ -132,3 +132,18 @@ def celery_workers(tmp_path):
 def celery_worker(celery_workers):
     """One started real Celery worker (see ``celery_workers``)."""
     return celery_workers()
+
+
+def row_updates(queries) -> list[str]:
+    """The UPDATE statements captured, one per row written (executemany counts each row)."""
+    import re
+
+    rows = []
+    for query in queries:
+        sql = query["sql"]
+        many = re.match(r"(\d+) times: (UPDATE .*)", sql, re.S)
+        if many:
+            rows += [many.group(2)] * int(many.group(1))
+        elif sql.startswith("UPDATE"):
+            rows.append(sql)
+    return rows

@@ -95,7 +95,7 @@ class WriteBehind(Strategy):
             held = [False] * len(pks)
             version = None
             if fill and transactions.may_fill(using):
-                version, _ = buf.read([])
+                version = buf.transport.version(buf.version_key())
                 held = buf.transport.acquire_leases(
                     [buf.row(pk)["lease"] for pk in pks], token, cfg.LEASE_TIMEOUT
                 )
@@ -233,18 +233,17 @@ class WriteBehind(Strategy):
             self._write_now(model, pk, {}, deltas)  # Redis is unreachable
 
     def _record(self, model, pk, fields, deltas, *, full: bool) -> bool:
-        cfg = conf.settings()
         buf = buffer.Buffer(model)
         try:
             try:
-                waiting = buf.record(pk, fields, deltas, full=full)
+                queue_flush = buf.record(pk, fields, deltas, full=full)
             except buffer.NeedsView:
                 using = router.db_for_read(model)
                 if pk not in self._with_pending(model, using, [pk], fill=True):
                     raise model.DoesNotExist(
                         f"{model._meta.object_name} pk={pk!r} does not exist."
                     ) from None
-                waiting = buf.record(pk, fields, deltas, full=full)
+                queue_flush = buf.record(pk, fields, deltas, full=full)
         except buffer.NeedsView:
             logger.warning(
                 "django_cachestrat: no view of %s pk=%r to merge into; written at once.",
@@ -262,10 +261,10 @@ class WriteBehind(Strategy):
                 pk,
             )
             return False
-        if waiting >= cfg.BATCH_SIZE:
+        if queue_flush:
             from django_cachestrat import tasks
 
-            tasks.trigger_flush(model)
+            tasks.queue_flush(model)
         return True
 
     def after_save(self, instance, using, created, update_fields) -> None:
