@@ -685,11 +685,17 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     missed = [row.label for row in rows if row.passed is False]
     if not one_trip:
         missed.append(f"get_many_cached({size}) in one round trip")
+    return print_summary(missed)
+
+
+def print_summary(missed: list[str], section: str = "") -> list[str]:
+    """Print a section's verdict line and return its missed goals."""
+    label = f"SUMMARY ({section})" if section else "SUMMARY"
     print()
     if missed:
-        print(f"SUMMARY: {len(missed)} goal(s) MISSED: " + "; ".join(missed))
+        print(f"{label}: {len(missed)} goal(s) MISSED: " + "; ".join(missed))
     else:
-        print("SUMMARY: every goal PASSED")
+        print(f"{label}: every goal PASSED")
     return missed
 
 

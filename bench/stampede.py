@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from bench.run import clear_redis, create_schema, paired, quantiles, seed
+from bench.run import clear_redis, create_schema, paired, print_summary, quantiles, seed
 
 THREADS = 32
 ROUNDS = 60  # stampedes per variant (times --scale, 10 at least)
@@ -269,12 +269,7 @@ def report(s: Stampedes, samples: dict[str, list[dict]], rounds: int, took: floa
         missed.append("default wall time <= protection off")
     if not no_errors:
         missed.append("every thread got the right row")
-    print()
-    if missed:
-        print(f"SUMMARY: {len(missed)} goal(s) MISSED: " + "; ".join(missed))
-    else:
-        print("SUMMARY: every goal PASSED")
-    return missed
+    return print_summary(missed)
 
 
 def run_section(args: argparse.Namespace, started: bool) -> list[str]:

@@ -38,6 +38,7 @@ from bench.run import (
     describe,
     interleaved,
     paired,
+    print_summary,
     quantiles,
     seed,
 )
@@ -673,12 +674,7 @@ def report(b: Behind, costs, samples, coal, flush, phases) -> list[str]:
         print("Findings:")
         for f in findings:
             print(f"  - {f}")
-        print()
-    if missed:
-        print(f"SUMMARY (write-behind): {len(missed)} goal(s) MISSED: " + "; ".join(missed))
-    else:
-        print("SUMMARY (write-behind): every goal PASSED")
-    return missed
+    return print_summary(missed, "write-behind")
 
 
 # -- where the time goes ----------------------------------------------------------------
