@@ -716,7 +716,7 @@ def profile(b: Behind) -> None:
         n = i % HOT
         pipe.evalsha(
             b.record_sha,
-            6,
+            7,
             *b._floor_keys(n),
             n,
             int(time.time() * 1000),
@@ -726,6 +726,7 @@ def profile(b: Behind) -> None:
             "count",
             str(b.floor_count + i),
             0,
+            *TRIGGER_ARGS,
         )
         if (i + 1) % per_pipe == 0:
             pipe.execute()

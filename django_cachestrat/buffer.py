@@ -29,50 +29,61 @@ from django_cachestrat import backends, conf, keys, options
 _NULL = b"\x01"
 _OBJECT = b"\x00"
 
+# ARGV: pk, now (ms), full ('1'/'0'), initial version, nf, nf (name, value) pairs, nd,
+# nd (name, amount) pairs, BATCH_SIZE, trigger hold (ms). One HMGET reads what the view
+# holds of every field named, so a save costs about ten commands however wide the row.
 RECORD = """
 local view, fields, deltas, dirty = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local vkey, lease = KEYS[5], KEYS[6]
-local version = redis.call('GET', vkey)
+local nf = tonumber(ARGV[5])
+local d0 = 7 + 2 * nf
+local nd = tonumber(ARGV[d0 - 1])
+local version = redis.call('GET', KEYS[5])
 if not version then
   version = ARGV[4]
-  redis.call('SET', vkey, version)
+  redis.call('SET', KEYS[5], version)
 end
-local valid = redis.call('HGET', view, '__p') == '1' or redis.call('HGET', view, '__v') == version
-if not valid then
-  if ARGV[3] ~= '1' then return -1 end
-  redis.call('DEL', view)
-end
-local nf = tonumber(ARGV[5])
-local i = 6
-local nd = tonumber(ARGV[i + 2 * nf])
-for j = 0, nd - 1 do
-  local current = redis.call('HGET', view, ARGV[i + 2 * nf + 1 + 2 * j])
+local names = {'__p', '__v'}
+for j = 1, nf do names[#names + 1] = ARGV[4 + 2 * j] end
+for j = 0, nd - 1 do names[#names + 1] = ARGV[d0 + 2 * j] end
+local held = redis.call('HMGET', view, unpack(names))
+local valid = held[1] == '1' or held[2] == version
+if not valid and ARGV[3] ~= '1' then return -1 end
+for j = 1, nd do
+  local current = held[2 + nf + j]
   if not valid or not current or not tonumber(current) then return -2 end
 end
+if not valid then redis.call('DEL', view) end
 -- Only values that differ from the view are writes; a saved value replaces the
 -- field's earlier pending increments, which the view (and so the value) included.
+local set, changed = {}, {}
 for j = 1, nf do
-  if not valid or redis.call('HGET', view, ARGV[i]) ~= ARGV[i + 1] then
-    redis.call('HSET', view, ARGV[i], ARGV[i + 1])
-    redis.call('HSET', fields, ARGV[i], ARGV[i + 1])
-    redis.call('HDEL', deltas, ARGV[i])
+  local value = ARGV[5 + 2 * j]
+  if not valid or held[2 + j] ~= value then
+    set[#set + 1] = ARGV[4 + 2 * j]
+    set[#set + 1] = value
+    changed[#changed + 1] = ARGV[4 + 2 * j]
   end
-  i = i + 2
 end
-i = i + 1
-for j = 1, nd do
-  redis.call('HINCRBY', view, ARGV[i], ARGV[i + 1])
-  redis.call('HINCRBY', deltas, ARGV[i], ARGV[i + 1])
-  i = i + 2
+if #changed > 0 then
+  redis.call('HSET', fields, unpack(set))
+  redis.call('HDEL', deltas, unpack(changed))
 end
-redis.call('HSET', view, '__p', '1', '__v', version)
+set[#set + 1] = '__p'
+set[#set + 1] = '1'
+set[#set + 1] = '__v'
+set[#set + 1] = version
+redis.call('HSET', view, unpack(set))
+for j = 0, nd - 1 do
+  redis.call('HINCRBY', view, ARGV[d0 + 2 * j], ARGV[d0 + 2 * j + 1])
+  redis.call('HINCRBY', deltas, ARGV[d0 + 2 * j], ARGV[d0 + 2 * j + 1])
+end
 redis.call('PERSIST', view)
-redis.call('DEL', lease)
+redis.call('DEL', KEYS[6])
 redis.call('ZADD', dirty, 'NX', ARGV[2], ARGV[1])
 -- Enough rows wait for a batch: the first writer to see it queues a flush (the trigger
 -- key, held for a flush interval, keeps the others from queueing one each).
-if redis.call('ZCARD', dirty) >= tonumber(ARGV[nf * 2 + nd * 2 + 7]) then
-  if redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[nf * 2 + nd * 2 + 8]) then return 1 end
+if redis.call('ZCARD', dirty) >= tonumber(ARGV[d0 + 2 * nd]) then
+  if redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[d0 + 2 * nd + 1]) then return 1 end
 end
 return 0
 """
@@ -186,6 +197,43 @@ class Batch:
     rows: dict[Any, tuple[dict[str, Any], dict[str, int]]] = field(default_factory=dict)
 
 
+def _outcome(pk: Any, deltas: dict[str, int], result: int) -> bool:
+    """Turn what ``RECORD`` returned into the flush hint, or raise what it refused."""
+    if result == -1:
+        raise NeedsView(pk)
+    if result == -2:
+        raise NotACounter(", ".join(deltas))
+    return result == 1
+
+
+def record_all(
+    writes: Sequence[tuple[type[models.Model], Any, dict[str, Any], dict[str, int], bool]],
+) -> list[bool | NeedsView | NotACounter]:
+    """Record several writes ``(model, pk, fields, deltas, full)`` in one round trip.
+
+    Each write's outcome is what ``Buffer.record`` would return for it, or the
+    ``NeedsView``/``NotACounter`` it would raise. Writes to one row must be merged into
+    one beforehand: a refused write does not stop a later one of the same row.
+    """
+    buffers: dict[type[models.Model], Buffer] = {}
+    calls = []
+    for model, pk, fields, deltas, full in writes:
+        buf = buffers.get(model)
+        if buf is None:
+            buf = buffers[model] = Buffer(model)
+        calls.append((buf._script(RECORD), *buf._record_call(pk, fields, deltas, full)))
+    if not calls:
+        return []
+    results = buf.transport.run_scripts(calls)
+    outcomes: list[bool | NeedsView | NotACounter] = []
+    for (_, pk, _, deltas, _), result in zip(writes, results, strict=True):
+        try:
+            outcomes.append(_outcome(pk, deltas, result))
+        except (NeedsView, NotACounter) as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
 def encode(value: Any) -> bytes:
     """Encode one field value for a view or pending hash."""
     if value is None:
@@ -251,14 +299,19 @@ class Buffer:
         ``full`` means ``fields`` holds every field, so a missing view may be rebuilt from
         it; otherwise ``NeedsView`` asks the caller to fill the view first.
         """
+        result = self._run(RECORD, *self._record_call(pk, fields, deltas, full))
+        return _outcome(pk, deltas, result)
+
+    def _record_call(self, pk, fields, deltas, full) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of ``RECORD`` for one write."""
         row = self.row(pk)
         args: list[Any] = [
             pk,
             int(time.time() * 1000),
             "1" if full else "0",
             time.time_ns() // 1000,
+            len(fields),
         ]
-        args.append(len(fields))
         for name, value in fields.items():
             args += [name, encode(value)]
         args.append(len(deltas))
@@ -274,12 +327,7 @@ class Buffer:
             row["lease"],
             self.queue["trigger"],
         ]
-        result = self._run(RECORD, script_keys, args)
-        if result == -1:
-            raise NeedsView(pk)
-        if result == -2:
-            raise NotACounter(", ".join(deltas))
-        return result == 1
+        return script_keys, args
 
     def discard(self, pk: Any) -> None:
         """Forget the row's unflushed writes and its view (it was deleted)."""

@@ -10,6 +10,7 @@ savepoint that did the writing).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from django.db import connections, transaction
 
@@ -38,10 +39,61 @@ class _Mark:
             del self.marks[self.using]
 
     def live(self) -> bool:
-        connection = connections[self.using]
-        return connection.in_atomic_block and any(
-            entry[1] is self for entry in connection.run_on_commit
-        )
+        return _registered(self.using, self)
+
+
+def _registered(using: str, callback: Callable[[], None]) -> bool:
+    """Tell whether ``callback`` still waits for the open transaction on ``using`` to commit.
+
+    A rollback (of the transaction, or of the savepoint it was registered in) discards it.
+    """
+    connection = connections[using]
+    # The newest callbacks are the likeliest: look from the end.
+    return connection.in_atomic_block and any(
+        entry[1] is callback for entry in reversed(connection.run_on_commit)
+    )
+
+
+class _Outbox:
+    """Items to hand to ``send`` when the transaction commits, all of one savepoint.
+
+    It is its own ``on_commit`` callback, registered when the first item comes: Django
+    discards it with the savepoint it was registered in, and so every item in it.
+    """
+
+    __slots__ = ("items", "key", "owners", "savepoints", "send")
+
+    def __init__(self, owners: dict, key: tuple, savepoints: tuple, send: Callable):
+        self.owners = owners
+        self.key = key
+        self.savepoints = savepoints
+        self.send = send
+        self.items: dict = {}
+
+    def __call__(self) -> None:
+        if self.owners.get(self.key) is self:
+            del self.owners[self.key]
+        self.send(self.items)
+
+
+def outbox(using: str, send: Callable[[dict], None]) -> dict:
+    """Return a dict that ``send`` receives when the open transaction on ``using`` commits.
+
+    Callers put items in it as they go and merge those that concern one thing. Items put
+    while one savepoint is innermost share its fate: the whole dict is dropped when the
+    savepoint (or the transaction) rolls back. A change of savepoint starts a new dict,
+    sent after the earlier ones, so what is sent keeps the order it was put in. Call it
+    only inside an ``atomic`` block.
+    """
+    connection = connections[using]
+    owners = _state.__dict__.setdefault("outboxes", {})
+    key = (using, send)
+    box = owners.get(key)
+    savepoints = tuple(connection.savepoint_ids)
+    if box is None or box.savepoints != savepoints or not _registered(using, box):
+        box = owners[key] = _Outbox(owners, key, savepoints, send)
+        transaction.on_commit(box, using=using)
+    return box.items
 
 
 def mark_written(using: str, label: str) -> None:

@@ -168,7 +168,7 @@ class RedisTransport:
         self._pending: dict[str, set[str] | None] = {}
         self._pending_count = 0
 
-    def _pipeline(self, build: Callable[[Any], None]) -> list:
+    def _pipeline(self, build: Callable[[Any], None], scripts: Sequence[Any] = ()) -> list:
         """Run the commands ``build(pipe)`` queues, in one round trip.
 
         Scripts go as plain ``EVALSHA`` (redis-py's own script handling in a pipeline
@@ -184,9 +184,22 @@ class RedisTransport:
             except NoScriptError:
                 if attempt == 2:
                     raise
-                for script in self._scripts:
+                for script in (*self._scripts, *scripts):
                     self.client.script_load(script.script)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def run_scripts(self, calls: Sequence[tuple[Any, list, list]]) -> list:
+        """Run ``(script, keys, args)`` calls in one round trip, behind the breaker.
+
+        ``script`` is what ``client.register_script`` returned; results come in order.
+        """
+
+        def build(pipe) -> None:
+            for script, script_keys, args in calls:
+                _evalsha(pipe, script, script_keys, args)
+
+        scripts = {script.sha: script for script, _, _ in calls}
+        return self.call(self._pipeline, build, tuple(scripts.values()))
 
     # -- the breaker -------------------------------------------------------------------
 

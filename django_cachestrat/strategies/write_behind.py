@@ -190,16 +190,22 @@ class WriteBehind(Strategy):
         if connections[router.db_for_write(model)].in_atomic_block:
             # Inside a transaction the write is recorded when it commits, and forgotten
             # if it rolls back.
-            self._on_commit(model, instance.pk, fields, {}, full=full)
+            self._defer(model, instance.pk, fields, {}, full=full)
             return True
         return self._record(model, instance.pk, fields, {}, full=full)
 
-    def _on_commit(self, model, pk, fields, deltas, *, full: bool) -> None:
-        def record() -> None:
-            if not self._record(model, pk, fields, deltas, full=full):
-                self._write_now(model, pk, fields, deltas)
+    def _defer(self, model, pk, fields, deltas, *, full: bool) -> None:
+        """Keep a write for the commit, merged with the transaction's earlier ones of the row."""
+        box = transactions.outbox(router.db_for_write(model), _record_committed)
+        write = box.get((model, pk))
+        if write is None:
+            box[(model, pk)] = _Deferred(dict(fields), dict(deltas), full)
+        else:
+            write.merge(fields, deltas, full)
 
-        transaction.on_commit(record, using=router.db_for_write(model))
+    def _record_or_write(self, model, pk, fields, deltas, *, full: bool) -> None:
+        if not self._record(model, pk, fields, deltas, full=full):
+            self._write_now(model, pk, fields, deltas)
 
     def _write_now(self, model, pk, fields, deltas) -> None:
         """Write ``fields`` and ``deltas`` to the database at once (Redis is unreachable)."""
@@ -228,9 +234,9 @@ class WriteBehind(Strategy):
             by_attname[field.attname] = amount
         deltas = by_attname
         if connections[router.db_for_write(model)].in_atomic_block:
-            self._on_commit(model, pk, {}, deltas, full=False)
-        elif not self._record(model, pk, {}, deltas, full=False):
-            self._write_now(model, pk, {}, deltas)  # Redis is unreachable
+            self._defer(model, pk, {}, deltas, full=False)
+        else:
+            self._record_or_write(model, pk, {}, deltas, full=False)
 
     def _record(self, model, pk, fields, deltas, *, full: bool) -> bool:
         buf = buffer.Buffer(model)
@@ -286,6 +292,69 @@ class WriteBehind(Strategy):
                 instance.pk,
             )
         super().after_delete(instance, using)
+
+
+class _Deferred:
+    """A transaction's writes to one row, merged as they would apply in order."""
+
+    __slots__ = ("deltas", "fields", "full")
+
+    def __init__(self, fields: dict, deltas: dict, full: bool):
+        self.fields = fields
+        self.deltas = deltas
+        self.full = full
+
+    def merge(self, fields: dict, deltas: dict, full: bool) -> None:
+        for name, value in fields.items():
+            # A saved value is the instance's: it replaces the increments before it.
+            self.fields[name] = value
+            self.deltas.pop(name, None)
+        for name, amount in deltas.items():
+            self.deltas[name] = self.deltas.get(name, 0) + amount
+        self.full = self.full or full
+
+
+def _record_committed(writes: dict) -> None:
+    """Record the write-behind writes of a committed transaction, in one round trip.
+
+    A row with no view to merge into takes the one-write path (which fills the view
+    first); if Redis is unreachable, every write goes to the database now. An error of
+    one row (an increment of a field that is not a counter, a deleted row) does not keep
+    the others from being recorded; the first such error is raised at the end.
+    """
+    items = list(writes.items())
+    try:
+        outcomes = buffer.record_all(
+            [(model, pk, w.fields, w.deltas, w.full) for (model, pk), w in items]
+        )
+    except CacheUnavailable:
+        logger.warning(
+            "django_cachestrat: Redis is unreachable; %d write-behind write(s) of a committed "
+            "transaction go to the database now.",
+            len(items),
+        )
+        outcomes = [None] * len(items)
+    errors: list[Exception] = []
+    to_flush = set()
+    for ((model, pk), w), outcome in zip(items, outcomes, strict=True):
+        try:
+            if isinstance(outcome, buffer.NotACounter):
+                raise ValueError(f"increment_behind(): {outcome} is NULL or not an integer.")
+            if outcome is None:
+                model.cache_strategy._write_now(model, pk, w.fields, w.deltas)
+            elif isinstance(outcome, buffer.NeedsView):
+                model.cache_strategy._record_or_write(model, pk, w.fields, w.deltas, full=w.full)
+            elif outcome:
+                to_flush.add(model)
+        except Exception as exc:
+            errors.append(exc)
+    if to_flush:
+        from django_cachestrat import tasks
+
+        for model in to_flush:
+            tasks.queue_flush(model)
+    if errors:
+        raise errors[0]
 
 
 def _counter_field(model, name: str) -> models.Field:
