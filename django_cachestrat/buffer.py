@@ -303,7 +303,7 @@ class Buffer:
         return _outcome(pk, deltas, result)
 
     def _record_call(self, pk, fields, deltas, full) -> tuple[list[str], list[Any]]:
-        """The keys and arguments of ``RECORD`` for one write."""
+        """Return the keys and arguments of ``RECORD`` for one write."""
         row = self.row(pk)
         args: list[Any] = [
             pk,
