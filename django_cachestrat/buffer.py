@@ -48,9 +48,12 @@ for j = 0, nd - 1 do names[#names + 1] = ARGV[d0 + 2 * j] end
 local held = redis.call('HMGET', view, unpack(names))
 local valid = held[1] == '1' or held[2] == version
 if not valid and ARGV[3] ~= '1' then return -1 end
+local saved = {}
+for j = 1, nf do saved[ARGV[4 + 2 * j]] = ARGV[5 + 2 * j] end
+-- An increment adds to the value saved with it, else to the view's.
 for j = 1, nd do
-  local current = held[2 + nf + j]
-  if not valid or not current or not tonumber(current) then return -2 end
+  local current = saved[ARGV[d0 + 2 * (j - 1)]] or (valid and held[2 + nf + j])
+  if not current or not tonumber(current) then return -2 end
 end
 if not valid then redis.call('DEL', view) end
 -- Only values that differ from the view are writes; a saved value replaces the

@@ -1,0 +1,158 @@
+"""Write-behind writes inside a transaction: kept until commit, merged per row, one round trip."""
+
+import logging
+
+import pytest
+from django.db import transaction
+from django.test import override_settings
+from redis.connection import AbstractConnection
+
+from django_cachestrat import flusher
+from tests.models import PageStats
+from tests.redis_server import free_port
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Rollback(Exception):
+    pass
+
+
+@pytest.fixture
+def pages():
+    return [PageStats.objects.create(path=f"/{i}") for i in range(3)]
+
+
+@pytest.fixture
+def sends(monkeypatch):
+    """Count what this process sends to Redis: one send is one round trip."""
+    sent = []
+    real = AbstractConnection.send_packed_command
+
+    def counting(self, command, *args, **kwargs):
+        sent.append(command)
+        return real(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    return sent
+
+
+def cached(pk):
+    got = PageStats.objects.get_cached(pk=pk)
+    return got.views, got.likes, got.note
+
+
+def in_db(pk):
+    got = PageStats.objects.get(pk=pk)
+    return got.views, got.likes, got.note
+
+
+def test_a_transactions_writes_are_one_round_trip_at_commit(pages, sends, raw_redis):
+    for page in pages:
+        PageStats.objects.get_cached(pk=page.pk)  # views in Redis: no fill at commit
+    with transaction.atomic():  # the first batch also loads the script into Redis
+        PageStats.objects.increment_behind(pages[0].pk, likes=0)
+    raw_redis.config_resetstat()
+    sends.clear()
+    with transaction.atomic():
+        for page in pages:
+            PageStats.objects.increment_behind(page.pk, views=1)
+            page.note = f"n{page.pk}"
+            page.save(update_fields=["note"])
+            PageStats.objects.increment_behind(page.pk, views=2, likes=1)
+        assert sends == []  # nothing before the commit
+    assert len(sends) == 1
+    # Three writes a row, merged: one RECORD per row.
+    assert raw_redis.info("commandstats")["cmdstat_evalsha"]["calls"] == len(pages)
+    for page in pages:
+        assert cached(page.pk) == (3, 1, f"n{page.pk}")
+    flusher.flush()
+    for page in pages:
+        assert in_db(page.pk) == (3, 1, f"n{page.pk}")
+
+
+def test_merged_writes_keep_the_order_they_were_made_in(pages):
+    page = pages[0]
+    with transaction.atomic():
+        PageStats.objects.increment_behind(page.pk, views=5)
+        page.views = 100  # a save writes the instance's value: the +5 before it is gone
+        page.save()
+        PageStats.objects.increment_behind(page.pk, views=1)
+    assert cached(page.pk)[0] == 101
+    flusher.flush()
+    assert in_db(page.pk)[0] == 101
+
+
+def test_a_rolled_back_savepoint_drops_its_writes_only(pages):
+    a, b, c = pages
+    with transaction.atomic():
+        PageStats.objects.increment_behind(a.pk, views=1)
+        with pytest.raises(Rollback), transaction.atomic():
+            PageStats.objects.increment_behind(a.pk, views=10)
+            PageStats.objects.increment_behind(b.pk, views=10)
+            raise Rollback
+        with transaction.atomic():
+            PageStats.objects.increment_behind(c.pk, views=100)
+        PageStats.objects.increment_behind(a.pk, likes=7)
+    assert [cached(p.pk)[:2] for p in pages] == [(1, 7), (0, 0), (100, 0)]
+    flusher.flush()
+    assert [in_db(p.pk)[:2] for p in pages] == [(1, 7), (0, 0), (100, 0)]
+
+
+def test_a_write_in_a_savepoint_is_applied_between_its_neighbours(pages):
+    page = pages[0]
+    with transaction.atomic():
+        page.note = "a"
+        page.save(update_fields=["note"])
+        with transaction.atomic():
+            page.note = "b"
+            page.save(update_fields=["note"])
+        page.note = "c"
+        page.save(update_fields=["note"])
+    assert cached(page.pk)[2] == "c"
+    flusher.flush()
+    assert in_db(page.pk)[2] == "c"
+
+
+def test_rows_without_a_view_are_filled_and_the_batch_recorded(pages, raw_redis):
+    # Nothing was read: no row has a view, so each increment is refused in the batch and
+    # takes the one-write path, which fills the view from the database first.
+    with transaction.atomic():
+        for page in pages:
+            PageStats.objects.increment_behind(page.pk, views=4)
+    assert [cached(p.pk)[0] for p in pages] == [4, 4, 4]
+    assert [in_db(p.pk)[0] for p in pages] == [0, 0, 0]  # not flushed yet
+    flusher.flush()
+    assert [in_db(p.pk)[0] for p in pages] == [4, 4, 4]
+
+
+def test_one_bad_row_does_not_keep_the_others_out(pages):
+    a, b, c = pages
+    gone = PageStats.objects.create(path="/gone")
+    with pytest.raises(PageStats.DoesNotExist), transaction.atomic():
+        PageStats.objects.increment_behind(a.pk, views=1)
+        PageStats.objects.increment_behind(gone.pk, views=1)
+        PageStats.objects.increment_behind(c.pk, views=1)
+        # Deleted in the same transaction: its increment has no row at commit.
+        PageStats.objects.filter(pk=gone.pk).delete()
+    assert [cached(p.pk)[0] for p in (a, b, c)] == [1, 0, 1]
+    flusher.flush()
+    assert [in_db(p.pk)[0] for p in (a, b, c)] == [1, 0, 1]
+
+
+def test_redis_down_at_commit_writes_the_batch_to_the_database(pages, caplog):
+    dead = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.3, "SOCKET_TIMEOUT": 0.3},
+        }
+    }
+    with override_settings(CACHES=dead), caplog.at_level(logging.WARNING, "django_cachestrat"):
+        with transaction.atomic():
+            for page in pages:
+                PageStats.objects.increment_behind(page.pk, views=2)
+                PageStats.objects.increment_behind(page.pk, views=3, likes=-1)
+        # Written at commit, each row once.
+        assert [in_db(p.pk)[:2] for p in pages] == [(5, -1)] * 3
+    assert "3 write-behind write(s) of a committed transaction go to the database" in caplog.text
