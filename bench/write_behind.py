@@ -279,6 +279,9 @@ class Behind:
     def increment(self, i: int) -> None:
         self.WB.objects.increment_behind(self.inc_pks[i % HOT], hits=1)
 
+    def ping(self, i: int) -> None:
+        self.client.ping()
+
     def plain_save(self, i: int) -> None:
         obj = self.plain_objs[i % HOT]
         obj.count += 1
@@ -316,6 +319,7 @@ def measure_ingest(b: Behind, counter: RedisCounter) -> tuple[dict, dict]:
         "increment_behind()": counter.per_op(functools.partial(b.increment, 0)),
         "plain save()": counter.per_op(functools.partial(b.plain_save, 0)),
     }
+    size = b.args.write_batch  # a round's ops: one transaction for the *_tx variants
     samples = interleaved(
         {
             "plain save": b.plain_save,
@@ -323,12 +327,40 @@ def measure_ingest(b: Behind, counter: RedisCounter) -> tuple[dict, dict]:
             "increment_behind": b.increment,
             "RECORD save (floor)": b.floor_save,
             "RECORD increment (floor)": b.floor_increment,
+            "PING (floor)": b.ping,
+            "plain save_tx": per_transaction(b.plain_save, size),
+            "write-behind save_tx": per_transaction(b.behind_save, size),
+            "increment_behind_tx": per_transaction(b.increment, size),
         },
         ingest_rounds(b.args),
-        b.args.write_batch,
-        warmup=50,
+        size,
+        warmup=6 * size,  # whole transactions
     )
     return costs, samples
+
+
+def per_transaction(op, size: int):
+    """``op`` with every ``size`` consecutive calls in one ``atomic`` block.
+
+    Call ``i`` opens the block when ``i % size == 0`` and commits it when it is the
+    block's last; ``interleaved`` runs rounds of ``size`` calls, so a round is one
+    transaction, commit included.
+    """
+    from django.db import transaction
+
+    block = None
+
+    def in_block(i: int) -> None:
+        nonlocal block
+        if i % size == 0:
+            block = transaction.atomic()
+            block.__enter__()
+        op(i)
+        if i % size == size - 1:
+            block.__exit__(None, None, None)
+            block = None
+
+    return in_block
 
 
 def ingest_rounds(args: argparse.Namespace) -> int:
@@ -578,6 +610,44 @@ def report(b: Behind, costs, samples, coal, flush, phases) -> list[str]:
             "plain save",
             20,
             floor="RECORD increment (floor)",
+        ),
+    ]
+    k = args.write_batch
+    rows += [
+        Speed(
+            "  one Redis round trip (PING) vs plain save()",
+            samples,
+            "PING (floor)",
+            "plain save",
+            None,
+        ),
+        Speed(
+            f"write-behind save(), {k} a transaction, vs plain save()",
+            samples,
+            "write-behind save_tx",
+            "plain save",
+            20,
+        ),
+        Speed(
+            f"increment_behind(), {k} a transaction, vs plain save()",
+            samples,
+            "increment_behind_tx",
+            "plain save",
+            20,
+        ),
+        Speed(
+            f"  same, base {k} plain save()s a transaction: save()",
+            samples,
+            "write-behind save_tx",
+            "plain save_tx",
+            None,
+        ),
+        Speed(
+            f"  same, base {k} plain save()s a transaction: increment",
+            samples,
+            "increment_behind_tx",
+            "plain save_tx",
+            None,
         ),
     ]
     ps = pending["samples"]
