@@ -81,8 +81,9 @@ class Speed:
 
 
 def print_speed_table(rows: list[Speed]) -> None:
+    width = max(len(row.label) for row in rows)
     head = (
-        f"{'comparison':<48} {'ours op/s':>9} {'base op/s':>9} {'speed-up':>8} "
+        f"{'comparison':<{width}} {'ours op/s':>9} {'base op/s':>9} {'speed-up':>8} "
         f"{'p25-p75':>13} {'floor':>7} {'goal':>6}  result"
     )
     print(head)
@@ -92,8 +93,8 @@ def print_speed_table(rows: list[Speed]) -> None:
         floor = "" if row.floor is None else f"{row.floor:.1f}x"
         verdict = "" if row.passed is None else ("PASS" if row.passed else "MISS  <<<")
         print(
-            f"{row.label:<48} {1e6 / row.ours:>9.0f} {1e6 / row.base:>9.0f} {row.ratio:>7.2f}x "
-            f"{row.r25:>6.2f}-{row.r75:<6.2f} {floor:>7} {goal:>6}  {verdict}"
+            f"{row.label:<{width}} {1e6 / row.ours:>9.0f} {1e6 / row.base:>9.0f} "
+            f"{row.ratio:>7.2f}x {row.r25:>6.2f}-{row.r75:<6.2f} {floor:>7} {goal:>6}  {verdict}"
         )
 
 
@@ -675,6 +676,13 @@ def report(b: Behind, costs, samples, coal, flush, phases) -> list[str]:
     save() of PlainItem, autocommit (one UPDATE and its commit).
   floor: the RECORD script alone as a raw EVALSHA (same keys and arguments, no Python
     of ours): the best the one-round-trip design could do against this base.
+  PING: one Redis round trip and nothing else, with the same client: the ceiling of any
+    design whose save() waits for Redis to acknowledge the write (ours does, so that an
+    acknowledged write is never lost with the process).
+  "a transaction": {k} consecutive ops in one atomic block (as with ATOMIC_REQUESTS), the
+    commit included; the write-behind writes of a transaction are merged per row and
+    recorded in one round trip at commit. Against plain save()s that are one transaction
+    each, then against {k} plain save()s in one transaction too.
   "rows pending": the same ops while all {len(b.pks)} rows have a pending write (more
     than BATCH_SIZE), {pending["rounds"]} rounds; size-triggered flush tasks queued during
     the section: {b.published} (memory broker, not consumed).
