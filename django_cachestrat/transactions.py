@@ -1,10 +1,13 @@
-"""What the current database transaction has written, and whether reads may fill.
+"""A transaction's writes, what it keeps for its commit, and whether reads may fill.
 
 Inside an ``atomic`` block that wrote a cached model, reads of that model go to the
 database (they must see the transaction's own writes) and never fill the cache (another
 process must never see uncommitted data). The record is per thread and per database
 alias; it ends with the transaction's commit, or with its rollback (or the rollback of the
 savepoint that did the writing).
+
+Work kept for the commit (write-behind writes) goes in an ``outbox``: one ``on_commit``
+callback for many items, which still share the fate of the savepoint they were made in.
 """
 
 from __future__ import annotations
