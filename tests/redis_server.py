@@ -105,6 +105,22 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def caches_at(url: str, timeout: float = 0.3) -> dict:
+    """A ``CACHES`` setting whose default cache is the Redis at ``url``, with short timeouts."""
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": url,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": timeout, "SOCKET_TIMEOUT": timeout},
+        }
+    }
+
+
+def unreachable_caches() -> dict:
+    """A ``CACHES`` setting pointing at a port where no Redis listens."""
+    return caches_at(f"redis://127.0.0.1:{free_port()}/0")
+
+
 _shared: Server | None = None
 
 

@@ -10,19 +10,9 @@ from django.test import override_settings
 
 from django_cachestrat import backends, invalidate, invalidate_model
 from tests.models import Author, Book
-from tests.redis_server import Server, free_port
+from tests.redis_server import Server, caches_at, unreachable_caches
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def caches_at(url, timeout=0.3):
-    return {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": url,
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": timeout, "SOCKET_TIMEOUT": timeout},
-        }
-    }
 
 
 def cachestrat(**extra):
@@ -41,7 +31,7 @@ def own_redis():
 
 @pytest.fixture
 def dead_redis():
-    with override_settings(CACHES=caches_at(f"redis://127.0.0.1:{free_port()}/0")):
+    with override_settings(CACHES=unreachable_caches()):
         yield
 
 

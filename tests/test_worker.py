@@ -14,7 +14,7 @@ from django_cachestrat.models import AppliedBatch
 from django_cachestrat.tasks import flush_write_behind
 from tests.conftest import row_updates
 from tests.models import PageStats
-from tests.redis_server import Server
+from tests.redis_server import Server, caches_at, unreachable_caches
 from tests.worker import pending, wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -118,15 +118,8 @@ def test_reaching_batch_size_queues_one_flush_not_a_flood(rows, settings):
 
 def test_pending_writes_survive_a_redis_restart_with_aof(rows):
     server = Server(appendonly=True, appendfsync="always").start()
-    caches = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": server.url,
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
-        }
-    }
     try:
-        with override_settings(CACHES=caches):
+        with override_settings(CACHES=caches_at(server.url, 0.5)):
             for i in range(300):
                 PageStats.objects.increment_behind(rows[i % 30], views=1)
             os.kill(server.process.pid, signal.SIGKILL)
@@ -142,16 +135,7 @@ def test_pending_writes_survive_a_redis_restart_with_aof(rows):
 
 
 def test_redis_down_at_save_writes_the_database(rows, caplog):
-    from tests.redis_server import free_port
-
-    caches = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.3, "SOCKET_TIMEOUT": 0.3},
-        }
-    }
-    with override_settings(CACHES=caches):
+    with override_settings(CACHES=unreachable_caches()):
         stats = PageStats.objects.get_cached(pk=rows[0])
         stats.note = "sync"
         stats.save()

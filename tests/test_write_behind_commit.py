@@ -9,7 +9,7 @@ from redis.connection import AbstractConnection
 
 from django_cachestrat import flusher
 from tests.models import PageStats
-from tests.redis_server import free_port
+from tests.redis_server import unreachable_caches
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -141,14 +141,8 @@ def test_one_bad_row_does_not_keep_the_others_out(pages):
 
 
 def test_redis_down_at_commit_writes_the_batch_to_the_database(pages, caplog):
-    dead = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.3, "SOCKET_TIMEOUT": 0.3},
-        }
-    }
-    with override_settings(CACHES=dead), caplog.at_level(logging.WARNING, "django_cachestrat"):
+    down = override_settings(CACHES=unreachable_caches())
+    with down, caplog.at_level(logging.WARNING, "django_cachestrat"):
         with transaction.atomic():
             for page in pages:
                 PageStats.objects.increment_behind(page.pk, views=2)
