@@ -25,6 +25,7 @@ from typing import Any
 from django.db import models
 
 from django_cachestrat import backends, conf, keys, options
+from django_cachestrat.backends.redis import wake
 
 _NULL = b"\x01"
 _OBJECT = b"\x00"
@@ -97,13 +98,63 @@ for i = 2, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
 return out
 """
 
-FILL = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-if ARGV[3] ~= '0' then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-return 1
+# KEYS: lease, view, waiters, ready. Store a view read from the database only if the
+# caller's lease (taken before the read) still holds: a write or an invalidation since
+# deleted it. Wake the readers waiting for the fill either way.
+FILL = (
+    """
+local stored = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+  if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+  stored = 1
+end
 """
+    + wake(3, 4)
+    + "return stored"
+)
+
+# A view is usable when it has pending writes (pinned), or was filled under the model's
+# current version: as a row (__v) or as "no such row" (__n, for NEGATIVE_TTL).
+_USABLE = """
+local function usable(view, version)
+  local h = redis.call('HMGET', view, '__p', '__v', '__n')
+  return h[1] == '1' or (version and (h[2] == version or h[3] == version))
+end
+"""
+
+# KEYS: view, lease, version. A reader that missed takes the row's lease, unless a usable
+# view arrived since its read ({2, version, view}: another reader filled it). The version
+# is created if missing, as RECORD does, and returned: the fill is tagged with it.
+ACQUIRE = (
+    _USABLE
+    + """
+local version = redis.call('GET', KEYS[3])
+if not version then
+  version = ARGV[3]
+  redis.call('SET', KEYS[3], version)
+end
+if usable(KEYS[1], version) then return {2, version, redis.call('HGETALL', KEYS[1])} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, version} end
+return {0, version}
+"""
+)
+
+# KEYS: view, lease, waiters, version. A reader waiting for another's fill: the view if it
+# is there ({1, version, view}), {2} if nobody holds the lease any more (take it over),
+# else count the reader as waiting ({0}) in the same step, so no wake-up is missed.
+WAIT = (
+    _USABLE
+    + """
+local version = redis.call('GET', KEYS[4])
+if usable(KEYS[1], version) then return {1, version or '', redis.call('HGETALL', KEYS[1])} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {2} end
+redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], 30)
+return {0}
+"""
+)
 
 CLAIM = """
 local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -345,18 +396,65 @@ class Buffer:
         version, *views = self._run(READ, script_keys, [])
         return version or None, [_pairs(v) if v else None for v in views]
 
-    def fill(
-        self, pk: Any, token: str, values: dict[str, Any], version: bytes, ttl: int, *, pinned: bool
-    ) -> bool:
-        """Store a view read from the database, if the lease ``token`` still holds."""
-        row = self.row(pk)
-        args: list[Any] = [token, pk, 0 if pinned else ttl]
-        for name, value in values.items():
-            args += [name, encode(value)]
-        args += ["__v", version]
-        if pinned:
-            args += ["__p", "1"]
-        return bool(self._run(FILL, [row["lease"], row["view"]], args))
+    def acquire(self, pks: Sequence[Any], token: str, timeout: float) -> list[tuple]:
+        """Take the leases of rows whose views are missing, in one round trip.
+
+        Per pk: ``(2, version, view)`` if a usable view arrived meanwhile, ``(1, version,
+        None)`` if the lease is now ours, ``(0, version, None)`` if another reader holds it.
+        """
+        initial = time.time_ns() // 1000
+        ms = max(1, int(timeout * 1000))
+        script, version_key = self._script(ACQUIRE), self.version_key()
+        calls = [
+            (script, [row["view"], row["lease"], version_key], [token, ms, initial])
+            for row in map(self.row, pks)
+        ]
+        return [
+            (r[0], r[1], _pairs(r[2]) if len(r) > 2 else None)
+            for r in self.transport.run_scripts(calls)
+        ]
+
+    def wait(self, slots: Sequence[tuple[str, tuple[str, str, str]]]) -> list[tuple]:
+        """Check on fills others hold, per ``(view_key, (lease, waiters, ready))`` slot.
+
+        ``(1, (version, view))`` if the view is there, ``(2, None)`` if nobody holds the
+        lease, else ``(0, None)``: the caller is now counted as waiting. The shape of
+        ``RedisTransport.wait_many``, for the shared wait loop.
+        """
+        script, version_key = self._script(WAIT), self.version_key()
+        calls = [
+            (script, [view, lease, waiters, version_key], []) for view, (lease, waiters, _) in slots
+        ]
+        return [
+            (r[0], (r[1], _pairs(r[2])) if r[0] == 1 else None)
+            for r in self.transport.run_scripts(calls)
+        ]
+
+    def fill_keys(self, pk: Any) -> tuple[str, str, str]:
+        """Return the keys of a fill of row ``pk``: its lease, waiter count and ready list."""
+        return keys.fill(self.prefix, self.opts.label, pk)
+
+    def fill(self, token: str, items: Sequence[tuple[Any, dict | None, int, bool]], version: bytes):
+        """Store views read from the database where the lease ``token`` still holds.
+
+        Items are ``(pk, values, ttl, pinned)``; ``values`` None stores "no such row".
+        One round trip; waiters are woken. Return how many views were stored.
+        """
+        script = self._script(FILL)
+        calls = []
+        for pk, values, ttl, pinned in items:
+            lease, waiters, ready = self.fill_keys(pk)
+            args: list[Any] = [token, 0 if pinned else ttl]
+            if values is None:
+                args += ["__a", "1", "__n", version]
+            else:
+                for name, value in values.items():
+                    args += [name, encode(value)]
+                args += ["__v", version]
+                if pinned:
+                    args += ["__p", "1"]
+            calls.append((script, [lease, self.row(pk)["view"], waiters, ready], args))
+        return sum(self.transport.run_scripts(calls)) if calls else 0
 
     # -- flushing ------------------------------------------------------------------------
 

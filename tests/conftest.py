@@ -147,3 +147,19 @@ def row_updates(queries) -> list[str]:
         elif sql.startswith("UPDATE"):
             rows.append(sql)
     return rows
+
+
+@pytest.fixture
+def sends(monkeypatch):
+    """What this process sends to Redis, one item a send: one send is one round trip."""
+    from redis.connection import AbstractConnection
+
+    sent = []
+    real = AbstractConnection.send_packed_command
+
+    def counting(self, command, *args, **kwargs):
+        sent.append(command)
+        return real(self, command, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    return sent

@@ -12,7 +12,7 @@ from django.test import override_settings
 from django_cachestrat import invalidate, keys, options
 from django_cachestrat.strategies.base import Strategy
 from tests.conftest import child_env
-from tests.models import Book, Headline, Quote
+from tests.models import Book, Headline, PageStats, Quote
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -163,6 +163,64 @@ def test_no_reader_waits_longer_than_the_bound(book, raw_redis, settings, events
     assert all(isinstance(r, Book) for r in results)
     assert len(queries) == 8  # each gave up waiting and read the database itself
     assert events("wait_timeout", Book) == 8
+
+
+# -- write-behind models: their views fill single-flight too --------------------------
+
+
+@pytest.fixture
+def hot_page():
+    return PageStats.objects.create(path="/hot")
+
+
+def test_32_threads_on_a_cold_write_behind_row_send_one_query(hot_page, events):
+    # With a write pending: the view is rebuilt from the database plus that write.
+    PageStats.objects.increment_behind(hot_page.pk, views=5)
+    herd = Herd(32, lambda: PageStats.objects.get_cached(pk=hot_page.pk), "tests_pagestats")
+    for _ in range(10):
+        invalidate(hot_page)
+        results, queries = herd.round()
+        assert len(queries) == 1, queries
+        assert all(isinstance(r, PageStats) and r.views == 5 for r in results), results
+    assert events("wait_timeout", PageStats) == 0
+
+
+def test_32_threads_on_a_missing_write_behind_row_send_one_query():
+    herd = Herd(32, lambda: PageStats.objects.get_cached(pk=424242), "tests_pagestats")
+    results, queries = herd.round()
+    assert len(queries) == 1
+    assert all(isinstance(r, PageStats.DoesNotExist) for r in results)
+    with pytest.raises(PageStats.DoesNotExist):  # nothing to add to either
+        PageStats.objects.increment_behind(424242, views=1)
+    PageStats.objects.create(pk=424242, path="/now")
+    assert PageStats.objects.get_cached(pk=424242).path == "/now"
+    PageStats.objects.increment_behind(424242, views=2)
+    assert PageStats.objects.get_cached(pk=424242).views == 2
+
+
+def test_a_write_behind_filler_that_raises_hands_over_to_one_waiter(hot_page, monkeypatch, events):
+    from django_cachestrat.strategies.write_behind import WriteBehind
+
+    real = WriteBehind._overlay
+    failed = []
+
+    def flaky(self, *args):
+        with threading.Lock():
+            first = not failed
+            failed.append(1)
+        if first:
+            time.sleep(0.2)  # let the others start waiting
+            raise RuntimeError("database hiccup")
+        return real(self, *args)
+
+    monkeypatch.setattr(WriteBehind, "_overlay", flaky)
+    herd = Herd(32, lambda: PageStats.objects.get_cached(pk=hot_page.pk), "tests_pagestats")
+    results, queries = herd.round()
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert len(errors) == 1 and "hiccup" in str(errors[0])
+    assert sum(isinstance(r, PageStats) for r in results) == 31
+    assert len(queries) == 1  # exactly one waiter took over and filled
+    assert events("wait_timeout", PageStats) == 0  # woken by the release, not by the bound
 
 
 PROCESS_READER = """

@@ -253,3 +253,14 @@ def test_writes_in_a_rolled_back_transaction_are_forgotten(page):
     assert (got.views, got.note) == (2, "ok")  # recorded at commit
     flusher.flush()
     assert (in_db(page.pk).views, in_db(page.pk).note) == (2, "ok")
+
+
+def test_cold_reads_cost_a_few_round_trips_however_many_rows(sends):
+    pks = [PageStats.objects.create(path=f"/m{i}").pk for i in range(60)]
+    PageStats.objects.get_cached(pk=pks[0])  # loads the scripts into Redis
+    sends.clear()
+    assert len(PageStats.objects.get_many_cached(pks[1:])) == 59
+    assert len(sends) == 4  # views, leases, pending writes, fills
+    sends.clear()
+    assert len(PageStats.objects.get_many_cached(pks[1:])) == 59
+    assert len(sends) == 1  # hits

@@ -5,7 +5,6 @@ import logging
 import pytest
 from django.db import transaction
 from django.test import override_settings
-from redis.connection import AbstractConnection
 
 from django_cachestrat import flusher
 from tests.models import PageStats
@@ -21,20 +20,6 @@ class Rollback(Exception):
 @pytest.fixture
 def pages():
     return [PageStats.objects.create(path=f"/{i}") for i in range(3)]
-
-
-@pytest.fixture
-def sends(monkeypatch):
-    """Count what this process sends to Redis: one send is one round trip."""
-    sent = []
-    real = AbstractConnection.send_packed_command
-
-    def counting(self, command, *args, **kwargs):
-        sent.append(command)
-        return real(self, command, *args, **kwargs)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
-    return sent
 
 
 def cached(pk):

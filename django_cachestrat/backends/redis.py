@@ -30,7 +30,7 @@ class CacheUnavailable(Exception):
 # Fill a missed row only if the caller still holds the lease it took before reading the
 # database. An invalidation deletes the lease, so a reader that read the old row before a
 # write committed can no longer store it afterwards.
-def _wake(waiters: int, ready: int) -> str:
+def wake(waiters: int, ready: int) -> str:
     """Lua that wakes the readers waiting for a fill: one token each on the ready list."""
     return f"""
 local waiting = tonumber(redis.call('GET', KEYS[{waiters}]) or '0')
@@ -55,7 +55,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   stored = 1
 end
 """
-    + _wake(3, 4)
+    + wake(3, 4)
     + "return stored"
 )
 
@@ -65,7 +65,7 @@ RELEASE = (
     """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 """
-    + _wake(2, 3)
+    + wake(2, 3)
     + "return 1"
 )
 

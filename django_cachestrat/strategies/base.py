@@ -405,12 +405,14 @@ _TAKE_OVER = object()
 _TIMEOUT = object()
 
 
-def _await(model, transport, cfg, slots) -> list:
+def _await(model, transport, cfg, slots, check=None) -> list:
     """Wait for fills others hold.
 
-    Per ``(value_key, fill_keys)`` slot: the value's bytes, ``_TAKE_OVER`` (its filler is
-    gone) or ``_TIMEOUT`` (``FILL_WAIT`` passed).
+    Per ``(value_key, fill_keys)`` slot: the value, ``_TAKE_OVER`` (its filler is gone) or
+    ``_TIMEOUT`` (``FILL_WAIT`` passed). ``check(slots)`` looks at the slots (by default
+    ``transport.wait_many``, for entries: the value is their bytes).
     """
+    check = check or transport.wait_many
     deadline = time.monotonic() + cfg.FILL_WAIT
     answers: list = [_TIMEOUT] * len(slots)
     waiting = list(range(len(slots)))
@@ -418,7 +420,7 @@ def _await(model, transport, cfg, slots) -> list:
     try:
         while waiting:
             still = []
-            replies = transport.wait_many([slots[i] for i in waiting])
+            replies = check([slots[i] for i in waiting])
             for i, (status, value) in zip(waiting, replies, strict=True):
                 if status == 1:
                     answers[i] = value

@@ -10,6 +10,7 @@ writes still pending, including those of a batch in flight that has not committe
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 
@@ -17,9 +18,12 @@ from django.db import connections, models, router, transaction
 
 from django_cachestrat import buffer, codec, conf, invalidation, options, signals, transactions
 from django_cachestrat.backends import CacheUnavailable
-from django_cachestrat.strategies.base import Strategy, _send, ttl
+from django_cachestrat.strategies.base import _TAKE_OVER, _TIMEOUT, Strategy, _await, _send, ttl
 
 logger = logging.getLogger("django_cachestrat")
+
+# What ``_decode`` returns for a view that says "no such row" (``NEGATIVE_TTL``).
+_ABSENT = object()
 
 
 class WriteBehind(Strategy):
@@ -32,7 +36,7 @@ class WriteBehind(Strategy):
     def _read(self, model, opts, using, pks: list) -> dict[object, models.Model]:
         cfg = conf.settings()
         if not cfg.ENABLED or not pks or transactions.written(using, opts.label):
-            return self._with_pending(model, using, pks, fill=False)
+            return self._with_pending(model, using, pks)
         buf = buffer.Buffer(model)
         try:
             version, views = buf.read(pks)
@@ -44,19 +48,22 @@ class WriteBehind(Strategy):
             obj = self._decode(opts, pk, view, version, using, model)
             if obj is None:
                 missing.append(pk)
-            else:
+            elif obj is not _ABSENT:
                 found[pk] = obj
-        _send(signals.cache_hit, model, len(found))
+        _send(signals.cache_hit, model, len(pks) - len(missing))
         if not missing:
             return found
         _send(signals.cache_miss, model, len(missing))
-        found.update(self._with_pending(model, using, missing, fill=True))
+        found.update(self._fill(model, using, missing))
         return {pk: found[pk] for pk in pks if pk in found}
 
     def _decode(self, opts, pk, view, version, using, model):
+        """Return the row a view holds, ``_ABSENT`` for "no such row", or None (unusable)."""
         if not view:
             return None
         if view.get("__p") != b"1" and (version is None or view.get("__v") != version):
+            if version is not None and view.get("__n") == version:
+                return _ABSENT
             return None
         pk_name = opts.pk_field.attname
         try:
@@ -82,25 +89,110 @@ class WriteBehind(Strategy):
             return obj
         if not pending:
             return obj
-        return self._with_pending(model, using, [obj.pk], fill=False).get(obj.pk, obj)
+        return self._with_pending(model, using, [obj.pk]).get(obj.pk, obj)
 
-    def _with_pending(self, model, using, pks, *, fill: bool) -> dict[object, models.Model]:
-        """Read rows from the database with the writes still pending in Redis laid over."""
+    def _fill(self, model, using, pks, unusable=None) -> dict[object, models.Model]:
+        """Read missed rows once, whoever else misses them: single flight, as for entries.
+
+        The reader that takes a row's lease reads it (with its pending writes) and fills
+        its view; the others wait for the view, take over if the lease lapses, and read
+        the database themselves after ``FILL_WAIT`` at the most.
+        """
         opts = options.get(model)
         cfg = conf.settings()
+        if not transactions.may_fill(using):
+            return self._with_pending(model, using, pks)
         buf = buffer.Buffer(model)
         token = secrets.token_hex(8)
         try:
-            layers = buf.pending(pks)
-            held = [False] * len(pks)
-            version = None
-            if fill and transactions.may_fill(using):
-                version = buf.transport.version(buf.version_key())
-                held = buf.transport.acquire_leases(
-                    [buf.row(pk)["lease"] for pk in pks], token, cfg.LEASE_TIMEOUT
-                )
+            taken = buf.acquire(pks, token, cfg.LEASE_TIMEOUT)
         except CacheUnavailable:
-            return self._from_db(model, using, pks)
+            return self._with_pending(model, using, pks)
+        rows: dict[object, models.Model] = {}
+        mine, theirs, late = [], [], []
+        fill_version = b"0"
+        for pk, (status, version, view) in zip(pks, taken, strict=True):
+            if status == 1:
+                mine.append(pk)
+                fill_version = version
+            elif status == 0:
+                theirs.append(pk)
+            else:  # filled by another reader since our read
+                self._take(rows, late, opts, pk, view, version, using, model)
+        if mine:
+            rows.update(self._load(model, using, buf, fill_version, token, mine))
+        if theirs and not cfg.FILL_WAIT:
+            late += theirs
+        elif theirs:
+            slots = [(buf.row(pk)["view"], buf.fill_keys(pk)) for pk in theirs]
+            take_over = []
+            answers = _await(model, buf.transport, cfg, slots, check=buf.wait)
+            for pk, answer in zip(theirs, answers, strict=True):
+                if answer is _TAKE_OVER:
+                    take_over.append(pk)
+                elif answer is _TIMEOUT:
+                    late.append(pk)
+                else:
+                    version, view = answer
+                    self._take(rows, late, opts, pk, view, version, using, model)
+            if take_over:
+                rows.update(self._fill(model, using, take_over))
+        if late:
+            rows.update(self._with_pending(model, using, late))
+        return rows
+
+    def _take(self, rows, late, opts, pk, view, version, using, model) -> None:
+        obj = self._decode(opts, pk, view, version, using, model)
+        if obj is None:
+            late.append(pk)  # unusable after all: read it, fill nothing
+        elif obj is not _ABSENT:
+            rows[pk] = obj
+
+    def _load(self, model, using, buf, version, token, pks) -> dict[object, models.Model]:
+        """Read ``pks`` (with their pending writes) under our leases and fill their views."""
+        opts = options.get(model)
+        cfg = conf.settings()
+        try:
+            rows, pending = self._overlay(model, using, buf, pks)
+        except BaseException:
+            # Give the leases back so a waiting reader takes over now, not at expiry.
+            with contextlib.suppress(CacheUnavailable):
+                buf.transport.release([buf.fill_keys(pk) for pk in pks], token)
+            raise
+        if pending is None:  # Redis failed meanwhile: the leases lapse by themselves
+            return rows
+        items, unfilled = [], []
+        for pk in pks:
+            obj = rows.get(pk)
+            if obj is not None:
+                values = {name: obj.__dict__[name] for name in opts.attnames}
+                items.append((pk, values, ttl(opts, cfg), pk in pending))
+            elif cfg.NEGATIVE_TTL:
+                items.append((pk, None, cfg.NEGATIVE_TTL, False))
+            else:
+                unfilled.append(buf.fill_keys(pk))
+        try:
+            _send(signals.cache_fill, model, buf.fill(token, items, version))
+            if unfilled:
+                buf.transport.release(unfilled, token)
+        except CacheUnavailable:
+            pass
+        return rows
+
+    def _with_pending(self, model, using, pks) -> dict[object, models.Model]:
+        """Read rows from the database with the writes still pending in Redis laid over."""
+        return self._overlay(model, using, buffer.Buffer(model), pks)[0]
+
+    def _overlay(self, model, using, buf, pks) -> tuple[dict, dict | None]:
+        """Return the rows from the database with their pending writes laid over.
+
+        Also the pending writes read, or None if Redis could not be read (the rows are
+        then the database's alone).
+        """
+        try:
+            layers = buf.pending(pks)
+        except CacheUnavailable:
+            return self._from_db(model, using, pks), None
         from django_cachestrat.models import AppliedBatch
 
         batch_ids = {
@@ -136,19 +228,7 @@ class WriteBehind(Strategy):
                     setattr(obj, name, value)
                 for name, amount in deltas.items():
                     setattr(obj, name, getattr(obj, name) + amount)
-        if version is None:
-            version = b"0"
-        for pk, got in zip(pks, held, strict=True):
-            if got and pk in rows:
-                values = {name: rows[pk].__dict__[name] for name in opts.attnames}
-                try:
-                    stored = buf.fill(
-                        pk, token, values, version, ttl(opts, cfg), pinned=pk in layers
-                    )
-                except CacheUnavailable:
-                    break
-                _send(signals.cache_fill, model, int(stored))
-        return rows
+        return rows, layers
 
     # -- writes --------------------------------------------------------------------------
 
@@ -245,7 +325,7 @@ class WriteBehind(Strategy):
                 queue_flush = buf.record(pk, fields, deltas, full=full)
             except buffer.NeedsView:
                 using = router.db_for_read(model)
-                if pk not in self._with_pending(model, using, [pk], fill=True):
+                if pk not in self._fill(model, using, [pk]):
                     raise model.DoesNotExist(
                         f"{model._meta.object_name} pk={pk!r} does not exist."
                     ) from None
