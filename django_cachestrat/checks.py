@@ -7,6 +7,8 @@
 - ``cachestrat.E005``: a cached model's ``CacheMeta`` is wrong, or its pk cannot be cached.
 - ``cachestrat.W001``: a cached model's base manager is not a ``CachedManager``, so updates
   Django makes through it (a reverse foreign key's ``add()``) drop nothing.
+- ``cachestrat.W002``: a write-behind model sets ``stale_ttl`` or ``early_refresh``, which
+  only cache-aside and write-through entries use.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def check_settings(app_configs=None, **kwargs):
 def check_models(app_configs=None, **kwargs):
     """Check every cached model's manager and ``CacheMeta``."""
     from django_cachestrat.managers import CachedManager
+    from django_cachestrat.strategies.write_behind import WriteBehind
 
     errors = []
     for model in cached_models():
@@ -84,6 +87,20 @@ def check_models(app_configs=None, **kwargs):
                     id="cachestrat.W001",
                 )
             )
+        if isinstance(model.cache_strategy, WriteBehind):
+            cache_meta = getattr(model, "CacheMeta", None)
+            unused = [n for n in ("stale_ttl", "early_refresh") if getattr(cache_meta, n, 0)]
+            if unused:
+                errors.append(
+                    checks.Warning(
+                        f"{model._meta.label} is write-behind: CacheMeta "
+                        f"{' and '.join(unused)} has no effect on it (its views are kept "
+                        "current by the writes themselves, and refilled single-flight).",
+                        hint="Remove it from CacheMeta.",
+                        obj=model,
+                        id="cachestrat.W002",
+                    )
+                )
         errors.extend(
             checks.Error(problem, obj=model, id="cachestrat.E005")
             for problem in options.errors(model)

@@ -5,9 +5,10 @@ from django.db import models
 from django.test import override_settings
 from django.test.utils import isolate_apps
 
-from django_cachestrat import CacheAsideMixin, CachedManager, conf, options
+from django_cachestrat import CacheAsideMixin, CachedManager, WriteBehindMixin, conf, options
 from django_cachestrat.checks import check_models, check_settings
 from django_cachestrat.serializers import Serializer
+from tests.models import PageStats
 
 
 def configured(**values):
@@ -133,8 +134,18 @@ def test_model_checks_e004_and_e005(monkeypatch):
         class Meta:
             app_label = "tests"
 
+    class StaleBehind(WriteBehindMixin, models.Model):
+        objects = CachedManager()
+
+        class CacheMeta:
+            stale_ttl = 30
+
+        class Meta:
+            app_label = "tests"
+
     monkeypatch.setattr(
-        "django_cachestrat.checks.cached_models", lambda: [NoManager, BadMeta, BadLookups]
+        "django_cachestrat.checks.cached_models",
+        lambda: [NoManager, BadMeta, BadLookups, StaleBehind, PageStats],
     )
     errors = check_models()
     by_id = {}
@@ -142,6 +153,9 @@ def test_model_checks_e004_and_e005(monkeypatch):
         by_id.setdefault(error.id, []).append(error.msg)
     assert any("NoManager" in m and "not a CachedManager" in m for m in by_id["cachestrat.E004"])
     assert any("BadMeta" in m and "base manager" in m for m in by_id["cachestrat.W001"])
+    # Named once, for the model that sets it.
+    assert [m for m in by_id["cachestrat.W002"] if "StaleBehind" in m and "stale_ttl" in m]
+    assert len(by_id["cachestrat.W002"]) == 1
     e005 = " ".join(by_id["cachestrat.E005"])
     assert "unknown attribute 'colour'" in e005
     assert "ttl must be a positive int" in e005
