@@ -235,6 +235,17 @@ return 1
 """
 
 
+# KEYS: the row's pending fields, its pending deltas, the model's dirty set. A synchronous
+# write of fields ARGV[2..] (a save, an update) replaces the pending writes of those
+# fields; a row left with none is no longer dirty.
+SUPERSEDE = """
+redis.call('HDEL', KEYS[1], unpack(ARGV, 2))
+redis.call('HDEL', KEYS[2], unpack(ARGV, 2))
+if redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then redis.call('ZREM', KEYS[3], ARGV[1]) end
+return 1
+"""
+
+
 class NeedsView(Exception):
     """The row has no usable view to merge a partial save or an increment into."""
 
@@ -387,6 +398,32 @@ class Buffer:
         """Forget the row's unflushed writes and its view (it was deleted)."""
         row = self.row(pk)
         self._run(DISCARD, [row["view"], row["fields"], row["deltas"], self.queue["dirty"]], [pk])
+
+    def supersede(self, items: Sequence[tuple[Any, Sequence[str]]]) -> None:
+        """Drop the unflushed writes of fields written synchronously, per ``(pk, attnames)``.
+
+        One round trip. A batch already claimed is not changed (see the README).
+        """
+        script, dirty = self._script(SUPERSEDE), self.queue["dirty"]
+        calls = []
+        for pk, names in items:
+            if names:
+                row = self.row(pk)
+                calls.append((script, [row["fields"], row["deltas"], dirty], [pk, *names]))
+        if calls:
+            self.transport.run_scripts(calls)
+
+    def pending_pks(self) -> list[Any]:
+        """Return the pks of every row with unflushed writes, claimed or not."""
+
+        def run():
+            pipe = self.transport.client.pipeline(transaction=False)
+            pipe.zrange(self.queue["dirty"], 0, -1)
+            pipe.hkeys(self.queue["busy"])
+            return pipe.execute()
+
+        waiting, busy = self.transport.call(run)
+        return list(dict.fromkeys(self.opts.to_pk(m.decode()) for m in [*waiting, *busy]))
 
     # -- views ---------------------------------------------------------------------------
 

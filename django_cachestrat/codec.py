@@ -68,6 +68,11 @@ def encode(
     return header + conf.settings().serializer.dumps(values)
 
 
+def computed(value: object) -> bool:
+    """Tell whether ``value`` is for the database to compute (``F("n") + 1``, a db default)."""
+    return isinstance(value, Combinable | DatabaseDefault)
+
+
 def as_stored(field: models.Field, value: object) -> object:
     """Return ``value`` as the database will give it back, or raise ``Unstorable``.
 
@@ -75,7 +80,7 @@ def as_stored(field: models.Field, value: object) -> object:
     extra decimal places, reading a naive datetime in some time zone), the row is not
     stored from memory: it is dropped, and the next read fills it from the database.
     """
-    if isinstance(value, Combinable | DatabaseDefault):
+    if computed(value):
         raise Unstorable(f"{field.attname} holds an expression; its value is the database's")
     value = field.to_python(value)
     if (

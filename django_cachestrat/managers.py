@@ -12,7 +12,7 @@ from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
 
-from django_cachestrat import invalidation, options
+from django_cachestrat import codec, invalidation, options
 from django_cachestrat.mixins import CachedModelMixin
 
 
@@ -47,7 +47,10 @@ class CachedQuerySet(models.QuerySet):
             return super().update(**kwargs)  # Django's own error
         with transaction.atomic(using=using, savepoint=False):
             pks = self._lock_pks(using)
+            superseded = self._superseded(using, kwargs)
             count = super().update(**kwargs)
+            if superseded:  # first: a view rebuilt after the drop must not include them
+                self.model.cache_strategy.supersede(self.model, superseded, using)
             if len(pks) > self.bulk_row_limit:
                 invalidation.model(self.model, using)
             else:
@@ -61,6 +64,30 @@ class CachedQuerySet(models.QuerySet):
         return await sync_to_async(self.update)(**kwargs)
 
     aupdate.alters_data = True
+
+    def _superseded(self, using: str, values: dict) -> list:
+        """Return ``(pk, attnames)`` for the rows with unflushed writes this update replaces.
+
+        Write-behind only; read before the update, which may change what the filter
+        matches. A value that is an expression (``F("views") + 1``) replaces nothing.
+        """
+        strategy = self.model.cache_strategy
+        if not strategy.defers_writes:
+            return []
+        names = [
+            self.model._meta.get_field(name).attname
+            for name, value in values.items()
+            if not codec.computed(value)
+        ]
+        pending = strategy.pending_rows(self.model) if names else []
+        touched = []
+        matching = self.model._base_manager.using(using).filter(
+            pk__in=self.using(using).order_by().values("pk")
+        )
+        for start in range(0, len(pending), 500):  # within every backend's parameter limit
+            chunk = pending[start : start + 500]
+            touched += matching.filter(pk__in=chunk).values_list("pk", flat=True)
+        return [(pk, names) for pk in touched]
 
     def _lock_pks(self, using: str) -> list:
         """List the pks an update will touch (at most ``bulk_row_limit + 1``), locked.
@@ -84,6 +111,14 @@ class CachedQuerySet(models.QuerySet):
         count = super().bulk_update(objs, fields, batch_size=batch_size)
         if self._is_cached():
             using = self._db or router.db_for_write(self.model, **self._hints)
+            strategy = self.model.cache_strategy
+            if strategy.defers_writes:  # first, as in update()
+                attnames = [self.model._meta.get_field(name).attname for name in fields]
+                written = [
+                    (obj.pk, [n for n in attnames if not codec.computed(obj.__dict__.get(n))])
+                    for obj in objs
+                ]
+                strategy.supersede(self.model, written, using)
             invalidation.rows(self.model, [obj.pk for obj in objs], using)
         return count
 

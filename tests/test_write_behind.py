@@ -264,3 +264,62 @@ def test_cold_reads_cost_a_few_round_trips_however_many_rows(sends):
     sends.clear()
     assert len(PageStats.objects.get_many_cached(pks[1:])) == 59
     assert len(sends) == 1  # hits
+
+
+# -- synchronous writes replace the pending writes of the fields they write -------------
+
+
+def test_a_synchronous_save_replaces_pending_writes_of_its_fields(page):
+    PageStats.objects.increment_behind(page.pk, views=3, likes=2)
+    stats = PageStats.objects.get_cached(pk=page.pk)  # views=3: it includes the increment
+    stats.views += 1
+    stats.save(write_behind=False, update_fields=["views"])
+    assert in_db(page.pk).views == 4
+    assert PageStats.objects.get_cached(pk=page.pk).views == 4
+    flusher.flush()
+    # The +3 is not added again; likes, which the save did not write, still flushes.
+    assert (in_db(page.pk).views, in_db(page.pk).likes) == (4, 2)
+
+
+def test_an_update_resets_counters_with_writes_pending(page):
+    other = PageStats.objects.create(path="/other")
+    for pk in (page.pk, other.pk):
+        PageStats.objects.increment_behind(pk, views=5, likes=1)
+    assert PageStats.objects.filter(pk=page.pk).update(views=0) == 1
+    assert PageStats.objects.get_cached(pk=page.pk).views == 0
+    flusher.flush()
+    assert (in_db(page.pk).views, in_db(page.pk).likes) == (0, 1)
+    assert in_db(other.pk).views == 5  # not in the update: its writes stand
+
+
+def test_an_update_with_an_expression_keeps_pending_writes(page):
+    from django.db.models import F
+
+    PageStats.objects.increment_behind(page.pk, views=5)
+    PageStats.objects.filter(pk=page.pk).update(views=F("views") + 10)
+    assert PageStats.objects.get_cached(pk=page.pk).views == 15
+    flusher.flush()
+    assert in_db(page.pk).views == 15
+
+
+def test_bulk_update_replaces_pending_writes_of_its_fields(page):
+    stats = PageStats.objects.get_cached(pk=page.pk)
+    stats.note = "wb"
+    stats.save()
+    PageStats.objects.increment_behind(page.pk, views=2)
+    fresh = PageStats.objects.get(pk=page.pk)
+    fresh.note = "bulk"
+    PageStats.objects.bulk_update([fresh], ["note"])
+    flusher.flush()
+    assert (in_db(page.pk).note, in_db(page.pk).views) == ("bulk", 2)
+
+
+def test_a_rolled_back_update_keeps_pending_writes(page):
+    from django.db import transaction
+
+    PageStats.objects.increment_behind(page.pk, views=5)
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        PageStats.objects.filter(pk=page.pk).update(views=0)
+        1 / 0  # noqa: B018
+    flusher.flush()
+    assert in_db(page.pk).views == 5

@@ -53,6 +53,8 @@ class Strategy:
     """
 
     name = "cache-aside"
+    #: True when saves may reach the database after they return (write-behind).
+    defers_writes = False
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -392,6 +394,20 @@ class Strategy:
     def after_save(self, instance: models.Model, using: str, created: bool, update_fields) -> None:
         """Act after the row is written (``post_save``): cache-aside drops it after commit."""
         invalidation.rows(type(instance), [instance.pk], using)
+
+    def pending_rows(self, model: type[models.Model]) -> list:
+        """Return the pks of rows with writes not in the database yet (``defers_writes``).
+
+        A queryset ``update()`` asks, to tell ``supersede`` which of its rows had some.
+        """
+        return []
+
+    def supersede(self, model: type[models.Model], items, using: str) -> None:
+        """Note fields written to the database directly, per ``(pk, attnames)``.
+
+        Called for saves, ``update()`` and ``bulk_update()``; write-behind forgets the
+        unflushed writes of those fields once the transaction commits.
+        """
 
     def after_delete(self, instance: models.Model, using: str) -> None:
         """Act after the row is deleted (``post_delete``): drop it after commit."""

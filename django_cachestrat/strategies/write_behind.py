@@ -30,6 +30,7 @@ class WriteBehind(Strategy):
     """Saves of existing rows go to Redis at once and to the database in batches."""
 
     name = "write-behind"
+    defers_writes = True
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -354,11 +355,54 @@ class WriteBehind(Strategy):
         return True
 
     def after_save(self, instance, using, created, update_fields) -> None:
-        """Drop the view after a synchronous save (a new row, ``write_behind=False``).
+        """After a synchronous save (a new row, ``write_behind=False``): drop the view.
 
-        The next read rebuilds it from the database and any pending writes.
+        The save replaces the row's unflushed writes of the fields it wrote (with plain
+        values: a field saved as an expression, ``F("views") + 1``, keeps them). The next
+        read rebuilds the view from the database and the writes still pending.
         """
-        invalidation.rows(type(instance), [instance.pk], using)
+        model = type(instance)
+        if not created:
+            names = None if update_fields is None else set(update_fields)
+            written = [
+                f.attname
+                for f in options.get(model).fields
+                if not f.primary_key
+                and (names is None or f.name in names or f.attname in names)
+                and not codec.computed(instance.__dict__.get(f.attname))
+            ]
+            self.supersede(model, [(instance.pk, written)], using)
+        invalidation.rows(model, [instance.pk], using)
+
+    def pending_rows(self, model) -> list:
+        """Return the pks of rows with unflushed writes (none if Redis is unreachable)."""
+        try:
+            return buffer.Buffer(model).pending_pks()
+        except CacheUnavailable:
+            return []
+
+    def supersede(self, model, items, using) -> None:
+        """Forget, once the transaction commits, unflushed writes of fields written directly.
+
+        Otherwise the next flush would write them over the newer value (and add pending
+        increments a second time to a value that already holds them).
+        """
+        items = [(pk, list(names)) for pk, names in items if names]
+        if not items:
+            return
+
+        def run() -> None:
+            try:
+                buffer.Buffer(model).supersede(items)
+            except CacheUnavailable:
+                logger.warning(
+                    "django_cachestrat: Redis is unreachable; unflushed writes of %s fields "
+                    "written directly to %d row(s) will be flushed over them.",
+                    options.get(model).label,
+                    len(items),
+                )
+
+        transaction.on_commit(run, using=using)
 
     def after_delete(self, instance, using) -> None:
         """Discard the row's pending writes, then drop it after commit."""
