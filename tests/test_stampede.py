@@ -223,6 +223,34 @@ def test_a_write_behind_filler_that_raises_hands_over_to_one_waiter(hot_page, mo
     assert events("wait_timeout", PageStats) == 0  # woken by the release, not by the bound
 
 
+def test_write_behind_herd_protection_off_and_bounded_waits(hot_page, raw_redis, settings, events):
+    read = lambda: PageStats.objects.get_cached(pk=hot_page.pk)  # noqa: E731
+    with override_settings(CACHESTRAT={**settings.CACHESTRAT, "FILL_WAIT": 0}):
+        _, queries = Herd(16, read, "tests_pagestats").round()
+    assert len(queries) > 1
+    invalidate(hot_page)
+    lease = keys.lease("cstest", "tests.pagestats", hot_page.pk)
+    stuck = {**settings.CACHESTRAT, "LEASE_TIMEOUT": 30.0, "FILL_WAIT": 0.3}
+    with override_settings(CACHESTRAT=stuck):
+        raw_redis.set(lease, "a-stuck-filler", px=30_000)
+        results, queries = Herd(8, read, "tests_pagestats").round()
+    assert all(isinstance(r, PageStats) for r in results)
+    assert len(queries) == 8  # each gave up waiting and read the database itself
+    assert events("wait_timeout", PageStats) == 8
+
+
+def test_without_negative_caching_a_missing_write_behind_row_is_read_each_time(settings):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with override_settings(CACHESTRAT={**settings.CACHESTRAT, "NEGATIVE_TTL": 0}):
+        with CaptureQueriesContext(connection) as queries:
+            for _ in range(3):
+                with pytest.raises(PageStats.DoesNotExist):
+                    PageStats.objects.get_cached(pk=515151)
+    assert len(queries) == 3
+
+
 PROCESS_READER = """
 import sys, django
 django.setup()
