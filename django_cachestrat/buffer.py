@@ -299,6 +299,14 @@ def record_all(
     return outcomes
 
 
+def member(pk: Any) -> str:
+    """Return how a pk is written in the model's queue (``opts.to_pk`` reads it back).
+
+    Whatever its type (an int, a UUID): redis-py takes only str, bytes and numbers.
+    """
+    return str(pk)
+
+
 def encode(value: Any) -> bytes:
     """Encode one field value for a view or pending hash."""
     if value is None:
@@ -371,7 +379,7 @@ class Buffer:
         """Return the keys and arguments of ``RECORD`` for one write."""
         row = self.row(pk)
         args: list[Any] = [
-            pk,
+            member(pk),
             int(time.time() * 1000),
             "1" if full else "0",
             time.time_ns() // 1000,
@@ -397,7 +405,9 @@ class Buffer:
     def discard(self, pk: Any) -> None:
         """Forget the row's unflushed writes and its view (it was deleted)."""
         row = self.row(pk)
-        self._run(DISCARD, [row["view"], row["fields"], row["deltas"], self.queue["dirty"]], [pk])
+        self._run(
+            DISCARD, [row["view"], row["fields"], row["deltas"], self.queue["dirty"]], [member(pk)]
+        )
 
     def supersede(self, items: Sequence[tuple[Any, Sequence[str]]]) -> None:
         """Drop the unflushed writes of fields written synchronously, per ``(pk, attnames)``.
@@ -409,21 +419,33 @@ class Buffer:
         for pk, names in items:
             if names:
                 row = self.row(pk)
-                calls.append((script, [row["fields"], row["deltas"], dirty], [pk, *names]))
+                calls.append((script, [row["fields"], row["deltas"], dirty], [member(pk), *names]))
         if calls:
             self.transport.run_scripts(calls)
 
-    def pending_pks(self) -> list[Any]:
-        """Return the pks of every row with unflushed writes, claimed or not."""
+    def pending_pks(self, among: Sequence[Any] | None = None) -> list[Any]:
+        """Return the pks of rows with unflushed writes, claimed or not.
+
+        All of them, or those of ``among`` (checked in Redis, one round trip either way).
+        """
 
         def run():
             pipe = self.transport.client.pipeline(transaction=False)
-            pipe.zrange(self.queue["dirty"], 0, -1)
-            pipe.hkeys(self.queue["busy"])
+            if among is None:
+                pipe.zrange(self.queue["dirty"], 0, -1)
+                pipe.hkeys(self.queue["busy"])
+            else:
+                members = [member(pk) for pk in among]
+                pipe.zmscore(self.queue["dirty"], members)
+                pipe.hmget(self.queue["busy"], members)
             return pipe.execute()
 
-        waiting, busy = self.transport.call(run)
-        return list(dict.fromkeys(self.opts.to_pk(m.decode()) for m in [*waiting, *busy]))
+        if among is not None and not among:
+            return []
+        first, second = self.transport.call(run)
+        if among is not None:
+            return [pk for pk, a, b in zip(among, first, second, strict=True) if a or b]
+        return list(dict.fromkeys(self.opts.to_pk(m.decode()) for m in [*first, *second]))
 
     # -- views ---------------------------------------------------------------------------
 
@@ -520,7 +542,7 @@ class Buffer:
         for pk in pks:
             row = self.row(pk)
             script_keys += [row["fields"], row["deltas"], *self._batch_row(pk, batch_id)]
-        claimed = self._run(CLAIM, script_keys, [batch_id, deadline, *pks])
+        claimed = self._run(CLAIM, script_keys, [batch_id, deadline, *map(member, pks)])
         if not claimed:
             return None
         return self.contents(batch_id, [self.opts.to_pk(c.decode()) for c in claimed])
@@ -549,7 +571,7 @@ class Buffer:
         script_keys = self._batch_keys(batch_id)
         for pk in pks:
             script_keys += [*self._batch_row(pk, batch_id), self.row(pk)["view"]]
-        self._run(ACK, script_keys, [batch_id, ttl, *pks])
+        self._run(ACK, script_keys, [batch_id, ttl, *map(member, pks)])
 
     def requeue(self, batch_id: str, pks: Sequence[Any], delay: float) -> None:
         """Put rows of the batch back as pending, claimable again after ``delay`` seconds."""
@@ -558,7 +580,7 @@ class Buffer:
             row = self.row(pk)
             script_keys += [row["fields"], row["deltas"], *self._batch_row(pk, batch_id)]
         when = int((time.time() + delay) * 1000)
-        self._run(REQUEUE, script_keys, [batch_id, when, *pks])
+        self._run(REQUEUE, script_keys, [batch_id, when, *map(member, pks)])
 
     def drop_view(self, pk: Any) -> None:
         """Delete a row's view (its writes were dead-lettered: the view is not the row)."""
@@ -600,7 +622,7 @@ class Buffer:
             pipe = self.transport.client.pipeline(transaction=False)
             for pk in pks:
                 row = self.row(pk)
-                pipe.hget(self.queue["busy"], pk)
+                pipe.hget(self.queue["busy"], member(pk))
                 pipe.hgetall(row["fields"])
                 pipe.hgetall(row["deltas"])
             return pipe.execute()

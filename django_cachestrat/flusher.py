@@ -182,7 +182,7 @@ def _one_by_one(model, buf, batch, using, report) -> None:
             break
         except Exception as exc:  # this row's own fault: integrity, data, missing row
             attempts = buf.transport.call(
-                buf.transport.client.hincrby, buf.queue["attempts"], pk, 1
+                buf.transport.client.hincrby, buf.queue["attempts"], buffer.member(pk), 1
             )
             if attempts >= cfg.MAX_RETRIES:
                 DeadLetter.objects.using(using).create(
@@ -212,7 +212,8 @@ def _one_by_one(model, buf, batch, using, report) -> None:
     finished = done + dead
     if finished:
         buf.ack(batch.id, finished, _ttl(opts, cfg))
-        buf.transport.call(buf.transport.client.hdel, buf.queue["attempts"], *finished)
+        attempts_key = buf.queue["attempts"]
+        buf.transport.call(buf.transport.client.hdel, attempts_key, *map(buffer.member, finished))
     for pk in dead:
         buf.drop_view(pk)  # it shows writes the database will not have
     report.add(opts.label, len(done))

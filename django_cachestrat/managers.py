@@ -47,7 +47,7 @@ class CachedQuerySet(models.QuerySet):
             return super().update(**kwargs)  # Django's own error
         with transaction.atomic(using=using, savepoint=False):
             pks = self._lock_pks(using)
-            superseded = self._superseded(using, kwargs)
+            superseded = self._superseded(using, kwargs, pks)
             count = super().update(**kwargs)
             if superseded:  # first: a view rebuilt after the drop must not include them
                 self.model.cache_strategy.supersede(self.model, superseded, using)
@@ -65,11 +65,12 @@ class CachedQuerySet(models.QuerySet):
 
     aupdate.alters_data = True
 
-    def _superseded(self, using: str, values: dict) -> list:
+    def _superseded(self, using: str, values: dict, pks: list) -> list:
         """Return ``(pk, attnames)`` for the rows with unflushed writes this update replaces.
 
         Write-behind only; read before the update, which may change what the filter
-        matches. A value that is an expression (``F("views") + 1``) replaces nothing.
+        matches. ``pks``: the rows ``_lock_pks`` listed. A value that is an expression
+        (``F("views") + 1``) replaces nothing.
         """
         strategy = self.model.cache_strategy
         if not strategy.defers_writes:
@@ -79,11 +80,16 @@ class CachedQuerySet(models.QuerySet):
             for name, value in values.items()
             if not codec.computed(value)
         ]
-        pending = strategy.pending_rows(self.model) if names else []
-        touched = []
+        if not names:
+            return []
+        if len(pks) <= self.bulk_row_limit:  # every row is listed: ask Redis about those
+            return [(pk, names) for pk in strategy.pending_rows(self.model, among=pks)]
+        # Too many rows to list: ask the database which of the pending rows it updates.
+        pending = strategy.pending_rows(self.model)
         matching = self.model._base_manager.using(using).filter(
             pk__in=self.using(using).order_by().values("pk")
         )
+        touched = []
         for start in range(0, len(pending), 500):  # within every backend's parameter limit
             chunk = pending[start : start + 500]
             touched += matching.filter(pk__in=chunk).values_list("pk", flat=True)

@@ -93,6 +93,19 @@ class PageStats(WriteBehindMixin, models.Model):
         base_manager_name = "objects"
 
 
+class Visit(WriteBehindMixin, models.Model):
+    """Write-behind with a UUID primary key."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    hits = models.IntegerField(default=0)
+    label = models.CharField(max_length=20, default="")
+
+    objects = CachedManager()
+
+    class Meta:
+        base_manager_name = "objects"
+
+
 class Headline(CacheAsideMixin, models.Model):
     """Served stale for a minute while one reader refreshes it."""
 

@@ -196,3 +196,13 @@ def test_replay_that_fails_is_kept(own_redis):
     time.sleep(0.35)
     assert Book.objects.get_cached(pk=book.pk).title == "new"
     assert transport.pending_invalidations == 0
+
+
+def test_a_value_redis_py_cannot_send_is_an_error_not_an_outage():
+    from redis.exceptions import DataError
+
+    transport = backends.get("default")
+    with pytest.raises(DataError):
+        transport.call(transport.client.set, "cstest:x", object())
+    assert transport.available  # the breaker stayed closed: the cache is still used
+    assert transport.call(transport.client.set, "cstest:x", "1")

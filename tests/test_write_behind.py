@@ -323,3 +323,24 @@ def test_a_rolled_back_update_keeps_pending_writes(page):
         1 / 0  # noqa: B018
     flusher.flush()
     assert in_db(page.pk).views == 5
+
+
+def test_a_uuid_primary_key_goes_through_every_step():
+    from tests.models import Visit
+
+    a, b = Visit.objects.create(label="a"), Visit.objects.create(label="b")
+    got = Visit.objects.get_cached(pk=str(a.pk))
+    got.label = "A"
+    got.save()
+    Visit.objects.increment_behind(a.pk, hits=2)
+    Visit.objects.increment_behind(b.pk, hits=5)
+    assert {k: v.hits for k, v in Visit.objects.get_many_cached([a.pk, b.pk]).items()} == {
+        a.pk: 2,
+        b.pk: 5,
+    }
+    Visit.objects.filter(pk=b.pk).update(hits=0)
+    report = flusher.flush()
+    assert report.rows == {"tests.visit": 1}
+    assert [(v.label, v.hits) for v in Visit.objects.order_by("label")] == [("A", 2), ("b", 0)]
+    a.delete()
+    assert Visit.objects.get_many_cached([a.pk, b.pk]).keys() == {b.pk}

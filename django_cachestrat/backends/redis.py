@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import DataError, NoScriptError, RedisError
 
 from django_cachestrat import signals
 
@@ -212,6 +212,8 @@ class RedisTransport:
             if self._pending:
                 self._replay()
             result = fn(*args)
+        except DataError:
+            raise  # a value redis-py cannot send: our caller's bug, not an outage
         except RedisError as exc:
             self._trip(exc)
             raise CacheUnavailable(str(exc)) from exc

@@ -395,10 +395,11 @@ class Strategy:
         """Act after the row is written (``post_save``): cache-aside drops it after commit."""
         invalidation.rows(type(instance), [instance.pk], using)
 
-    def pending_rows(self, model: type[models.Model]) -> list:
-        """Return the pks of rows with writes not in the database yet (``defers_writes``).
+    def pending_rows(self, model: type[models.Model], among=None) -> list:
+        """Return the pks of rows (of ``among``, if given) with writes not in the database yet.
 
-        A queryset ``update()`` asks, to tell ``supersede`` which of its rows had some.
+        Only a strategy that ``defers_writes`` has any. A queryset ``update()`` asks, to
+        tell ``supersede`` which of its rows had some.
         """
         return []
 

@@ -374,10 +374,10 @@ class WriteBehind(Strategy):
             self.supersede(model, [(instance.pk, written)], using)
         invalidation.rows(model, [instance.pk], using)
 
-    def pending_rows(self, model) -> list:
+    def pending_rows(self, model, among=None) -> list:
         """Return the pks of rows with unflushed writes (none if Redis is unreachable)."""
         try:
-            return buffer.Buffer(model).pending_pks()
+            return buffer.Buffer(model).pending_pks(among)
         except CacheUnavailable:
             return []
 
