@@ -55,7 +55,7 @@ class WriteBehind(Strategy):
         if not missing:
             return found
         _send(signals.cache_miss, model, len(missing))
-        found.update(self._fill(model, using, missing))
+        found.update(self._fill_views(model, using, missing))
         return {pk: found[pk] for pk in pks if pk in found}
 
     def _decode(self, opts, pk, view, version, using, model):
@@ -92,7 +92,7 @@ class WriteBehind(Strategy):
             return obj
         return self._with_pending(model, using, [obj.pk]).get(obj.pk, obj)
 
-    def _fill(self, model, using, pks, unusable=None) -> dict[object, models.Model]:
+    def _fill_views(self, model, using, pks) -> dict[object, models.Model]:
         """Read missed rows once, whoever else misses them: single flight, as for entries.
 
         The reader that takes a row's lease reads it (with its pending writes) and fills
@@ -121,7 +121,7 @@ class WriteBehind(Strategy):
             else:  # filled by another reader since our read
                 self._take(rows, late, opts, pk, view, version, using, model)
         if mine:
-            rows.update(self._load(model, using, buf, fill_version, token, mine))
+            rows.update(self._load_views(model, using, buf, fill_version, token, mine))
         if theirs and not cfg.FILL_WAIT:
             late += theirs
         elif theirs:
@@ -137,7 +137,7 @@ class WriteBehind(Strategy):
                     version, view = answer
                     self._take(rows, late, opts, pk, view, version, using, model)
             if take_over:
-                rows.update(self._fill(model, using, take_over))
+                rows.update(self._fill_views(model, using, take_over))
         if late:
             rows.update(self._with_pending(model, using, late))
         return rows
@@ -149,7 +149,7 @@ class WriteBehind(Strategy):
         elif obj is not _ABSENT:
             rows[pk] = obj
 
-    def _load(self, model, using, buf, version, token, pks) -> dict[object, models.Model]:
+    def _load_views(self, model, using, buf, version, token, pks) -> dict[object, models.Model]:
         """Read ``pks`` (with their pending writes) under our leases and fill their views."""
         opts = options.get(model)
         cfg = conf.settings()
@@ -326,7 +326,7 @@ class WriteBehind(Strategy):
                 queue_flush = buf.record(pk, fields, deltas, full=full)
             except buffer.NeedsView:
                 using = router.db_for_read(model)
-                if pk not in self._fill(model, using, [pk]):
+                if pk not in self._fill_views(model, using, [pk]):
                     raise model.DoesNotExist(
                         f"{model._meta.object_name} pk={pk!r} does not exist."
                     ) from None
