@@ -6,7 +6,9 @@ cached):
 
 1. Ingest: writes per second of a write-behind ``save()`` of an existing row and of
    ``increment_behind`` against a plain ``save()`` (autocommit), interleaved in rounds as
-   the other comparisons are; again while more rows than ``BATCH_SIZE`` are pending.
+   the other comparisons are; the same ops eight to a transaction (recorded in one round
+   trip at commit); one Redis ``PING`` as the ceiling of any design that waits for Redis
+   to acknowledge each write; again while more rows than ``BATCH_SIZE`` are pending.
 2. Coalescing: 10,000 updates (half ``increment_behind``, half read-modify-``save()``)
    spread over 100 rows, then one flush: how many UPDATE statements reach the database.
 3. Flush: the time to flush 10,000 distinct pending rows (half a save, half an
