@@ -64,18 +64,17 @@ class _Outbox:
     discards it with the savepoint it was registered in, and so every item in it.
     """
 
-    __slots__ = ("items", "key", "owners", "savepoints", "send")
+    __slots__ = ("boxes", "items", "savepoints", "send")
 
-    def __init__(self, owners: dict, key: tuple, savepoints: tuple, send: Callable):
-        self.owners = owners
-        self.key = key
+    def __init__(self, boxes: list, savepoints: tuple, send: Callable):
+        self.boxes = boxes
         self.savepoints = savepoints
         self.send = send
         self.items: dict = {}
 
     def __call__(self) -> None:
-        if self.owners.get(self.key) is self:
-            del self.owners[self.key]
+        if self in self.boxes:
+            self.boxes.remove(self)
         self.send(self.items)
 
 
@@ -89,14 +88,34 @@ def outbox(using: str, send: Callable[[dict], None]) -> dict:
     only inside an ``atomic`` block.
     """
     connection = connections[using]
-    owners = _state.__dict__.setdefault("outboxes", {})
-    key = (using, send)
-    box = owners.get(key)
+    boxes = _state.__dict__.setdefault("outboxes", {}).setdefault((using, send), [])
     savepoints = tuple(connection.savepoint_ids)
+    box = boxes[-1] if boxes else None
     if box is None or box.savepoints != savepoints or not _registered(using, box):
-        box = owners[key] = _Outbox(owners, key, savepoints, send)
+        boxes[:] = [b for b in boxes if _registered(using, b)]  # forget rolled-back ones
+        box = _Outbox(boxes, savepoints, send)
+        boxes.append(box)
         transaction.on_commit(box, using=using)
     return box.items
+
+
+def keeping() -> bool:
+    """Tell, cheaply, whether this thread has handed out any ``outbox`` not yet sent."""
+    return any(_state.__dict__.get("outboxes", {}).values())
+
+
+def kept(using: str, send: Callable[[dict], None]) -> list[dict]:
+    """Return the dicts ``outbox`` gave out that the open transaction will still send.
+
+    Oldest first; none outside a transaction, none rolled back.
+    """
+    boxes = _state.__dict__.get("outboxes", {}).get((using, send))
+    if not boxes:
+        return []
+    live = [box for box in boxes if _registered(using, box)]
+    if len(live) != len(boxes):
+        boxes[:] = live
+    return [box.items for box in live]
 
 
 def mark_written(using: str, label: str) -> None:

@@ -135,3 +135,49 @@ def test_redis_down_at_commit_writes_the_batch_to_the_database(pages, caplog):
         # Written at commit, each row once.
         assert [in_db(p.pk)[:2] for p in pages] == [(5, -1)] * 3
     assert "3 write-behind write(s) of a committed transaction go to the database" in caplog.text
+
+
+def test_a_transaction_reads_its_own_writes(pages):
+    a, b, _ = pages
+    PageStats.objects.increment_behind(a.pk, views=10)  # pending before the transaction
+    with transaction.atomic():
+        PageStats.objects.increment_behind(a.pk, views=1)
+        stats = PageStats.objects.get_cached(pk=b.pk)
+        stats.note = "mine"
+        stats.save()
+        assert cached(a.pk) == (11, 0, "")
+        got = PageStats.objects.get_many_cached([a.pk, b.pk])
+        assert (got[a.pk].views, got[b.pk].note) == (11, "mine")
+        assert PageStats.objects.get_cached(path=b.path).note == "mine"  # a lookup too
+        with pytest.raises(Rollback), transaction.atomic():
+            PageStats.objects.increment_behind(a.pk, views=100)
+            assert cached(a.pk)[0] == 111
+            raise Rollback
+        assert cached(a.pk)[0] == 11  # the savepoint's write is gone
+    assert cached(a.pk) == (11, 0, "")  # committed: now in Redis
+    assert cached(b.pk)[2] == "mine"
+
+
+def test_other_threads_do_not_see_a_transactions_writes_before_its_commit(pages):
+    import threading
+
+    page = pages[0]
+    PageStats.objects.get_cached(pk=page.pk)
+    seen = []
+
+    def other():
+        try:
+            seen.append(cached(page.pk)[0])
+        finally:
+            from django.db import connections
+
+            connections.close_all()
+
+    with transaction.atomic():
+        PageStats.objects.increment_behind(page.pk, views=5)
+        reader = threading.Thread(target=other)
+        reader.start()
+        reader.join(10)
+        assert cached(page.pk)[0] == 5
+    assert seen == [0]
+    assert cached(page.pk)[0] == 5

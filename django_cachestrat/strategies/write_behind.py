@@ -35,6 +35,24 @@ class WriteBehind(Strategy):
     # -- reads ---------------------------------------------------------------------------
 
     def _read(self, model, opts, using, pks: list) -> dict[object, models.Model]:
+        return self._with_kept(model, self._read_committed(model, opts, using, pks))
+
+    def _with_kept(self, model, rows: dict) -> dict[object, models.Model]:
+        """Lay over ``rows`` the writes the open transaction keeps for its commit.
+
+        So a transaction reads its own write-behind writes, as it would plain saves.
+        """
+        if rows and transactions.keeping():
+            concrete = model._meta.concrete_model
+            for items in transactions.kept(router.db_for_write(model), _record_committed):
+                for pk, obj in rows.items():
+                    write = items.get((concrete, pk))
+                    if write is not None:
+                        write.apply(obj)
+        return rows
+
+    def _read_committed(self, model, opts, using, pks: list) -> dict[object, models.Model]:
+        """Read rows as Redis and the database have them (with their pending writes)."""
         cfg = conf.settings()
         if not cfg.ENABLED or not pks or transactions.written(using, opts.label):
             return self._with_pending(model, using, pks)
@@ -87,10 +105,10 @@ class WriteBehind(Strategy):
         try:
             pending = buffer.Buffer(model).pending([obj.pk])
         except CacheUnavailable:
-            return obj
-        if not pending:
-            return obj
-        return self._with_pending(model, using, [obj.pk]).get(obj.pk, obj)
+            pending = None
+        if pending:
+            obj = self._with_pending(model, using, [obj.pk]).get(obj.pk, obj)
+        return self._with_kept(model, {obj.pk: obj})[obj.pk]
 
     def _fill_views(self, model, using, pks) -> dict[object, models.Model]:
         """Read missed rows once, whoever else misses them: single flight, as for entries.
@@ -278,9 +296,10 @@ class WriteBehind(Strategy):
     def _defer(self, model, pk, fields, deltas, *, full: bool) -> None:
         """Keep a write for the commit, merged with the transaction's earlier ones of the row."""
         box = transactions.outbox(router.db_for_write(model), _record_committed)
-        write = box.get((model, pk))
+        key = (model._meta.concrete_model, pk)  # a proxy's writes are its model's
+        write = box.get(key)
         if write is None:
-            box[(model, pk)] = _Deferred(dict(fields), dict(deltas), full)
+            box[key] = _Deferred(dict(fields), dict(deltas), full)
         else:
             write.merge(fields, deltas, full)
 
@@ -436,6 +455,15 @@ class _Deferred:
         for name, amount in deltas.items():
             self.deltas[name] = self.deltas.get(name, 0) + amount
         self.full = self.full or full
+
+    def apply(self, obj: models.Model) -> None:
+        """Lay these writes over an instance read before them."""
+        for name, value in self.fields.items():
+            setattr(obj, name, value)
+        for name, amount in self.deltas.items():
+            current = getattr(obj, name)
+            if current is not None:  # NULL + 1: the commit will say what is wrong
+                setattr(obj, name, current + amount)
 
 
 def _record_committed(writes: dict) -> None:
