@@ -272,28 +272,39 @@ def _outcome(pk: Any, deltas: dict[str, int], result: int) -> bool:
 
 
 def record_all(
-    writes: Sequence[tuple[type[models.Model], Any, dict[str, Any], dict[str, int], bool]],
+    writes: Sequence[
+        tuple[type[models.Model], Any, dict[str, Any], dict[str, int], bool, Iterable[str]]
+    ],
 ) -> list[bool | NeedsView | NotACounter]:
-    """Record several writes ``(model, pk, fields, deltas, full)`` in one round trip.
+    """Record several writes ``(model, pk, fields, deltas, full, superseded)`` at once.
 
-    Each write's outcome is what ``Buffer.record`` would return for it, or the
-    ``NeedsView``/``NotACounter`` it would raise. Writes to one row must be merged into
-    one beforehand: a refused write does not stop a later one of the same row.
+    One round trip. ``superseded`` names fields written synchronously before ``fields``
+    and ``deltas``: their earlier pending writes are dropped first (``Buffer.supersede``).
+    Each write's outcome is what ``Buffer.record`` would return for it (False when it
+    only supersedes), or the ``NeedsView``/``NotACounter`` it would raise. Writes to one
+    row must be merged into one beforehand: a refused write does not stop a later one.
     """
     buffers: dict[type[models.Model], Buffer] = {}
-    calls = []
-    for model, pk, fields, deltas, full in writes:
+    calls: list[tuple] = []
+    recorded: list[int | None] = []
+    for model, pk, fields, deltas, full, superseded in writes:
         buf = buffers.get(model)
         if buf is None:
             buf = buffers[model] = Buffer(model)
-        calls.append((buf._script(RECORD), *buf._record_call(pk, fields, deltas, full)))
+        if superseded:
+            calls.append(buf._supersede_call(pk, superseded))
+        if fields or deltas:
+            recorded.append(len(calls))
+            calls.append((buf._script(RECORD), *buf._record_call(pk, fields, deltas, full)))
+        else:
+            recorded.append(None)
     if not calls:
-        return []
+        return [False] * len(writes)
     results = buf.transport.run_scripts(calls)
     outcomes: list[bool | NeedsView | NotACounter] = []
-    for (_, pk, _, deltas, _), result in zip(writes, results, strict=True):
+    for (_, pk, _, deltas, _, _), at in zip(writes, recorded, strict=True):
         try:
-            outcomes.append(_outcome(pk, deltas, result))
+            outcomes.append(False if at is None else _outcome(pk, deltas, results[at]))
         except (NeedsView, NotACounter) as exc:
             outcomes.append(exc)
     return outcomes
@@ -414,14 +425,14 @@ class Buffer:
 
         One round trip. A batch already claimed is not changed (see the README).
         """
-        script, dirty = self._script(SUPERSEDE), self.queue["dirty"]
-        calls = []
-        for pk, names in items:
-            if names:
-                row = self.row(pk)
-                calls.append((script, [row["fields"], row["deltas"], dirty], [member(pk), *names]))
+        calls = [self._supersede_call(pk, names) for pk, names in items if names]
         if calls:
             self.transport.run_scripts(calls)
+
+    def _supersede_call(self, pk: Any, names: Iterable[str]) -> tuple:
+        row = self.row(pk)
+        script_keys = [row["fields"], row["deltas"], self.queue["dirty"]]
+        return self._script(SUPERSEDE), script_keys, [member(pk), *names]
 
     def pending_pks(self, among: Sequence[Any] | None = None) -> list[Any]:
         """Return the pks of rows with unflushed writes, claimed or not.

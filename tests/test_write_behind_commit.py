@@ -181,3 +181,39 @@ def test_other_threads_do_not_see_a_transactions_writes_before_its_commit(pages)
         assert cached(page.pk)[0] == 5
     assert seen == [0]
     assert cached(page.pk)[0] == 5
+
+
+def test_direct_writes_and_write_behind_writes_apply_in_their_order(pages):
+    page = pages[0]
+    PageStats.objects.increment_behind(page.pk, views=10, likes=1)  # pending before
+    rows = PageStats.objects.filter(pk=page.pk)
+    with transaction.atomic():
+        PageStats.objects.increment_behind(page.pk, views=1)
+        assert cached(page.pk)[:2] == (11, 1)
+        rows.update(views=0)  # replaces every write of views so far
+        assert cached(page.pk)[:2] == (0, 1)
+        PageStats.objects.increment_behind(page.pk, views=2)
+        assert cached(page.pk)[:2] == (2, 1)
+        with transaction.atomic():  # a savepoint, released
+            rows.update(views=50)
+            assert cached(page.pk)[:2] == (50, 1)
+        PageStats.objects.increment_behind(page.pk, views=3)
+        assert cached(page.pk)[:2] == (53, 1)
+    assert cached(page.pk)[:2] == (53, 1)
+    flusher.flush()
+    assert in_db(page.pk)[:2] == (53, 1)
+
+
+def test_a_direct_save_in_a_transaction_replaces_earlier_increments(pages):
+    page = pages[0]
+    with transaction.atomic():
+        PageStats.objects.increment_behind(page.pk, views=4)
+        stats = PageStats.objects.get_cached(pk=page.pk)
+        assert stats.views == 4
+        stats.views = 7
+        stats.save(write_behind=False)
+        assert cached(page.pk)[0] == 7
+        PageStats.objects.increment_behind(page.pk, views=1)
+        assert cached(page.pk)[0] == 8
+    flusher.flush()
+    assert in_db(page.pk)[0] == 8

@@ -35,27 +35,20 @@ class WriteBehind(Strategy):
     # -- reads ---------------------------------------------------------------------------
 
     def _read(self, model, opts, using, pks: list) -> dict[object, models.Model]:
-        return self._with_kept(model, self._read_committed(model, opts, using, pks))
+        # A transaction reads its own write-behind writes (kept for its commit), as it
+        # would plain saves: laid over what Redis or the database has.
+        kept = _kept_writes(model, pks)
+        rows = self._read_committed(model, opts, using, pks, kept)
+        return _lay_kept(rows, kept) if kept else rows
 
-    def _with_kept(self, model, rows: dict) -> dict[object, models.Model]:
-        """Lay over ``rows`` the writes the open transaction keeps for its commit.
+    def _read_committed(self, model, opts, using, pks: list, kept) -> dict[object, models.Model]:
+        """Read rows as Redis and the database have them (with their pending writes).
 
-        So a transaction reads its own write-behind writes, as it would plain saves.
+        ``kept``: the transaction's own writes, from ``_kept_writes``.
         """
-        if rows and transactions.keeping():
-            concrete = model._meta.concrete_model
-            for items in transactions.kept(router.db_for_write(model), _record_committed):
-                for pk, obj in rows.items():
-                    write = items.get((concrete, pk))
-                    if write is not None:
-                        write.apply(obj)
-        return rows
-
-    def _read_committed(self, model, opts, using, pks: list) -> dict[object, models.Model]:
-        """Read rows as Redis and the database have them (with their pending writes)."""
         cfg = conf.settings()
         if not cfg.ENABLED or not pks or transactions.written(using, opts.label):
-            return self._with_pending(model, using, pks)
+            return self._with_pending(model, using, pks, _superseded(kept))
         buf = buffer.Buffer(model)
         try:
             version, views = buf.read(pks)
@@ -106,9 +99,11 @@ class WriteBehind(Strategy):
             pending = buffer.Buffer(model).pending([obj.pk])
         except CacheUnavailable:
             pending = None
+        kept = _kept_writes(model, [obj.pk])
         if pending:
-            obj = self._with_pending(model, using, [obj.pk]).get(obj.pk, obj)
-        return self._with_kept(model, {obj.pk: obj})[obj.pk]
+            skip = _superseded(kept)
+            obj = self._with_pending(model, using, [obj.pk], skip).get(obj.pk, obj)
+        return _lay_kept({obj.pk: obj}, kept)[obj.pk] if kept else obj
 
     def _fill_views(self, model, using, pks) -> dict[object, models.Model]:
         """Read missed rows once, whoever else misses them: single flight, as for entries.
@@ -198,15 +193,16 @@ class WriteBehind(Strategy):
             pass
         return rows
 
-    def _with_pending(self, model, using, pks) -> dict[object, models.Model]:
+    def _with_pending(self, model, using, pks, skip=None) -> dict[object, models.Model]:
         """Read rows from the database with the writes still pending in Redis laid over."""
-        return self._overlay(model, using, buffer.Buffer(model), pks)[0]
+        return self._overlay(model, using, buffer.Buffer(model), pks, skip)[0]
 
-    def _overlay(self, model, using, buf, pks) -> tuple[dict, dict | None]:
+    def _overlay(self, model, using, buf, pks, skip=None) -> tuple[dict, dict | None]:
         """Return the rows from the database with their pending writes laid over.
 
         Also the pending writes read, or None if Redis could not be read (the rows are
-        then the database's alone).
+        then the database's alone). ``skip``: per pk, fields whose pending writes the
+        open transaction has replaced by writing them directly.
         """
         try:
             layers = buf.pending(pks)
@@ -240,13 +236,16 @@ class WriteBehind(Strategy):
             obj = rows.get(pk)
             if obj is None:
                 continue
+            void = skip.get(pk, ()) if skip else ()
             for batch_id, fields, deltas in stack:
                 if batch_id and (batch_id in applied or f"{batch_id}:{pk}" in applied):
                     continue
                 for name, value in fields.items():
-                    setattr(obj, name, value)
+                    if name not in void:
+                        setattr(obj, name, value)
                 for name, amount in deltas.items():
-                    setattr(obj, name, getattr(obj, name) + amount)
+                    if name not in void:
+                        setattr(obj, name, getattr(obj, name) + amount)
         return rows, layers
 
     # -- writes --------------------------------------------------------------------------
@@ -401,13 +400,24 @@ class WriteBehind(Strategy):
             return []
 
     def supersede(self, model, items, using) -> None:
-        """Forget, once the transaction commits, unflushed writes of fields written directly.
+        """Forget unflushed writes of fields written directly, once that write commits.
 
         Otherwise the next flush would write them over the newer value (and add pending
-        increments a second time to a value that already holds them).
+        increments a second time to a value that already holds them). Inside a
+        transaction this goes with its write-behind writes, in order, at the commit.
         """
         items = [(pk, list(names)) for pk, names in items if names]
         if not items:
+            return
+        if connections[using].in_atomic_block:
+            # In the transaction's order with its write-behind writes: recorded at commit.
+            box = transactions.outbox(using, _record_committed)
+            concrete = model._meta.concrete_model
+            for pk, names in items:
+                write = box.get((concrete, pk))
+                if write is None:
+                    write = box[(concrete, pk)] = _Deferred({}, {}, False)
+                write.supersede(names)
             return
 
         def run() -> None:
@@ -438,14 +448,19 @@ class WriteBehind(Strategy):
 
 
 class _Deferred:
-    """A transaction's writes to one row, merged as they would apply in order."""
+    """A transaction's writes to one row, merged as they would apply in order.
 
-    __slots__ = ("deltas", "fields", "full")
+    ``superseded``: fields the transaction wrote to the database directly (a save, an
+    update) after the row's earlier pending writes, which the commit drops first.
+    """
+
+    __slots__ = ("deltas", "fields", "full", "superseded")
 
     def __init__(self, fields: dict, deltas: dict, full: bool):
         self.fields = fields
         self.deltas = deltas
         self.full = full
+        self.superseded: set[str] = set()
 
     def merge(self, fields: dict, deltas: dict, full: bool) -> None:
         for name, value in fields.items():
@@ -456,14 +471,64 @@ class _Deferred:
             self.deltas[name] = self.deltas.get(name, 0) + amount
         self.full = self.full or full
 
-    def apply(self, obj: models.Model) -> None:
-        """Lay these writes over an instance read before them."""
+    def supersede(self, names) -> None:
+        """Note a direct write of ``names``: it replaces every write of them so far."""
+        for name in names:
+            self.fields.pop(name, None)
+            self.deltas.pop(name, None)
+        self.superseded.update(names)
+        self.full = False  # the fields no longer hold every field
+
+    def apply(self, obj: models.Model, skip=()) -> None:
+        """Lay these writes over an instance read before them (but fields in ``skip``)."""
         for name, value in self.fields.items():
-            setattr(obj, name, value)
+            if name not in skip:
+                setattr(obj, name, value)
         for name, amount in self.deltas.items():
             current = getattr(obj, name)
-            if current is not None:  # NULL + 1: the commit will say what is wrong
+            if name not in skip and current is not None:  # NULL + 1: the commit says so
                 setattr(obj, name, current + amount)
+
+
+def _kept_writes(model, pks) -> dict[object, list[_Deferred]]:
+    """Return, per pk of ``pks``, the writes the open transaction keeps for its commit.
+
+    Oldest first (one per savepoint that wrote the row); empty outside a transaction.
+    """
+    if not transactions.keeping():
+        return {}
+    concrete = model._meta.concrete_model
+    kept: dict[object, list[_Deferred]] = {}
+    for items in transactions.kept(router.db_for_write(model), _record_committed):
+        for pk in pks:
+            write = items.get((concrete, pk))
+            if write is not None:
+                kept.setdefault(pk, []).append(write)
+    return kept
+
+
+def _superseded(kept: dict) -> dict[object, set[str]]:
+    """Per pk, the fields the transaction wrote directly (their pending writes are void)."""
+    return {pk: set().union(*(w.superseded for w in writes)) for pk, writes in kept.items()}
+
+
+def _lay_kept(rows: dict, kept: dict) -> dict:
+    """Lay the transaction's kept writes over ``rows``, in the order they were made.
+
+    A field written directly by a later savepoint voids the earlier writes of it.
+    """
+    for pk, writes in kept.items():
+        obj = rows.get(pk)
+        if obj is None:
+            continue
+        later: set[str] = set()
+        plan = []
+        for write in reversed(writes):
+            plan.append((write, frozenset(later)))
+            later |= write.superseded
+        for write, void in reversed(plan):
+            write.apply(obj, void)
+    return rows
 
 
 def _record_committed(writes: dict) -> None:
@@ -477,7 +542,7 @@ def _record_committed(writes: dict) -> None:
     items = list(writes.items())
     try:
         outcomes = buffer.record_all(
-            [(model, pk, w.fields, w.deltas, w.full) for (model, pk), w in items]
+            [(model, pk, w.fields, w.deltas, w.full, w.superseded) for (model, pk), w in items]
         )
     except CacheUnavailable:
         logger.warning(
@@ -493,7 +558,8 @@ def _record_committed(writes: dict) -> None:
             if isinstance(outcome, buffer.NotACounter):
                 raise ValueError(f"increment_behind(): {outcome} is NULL or not an integer.")
             if outcome is None:
-                model.cache_strategy._write_now(model, pk, w.fields, w.deltas)
+                if w.fields or w.deltas:
+                    model.cache_strategy._write_now(model, pk, w.fields, w.deltas)
             elif isinstance(outcome, buffer.NeedsView):
                 model.cache_strategy._record_or_write(model, pk, w.fields, w.deltas, full=w.full)
             elif outcome:
