@@ -118,27 +118,36 @@ def test_protection_off_lets_the_herd_through(book, settings):
     assert len(queries) > 1
 
 
-def test_a_filler_that_raises_hands_over_to_exactly_one_waiter(book, monkeypatch, events):
-    real = Strategy._from_db
+@pytest.mark.parametrize("strategy", ["cache-aside", "write-behind"])
+def test_a_filler_that_raises_hands_over_to_exactly_one_waiter(strategy, monkeypatch, events):
+    from django_cachestrat.strategies.write_behind import WriteBehind
+
+    if strategy == "cache-aside":
+        model, obj = Book, Book.objects.create(title="hot", isbn="hot")
+        owner, method = Strategy, "_from_db"  # what reads the database on a miss
+    else:
+        model, obj = PageStats, PageStats.objects.create(path="/hot")
+        owner, method = WriteBehind, "_overlay"
+    real = getattr(owner, method)
     failed = []
 
-    def flaky(self, model, using, pks):
+    def flaky(self, *args):
         with threading.Lock():
             first = not failed
             failed.append(1)
         if first:
             time.sleep(0.2)  # let the others start waiting
             raise RuntimeError("database hiccup")
-        return real(self, model, using, pks)
+        return real(self, *args)
 
-    monkeypatch.setattr(Strategy, "_from_db", flaky)
-    herd = Herd(32, lambda: Book.objects.get_cached(pk=book.pk), "tests_book")
+    monkeypatch.setattr(owner, method, flaky)
+    herd = Herd(32, lambda: model.objects.get_cached(pk=obj.pk), model._meta.db_table)
     results, queries = herd.round()
     errors = [r for r in results if isinstance(r, Exception)]
     assert len(errors) == 1 and "hiccup" in str(errors[0])
-    assert sum(isinstance(r, Book) for r in results) == 31
+    assert sum(isinstance(r, model) for r in results) == 31
     assert len(queries) == 1  # exactly one waiter took over and filled
-    assert events("wait_timeout", Book) == 0  # woken by the release, not by the bound
+    assert events("wait_timeout", model) == 0  # woken by the release, not by the bound
 
 
 def test_a_dead_fillers_lease_lapses_and_one_waiter_fills(book, raw_redis, settings, events):
@@ -196,31 +205,6 @@ def test_32_threads_on_a_missing_write_behind_row_send_one_query():
     assert PageStats.objects.get_cached(pk=424242).path == "/now"
     PageStats.objects.increment_behind(424242, views=2)
     assert PageStats.objects.get_cached(pk=424242).views == 2
-
-
-def test_a_write_behind_filler_that_raises_hands_over_to_one_waiter(hot_page, monkeypatch, events):
-    from django_cachestrat.strategies.write_behind import WriteBehind
-
-    real = WriteBehind._overlay
-    failed = []
-
-    def flaky(self, *args):
-        with threading.Lock():
-            first = not failed
-            failed.append(1)
-        if first:
-            time.sleep(0.2)  # let the others start waiting
-            raise RuntimeError("database hiccup")
-        return real(self, *args)
-
-    monkeypatch.setattr(WriteBehind, "_overlay", flaky)
-    herd = Herd(32, lambda: PageStats.objects.get_cached(pk=hot_page.pk), "tests_pagestats")
-    results, queries = herd.round()
-    errors = [r for r in results if isinstance(r, Exception)]
-    assert len(errors) == 1 and "hiccup" in str(errors[0])
-    assert sum(isinstance(r, PageStats) for r in results) == 31
-    assert len(queries) == 1  # exactly one waiter took over and filled
-    assert events("wait_timeout", PageStats) == 0  # woken by the release, not by the bound
 
 
 def test_write_behind_herd_protection_off_and_bounded_waits(hot_page, raw_redis, settings, events):
