@@ -40,6 +40,7 @@ class CacheOptions:
     fields: tuple[models.Field, ...]
     attnames: tuple[str, ...]
     fingerprint: str
+    int_pk: bool = False  # an integer primary key: an int needs no to_python
 
     @property
     def pk_field(self) -> models.Field:
@@ -57,6 +58,8 @@ class CacheOptions:
 
     def to_pk(self, value: object) -> object:
         """Normalize a pk the way the database would (``"1"`` -> ``1``), or raise ``ValueError``."""
+        if type(value) is int and self.int_pk:
+            return value  # the common case, as to_python would return it
         if isinstance(value, models.Model):
             raise ValueError(f"expected a primary key value, got a {type(value).__name__} instance")
         try:
@@ -176,4 +179,5 @@ def _get(model: type[models.Model]) -> CacheOptions:
         fields=fields,
         attnames=tuple(f.attname for f in fields),
         fingerprint=keys.fingerprint(schema),
+        int_pk=isinstance(meta.pk, models.IntegerField),
     )

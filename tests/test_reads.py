@@ -52,6 +52,12 @@ def test_pk_is_normalized(book, django_assert_num_queries):
     with django_assert_num_queries(0):
         assert Book.objects.get_cached(pk=str(book.pk)).pk == book.pk
         assert Book.objects.get_cached(id=book.pk).pk == book.pk
+    # An int for a text pk is made a str, as the database would; True is not an int pk.
+    Tag.objects.create(name="7")
+    assert Tag.objects.get_cached(pk=7).name == "7"
+    assert Tag.objects.get_many_cached([7]).keys() == {"7"}
+    with pytest.raises(ValueError, match="not a valid primary key"):
+        Book.objects.get_cached(pk="seven")
 
 
 def test_missing_row_raises_does_not_exist():
