@@ -712,7 +712,7 @@ def lean_reader(b: Setup):
     from django.db.models import signals
     from django.db.models.base import ModelState
 
-    from django_cachestrat import conf, keys, options
+    from django_cachestrat import codec, conf, keys, options
 
     model = b.WT
     if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
@@ -721,6 +721,7 @@ def lean_reader(b: Setup):
     prefix = conf.settings().KEY_PREFIX
     attnames = [f.attname for f in opts.fields]
     mget, loads, version_key = b.client.mget, pickle.loads, b.version_key
+    plan = codec._compact_plan(model)
 
     def build(values):
         obj = model.__new__(model)
@@ -735,9 +736,12 @@ def lean_reader(b: Setup):
         )
         found = {}
         for pk, data in zip(pks, entries, strict=True):
-            tag, _, payload = data.partition(b":")
+            tag, _, _, payload = data.split(b":", 3)  # version:expires:fill ms:values
             if tag == version:
-                found[pk] = build(loads(payload))
+                values = list(loads(payload))
+                for i, _, back in plan:  # the compact datetimes and Decimals
+                    values[i] = back(values[i])
+                found[pk] = build(values)
         return found
 
     def get(pk):
