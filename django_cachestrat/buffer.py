@@ -267,7 +267,8 @@ def _outcome(pk: Any, deltas: dict[str, int], result: int) -> bool:
     if result == -1:
         raise NeedsView(pk)
     if result == -2:
-        raise NotACounter(", ".join(deltas))
+        names = ", ".join(deltas)
+        raise NotACounter(names if len(deltas) == 1 else f"one of {names}")
     return result == 1
 
 

@@ -95,7 +95,9 @@ def outbox(using: str, send: Callable[[dict], None]) -> dict:
         boxes[:] = [b for b in boxes if _registered(using, b)]  # forget rolled-back ones
         box = _Outbox(boxes, savepoints, send)
         boxes.append(box)
-        transaction.on_commit(box, using=using)
+        # Robust: whatever ``send`` raises is logged, and the transaction's other commit
+        # callbacks (invalidations among them) still run.
+        transaction.on_commit(box, using=using, robust=True)
     return box.items
 
 

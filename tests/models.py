@@ -99,6 +99,7 @@ class Visit(WriteBehindMixin, models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
     hits = models.IntegerField(default=0)
     label = models.CharField(max_length=20, default="")
+    bonus = models.IntegerField(null=True)  # a counter that can be NULL
 
     objects = CachedManager()
 

@@ -111,15 +111,20 @@ def test_rows_without_a_view_are_filled_and_the_batch_recorded(pages, raw_redis)
     assert [in_db(p.pk)[0] for p in pages] == [4, 4, 4]
 
 
-def test_one_bad_row_does_not_keep_the_others_out(pages):
+def test_one_bad_row_does_not_keep_the_others_out(pages, caplog):
     a, b, c = pages
     gone = PageStats.objects.create(path="/gone")
-    with pytest.raises(PageStats.DoesNotExist), transaction.atomic():
+    later = []
+    with caplog.at_level(logging.ERROR, "django_cachestrat"), transaction.atomic():
         PageStats.objects.increment_behind(a.pk, views=1)
         PageStats.objects.increment_behind(gone.pk, views=1)
         PageStats.objects.increment_behind(c.pk, views=1)
         # Deleted in the same transaction: its increment has no row at commit.
         PageStats.objects.filter(pk=gone.pk).delete()
+        transaction.on_commit(lambda: later.append("ran"))
+    assert later == ["ran"]  # the transaction's other callbacks still ran
+    assert f"tests.pagestats pk={gone.pk}" in caplog.text
+    assert "could not be written" in caplog.text
     assert [cached(p.pk)[0] for p in (a, b, c)] == [1, 0, 1]
     flusher.flush()
     assert [in_db(p.pk)[0] for p in (a, b, c)] == [1, 0, 1]
@@ -217,3 +222,18 @@ def test_a_direct_save_in_a_transaction_replaces_earlier_increments(pages):
         assert cached(page.pk)[0] == 8
     flusher.flush()
     assert in_db(page.pk)[0] == 8
+
+
+def test_an_increment_of_null_at_commit_goes_to_the_database(caplog):
+    from tests.models import Visit
+
+    visit = Visit.objects.create()
+    Visit.objects.get_cached(pk=visit.pk)
+    with pytest.raises(ValueError, match="NULL or not an integer"):
+        Visit.objects.increment_behind(visit.pk, bonus=1)  # outside a transaction: at once
+    with caplog.at_level(logging.WARNING, "django_cachestrat"), transaction.atomic():
+        Visit.objects.increment_behind(visit.pk, bonus=1, hits=2)
+    # Committed: not raised. Written as F("bonus") + 1 would be (NULL stays NULL).
+    assert "one of bonus, hits is NULL or not an integer" in caplog.text
+    fresh = Visit.objects.get(pk=visit.pk)
+    assert (fresh.bonus, fresh.hits) == (None, 2)

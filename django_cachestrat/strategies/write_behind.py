@@ -535,9 +535,10 @@ def _record_committed(writes: dict) -> None:
     """Record the write-behind writes of a committed transaction, in one round trip.
 
     A row with no view to merge into takes the one-write path (which fills the view
-    first); if Redis is unreachable, every write goes to the database now. An error of
-    one row (an increment of a field that is not a counter, a deleted row) does not keep
-    the others from being recorded; the first such error is raised at the end.
+    first); if Redis is unreachable, the writes go to the database now, as does an
+    increment of a field that is NULL in the view (the database adds to NULL as it would
+    for ``F()``). The transaction has committed, so nothing is raised: a row that cannot
+    be written at all (deleted meanwhile) is logged as an error, and the others go on.
     """
     items = list(writes.items())
     try:
@@ -551,28 +552,40 @@ def _record_committed(writes: dict) -> None:
             len(items),
         )
         outcomes = [None] * len(items)
-    errors: list[Exception] = []
     to_flush = set()
     for ((model, pk), w), outcome in zip(items, outcomes, strict=True):
+        strategy = model.cache_strategy
         try:
             if isinstance(outcome, buffer.NotACounter):
-                raise ValueError(f"increment_behind(): {outcome} is NULL or not an integer.")
-            if outcome is None:
+                logger.warning(
+                    "django_cachestrat: increment_behind() of %s pk=%r: %s is NULL or not an "
+                    "integer in the cache; written to the database now.",
+                    options.get(model).label,
+                    pk,
+                    outcome,
+                )
+                strategy._write_now(model, pk, w.fields, w.deltas)
+            elif outcome is None:
                 if w.fields or w.deltas:
-                    model.cache_strategy._write_now(model, pk, w.fields, w.deltas)
+                    strategy._write_now(model, pk, w.fields, w.deltas)
             elif isinstance(outcome, buffer.NeedsView):
-                model.cache_strategy._record_or_write(model, pk, w.fields, w.deltas, full=w.full)
+                strategy._record_or_write(model, pk, w.fields, w.deltas, full=w.full)
             elif outcome:
                 to_flush.add(model)
-        except Exception as exc:
-            errors.append(exc)
+        except Exception:
+            logger.exception(
+                "django_cachestrat: write-behind write of %s pk=%r (fields %s, increments %s) "
+                "of a committed transaction could not be written.",
+                options.get(model).label,
+                pk,
+                sorted(w.fields),
+                w.deltas,
+            )
     if to_flush:
         from django_cachestrat import tasks
 
         for model in to_flush:
             tasks.queue_flush(model)
-    if errors:
-        raise errors[0]
 
 
 def _counter_field(model, name: str) -> models.Field:
