@@ -157,47 +157,69 @@ def quantiles(values: list[float]) -> tuple[float, float, float]:
     return q[0], q[1], q[2]
 
 
-class Row:
-    """One line of the results table: ours against a baseline, with a goal.
-
-    ``floor`` names a variant that does only the Redis round trips the design needs, with
-    no Python of ours around them: its ratio to the baseline is the best ours could get.
-    """
-
-    def __init__(self, label, samples, ours, base, goal, floor=None):
-        self.label = label
-        self.ours = statistics.median(samples[ours])
-        self.base = statistics.median(samples[base])
-        self.r25, self.ratio, self.r75 = quantiles(paired(samples[ours], samples[base]))
-        self.floor = (
-            None if floor is None else statistics.median(paired(samples[floor], samples[base]))
-        )
-        self.goal = goal
-
-    @property
-    def passed(self) -> bool | None:
-        return None if self.goal is None else self.ratio <= self.goal
-
-
 def paired(ours: list[float], base: list[float]) -> list[float]:
     """Per-round ratios: both numbers of a round were measured side by side."""
     return [a / b for a, b in zip(ours, base, strict=True)]
 
 
+class Row:
+    """One line of a results table: ours against a baseline, with a goal.
+
+    The figure of a round is ours µs / base µs of that round (the paired comparison), or
+    with ``speedup`` base µs / ours µs; the row shows the median over rounds and its
+    25th-75th percentiles. The goal is a maximum, or with ``speedup`` a minimum.
+    ``floor`` names a variant that does only the Redis round trips the design needs, with
+    no Python of ours around them: its figure is the best ours could get.
+    """
+
+    def __init__(self, label, samples, ours, base, goal, floor=None, *, speedup=False):
+        def figures(variant: str) -> list[float]:
+            if speedup:
+                return paired(samples[base], samples[variant])
+            return paired(samples[variant], samples[base])
+
+        self.label = label
+        self.speedup = speedup
+        self.ours = statistics.median(samples[ours])
+        self.base = statistics.median(samples[base])
+        self.r25, self.ratio, self.r75 = quantiles(figures(ours))
+        self.floor = None if floor is None else statistics.median(figures(floor))
+        self.goal = goal
+
+    @property
+    def passed(self) -> bool | None:
+        if self.goal is None:
+            return None
+        return self.ratio >= self.goal if self.speedup else self.ratio <= self.goal
+
+
 def print_table(rows: list[Row]) -> None:
+    """Print rows: times and ratios, or with ``speedup`` rows, operations per second."""
+    speedup = rows[0].speedup
+    width = max(44, *(len(row.label) for row in rows))
+    if speedup:
+        units, figure = ("ours op/s", "base op/s", "speed-up"), "{:>7.2f}x {:>6.2f}-{:<6.2f}"
+    else:
+        units, figure = ("ours µs", "base µs", "ratio"), "{:>6.3f}x {:>6.3f}-{:<6.3f}"
     head = (
-        f"{'comparison':<44} {'ours µs':>8} {'base µs':>8} {'ratio':>7} "
+        f"{'comparison':<{width}} {units[0]:>9} {units[1]:>9} {units[2]:>8} "
         f"{'p25-p75':>13} {'floor':>7} {'goal':>7}  result"
     )
     print(head)
     print("-" * len(head))
     for row in rows:
-        goal = "" if row.goal is None else f"<={row.goal:.2f}x"
-        floor = "" if row.floor is None else f"{row.floor:.3f}x"
+        if speedup:
+            ours, base = f"{1e6 / row.ours:>9.0f}", f"{1e6 / row.base:>9.0f}"
+            goal = "" if row.goal is None else f">={row.goal:g}x"
+            floor = "" if row.floor is None else f"{row.floor:.1f}x"
+        else:
+            ours, base = f"{row.ours:>9.1f}", f"{row.base:>9.1f}"
+            goal = "" if row.goal is None else f"<={row.goal:.2f}x"
+            floor = "" if row.floor is None else f"{row.floor:.3f}x"
         verdict = "" if row.passed is None else ("PASS" if row.passed else "MISS  <<<")
         print(
-            f"{row.label:<44} {row.ours:>8.1f} {row.base:>8.1f} {row.ratio:>6.3f}x "
-            f"{row.r25:>6.3f}-{row.r75:<6.3f} {floor:>7} {goal:>7}  {verdict}"
+            f"{row.label:<{width}} {ours} {base} "
+            f"{figure.format(row.ratio, row.r25, row.r75)} {floor:>7} {goal:>7}  {verdict}"
         )
 
 

@@ -35,13 +35,13 @@ import time
 
 from bench.run import (
     RedisCounter,
+    Row,
     clear_redis,
     create_schema,
     describe,
     interleaved,
-    paired,
     print_summary,
-    quantiles,
+    print_table,
     seed,
 )
 
@@ -57,47 +57,6 @@ TRIGGER_ARGS = (10**9, 1000)
 
 def chunks(seq: list, size: int = CHUNK) -> list[list]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
-
-
-class Speed:
-    """One ingest comparison: ours against a baseline as a speed-up, with a minimum goal.
-
-    The speed-up of a round is base µs / ours µs of that round (the paired comparison);
-    the figure is the median over rounds, with its 25th-75th percentiles. ``floor``: the
-    speed-up of a variant that only makes the Redis call the design needs.
-    """
-
-    def __init__(self, label, samples, ours, base, goal, floor=None):
-        self.label = label
-        self.ours = statistics.median(samples[ours])
-        self.base = statistics.median(samples[base])
-        self.r25, self.ratio, self.r75 = quantiles(paired(samples[base], samples[ours]))
-        self.floor = (
-            None if floor is None else statistics.median(paired(samples[base], samples[floor]))
-        )
-        self.goal = goal
-
-    @property
-    def passed(self) -> bool | None:
-        return None if self.goal is None else self.ratio >= self.goal
-
-
-def print_speed_table(rows: list[Speed]) -> None:
-    width = max(len(row.label) for row in rows)
-    head = (
-        f"{'comparison':<{width}} {'ours op/s':>9} {'base op/s':>9} {'speed-up':>8} "
-        f"{'p25-p75':>13} {'floor':>7} {'goal':>6}  result"
-    )
-    print(head)
-    print("-" * len(head))
-    for row in rows:
-        goal = "" if row.goal is None else f">={row.goal:g}x"
-        floor = "" if row.floor is None else f"{row.floor:.1f}x"
-        verdict = "" if row.passed is None else ("PASS" if row.passed else "MISS  <<<")
-        print(
-            f"{row.label:<{width}} {1e6 / row.ours:>9.0f} {1e6 / row.base:>9.0f} "
-            f"{row.ratio:>7.2f}x {row.r25:>6.2f}-{row.r75:<6.2f} {floor:>7} {goal:>6}  {verdict}"
-        )
 
 
 class UpdateCounter:
@@ -598,79 +557,92 @@ def report(b: Behind, costs, samples, coal, flush, phases) -> list[str]:
     print()
 
     rows = [
-        Speed(
+        Row(
             "write-behind save() vs plain save()",
             samples,
             "write-behind save",
             "plain save",
             20,
             floor="RECORD save (floor)",
+            speedup=True,
         ),
-        Speed(
+        Row(
             "increment_behind() vs plain save()",
             samples,
             "increment_behind",
             "plain save",
             20,
             floor="RECORD increment (floor)",
+            speedup=True,
         ),
     ]
     k = args.write_batch
     rows += [
-        Speed(
+        Row(
             "  one Redis round trip (PING) vs plain save()",
             samples,
             "PING (floor)",
             "plain save",
             None,
+            speedup=True,
         ),
-        Speed(
+        Row(
             f"write-behind save(), {k} a transaction, vs plain save()",
             samples,
             "write-behind save_tx",
             "plain save",
             20,
+            speedup=True,
         ),
-        Speed(
+        Row(
             f"increment_behind(), {k} a transaction, vs plain save()",
             samples,
             "increment_behind_tx",
             "plain save",
             20,
+            speedup=True,
         ),
-        Speed(
+        Row(
             f"  same, base {k} plain save()s a transaction: save()",
             samples,
             "write-behind save_tx",
             "plain save_tx",
             None,
+            speedup=True,
         ),
-        Speed(
+        Row(
             f"  same, base {k} plain save()s a transaction: increment",
             samples,
             "increment_behind_tx",
             "plain save_tx",
             None,
+            speedup=True,
         ),
     ]
     ps = pending["samples"]
     rows_pending = [
-        Speed(
-            f"  same, {len(b.pks)} rows pending: save()", ps, "write-behind save", "plain save", 20
+        Row(
+            f"  same, {len(b.pks)} rows pending: save()",
+            ps,
+            "write-behind save",
+            "plain save",
+            20,
+            speedup=True,
         ),
-        Speed(
+        Row(
             f"  same, {len(b.pks)} rows pending: increment_behind()",
             ps,
             "increment_behind",
             "plain save",
             20,
+            speedup=True,
         ),
     ]
     print(
         "1. Ingest: ops/s = 1e6 / median µs per op; speed-up = median of per-round "
         "(plain µs / ours µs), p25-p75 shown; goal >= 20x"
     )
-    print_speed_table(rows + rows_pending)
+    print_table(rows + rows_pending)
     print(
         f"""
   ours: obj.save() of an instance in hand (count += 1, updated = now; every field saved)
