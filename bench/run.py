@@ -828,17 +828,7 @@ def profile(b: Setup, args: argparse.Namespace) -> None:
         ),
     }
     for title, ladder in ladders.items():
-        print()
-        print(f"=== {title}, built up step by step (interleaved, median µs) ===")
-        previous = None
-        for name, values in ladder.items():
-            median = statistics.median(values)
-            step = ""
-            if name[0].isdigit():
-                step = "" if previous is None else f"  (+{median - previous:.1f})"
-                previous = median
-            print(f"  {name:<36} {median:8.1f}{step}")
-    print()
+        print_ladder(title, ladder)
 
     m = len(b.chunks)
     cases = [
@@ -848,21 +838,42 @@ def profile(b: Setup, args: argparse.Namespace) -> None:
         ("cache-aside save()", 1000, b.saver(b.CA)),
     ]
     for label, count, fn in cases:
-        prof = cProfile.Profile()
-        prof.enable()
-        for i in range(count):
-            fn(i)
-        prof.disable()
-        out = io.StringIO()
-        stats = pstats.Stats(prof, stream=out)
-        print(f"=== cProfile: {label}, {count} calls ===")
-        stats.sort_stats("tottime").print_stats(15)
-        stats.sort_stats("cumulative").print_stats(r"django_cachestrat/", 20)
-        text = out.getvalue()
-        for path in sorted({*sys.path, os.getcwd()}, key=len, reverse=True):
-            if len(path) > 1:
-                text = text.replace(path + os.sep, "")
-        print(text)
+        print_profile(
+            f"{label}, {count} calls", lambda fn=fn, count=count: [fn(i) for i in range(count)]
+        )
+
+
+def print_ladder(title: str, ladder: dict[str, list[float]]) -> None:
+    """Print the median µs of each variant; numbered steps also show what they add."""
+    print()
+    print(f"=== {title}, built up step by step (interleaved, median µs) ===")
+    previous = None
+    for name, values in ladder.items():
+        median = statistics.median(values)
+        step = ""
+        if name[0].isdigit():
+            step = "" if previous is None else f"  (+{median - previous:.1f})"
+            previous = median
+        print(f"  {name:<36} {median:8.1f}{step}")
+    print()
+
+
+def print_profile(label: str, fn: Callable[[], object]) -> None:
+    """Run ``fn`` under cProfile; print the top functions and our own, paths shortened."""
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    print(f"=== cProfile: {label} ===")
+    stats.sort_stats("tottime").print_stats(15)
+    stats.sort_stats("cumulative").print_stats(r"django_cachestrat/", 20)
+    text = out.getvalue()
+    for path in sorted({*sys.path, os.getcwd()}, key=len, reverse=True):
+        if len(path) > 1:
+            text = text.replace(path + os.sep, "")
+    print(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,15 +22,10 @@ benchmark flushes explicitly, and counts the tasks the saves queued.
 from __future__ import annotations
 
 import argparse
-import cProfile
 import datetime as dt
 import functools
-import io
-import os
-import pstats
 import re
 import statistics
-import sys
 import time
 
 from bench.run import (
@@ -40,6 +35,8 @@ from bench.run import (
     create_schema,
     describe,
     interleaved,
+    print_ladder,
+    print_profile,
     print_summary,
     print_table,
     seed,
@@ -800,17 +797,7 @@ def profile(b: Behind) -> None:
         per_pipe,
         warmup=per_pipe * 3,
     )
-    print()
-    print("=== write-behind save(), built up step by step (interleaved, median µs) ===")
-    previous = None
-    for name, values in ladder.items():
-        median = statistics.median(values)
-        step = ""
-        if name[0].isdigit():
-            step = "" if previous is None else f"  (+{median - previous:.1f})"
-            previous = median
-        print(f"  {name:<36} {median:8.1f}{step}")
-    print()
+    print_ladder("write-behind save()", ladder)
     b.flusher.drain()
     b.refresh_instances()
     flushed = b.pks[:2000]
@@ -828,18 +815,5 @@ def profile(b: Behind) -> None:
         b.flusher.drain()
         if before is not None:
             before()
-        prof = cProfile.Profile()
-        prof.enable()
-        fn()
-        prof.disable()
-        out = io.StringIO()
-        stats = pstats.Stats(prof, stream=out)
-        print(f"=== cProfile: {label} ===")
-        stats.sort_stats("tottime").print_stats(15)
-        stats.sort_stats("cumulative").print_stats(r"django_cachestrat/", 20)
-        text = out.getvalue()
-        for path in sorted({*sys.path, os.getcwd()}, key=len, reverse=True):
-            if len(path) > 1:
-                text = text.replace(path + os.sep, "")
-        print(text)
+        print_profile(label, fn)
     b.flusher.drain()
