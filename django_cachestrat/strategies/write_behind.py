@@ -264,12 +264,9 @@ class WriteBehind(Strategy):
             # As Model.save does for an instance loaded with only()/defer(): save the
             # loaded fields only.
             update_fields = [f.attname for f in opts.fields if f.attname not in deferred]
-        if update_fields is None:
-            chosen = [f for f in opts.fields if not f.primary_key]
-        else:
-            names = set(update_fields)
-            chosen = [f for f in opts.fields if f.name in names or f.attname in names]
-            unknown = names - {f.name for f in chosen} - {f.attname for f in chosen}
+        chosen = _saved_fields(opts, update_fields)
+        if update_fields is not None:
+            unknown = set(update_fields) - {f.name for f in chosen} - {f.attname for f in chosen}
             if unknown:
                 raise ValueError(
                     f"The following fields do not exist in {meta.object_name} or are not "
@@ -381,13 +378,10 @@ class WriteBehind(Strategy):
         """
         model = type(instance)
         if not created:
-            names = None if update_fields is None else set(update_fields)
             written = [
                 f.attname
-                for f in options.get(model).fields
-                if not f.primary_key
-                and (names is None or f.name in names or f.attname in names)
-                and not codec.computed(instance.__dict__.get(f.attname))
+                for f in _saved_fields(options.get(model), update_fields)
+                if not f.primary_key and not codec.computed(instance.__dict__.get(f.attname))
             ]
             self.supersede(model, [(instance.pk, written)], using)
         invalidation.rows(model, [instance.pk], using)
@@ -488,6 +482,14 @@ class _Deferred:
             current = getattr(obj, name)
             if name not in skip and current is not None:  # NULL + 1: the commit says so
                 setattr(obj, name, current + amount)
+
+
+def _saved_fields(opts: options.CacheOptions, update_fields) -> list[models.Field]:
+    """Return the fields a save writes: those ``update_fields`` names, else all but the pk."""
+    if update_fields is None:
+        return [f for f in opts.fields if not f.primary_key]
+    names = set(update_fields)
+    return [f for f in opts.fields if f.name in names or f.attname in names]
 
 
 def _kept_writes(model, pks) -> dict[object, list[_Deferred]]:
