@@ -502,10 +502,12 @@ class Setup:
         """What a write-through save needs from Redis, as raw EVALSHAs of the app's own
         scripts: a pipelined begin (write-begin and version scripts) before the UPDATE and
         a write-end after it. Returns the ``(before, after)`` hooks of ``saver``."""
-        from django_cachestrat.backends.redis import VERSION, WRITE_BEGIN, WRITE_END
+        from django_cachestrat.backends.scripts import VERSION, WRITE_BEGIN, WRITE_END
 
         client = self.client
-        begin, version, end = (client.script_load(s) for s in (WRITE_BEGIN, VERSION, WRITE_END))
+        begin, version, end = (
+            client.script_load(s.source) for s in (WRITE_BEGIN, VERSION, WRITE_END)
+        )
         value = client.get(self.entry_keys[0])
         epochs = {}
 

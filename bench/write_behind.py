@@ -49,7 +49,8 @@ CHUNK = 100  # rows per get_many_cached when priming and checking
 FLOOR = "bench-floor:{wb}"  # the floor's own keys (one hash tag, as the app's queue)
 # What Buffer.record adds after the fields and deltas: BATCH_SIZE and the trigger hold (ms),
 # here never reached.
-TRIGGER_ARGS = (10**9, 1000)
+# BATCH_SIZE (never reached), trigger hold (ms), and no superseded field.
+TRIGGER_ARGS = (10**9, 1000, 0)
 
 
 def chunks(seq: list, size: int = CHUNK) -> list[list]:
@@ -83,14 +84,18 @@ class Behind:
         from django_redis import get_redis_connection
 
         from bench.models import PlainItem, WriteBehindItem
-        from django_cachestrat import buffer, conf, flusher
+        from django_cachestrat import conf
         from django_cachestrat.models import AppliedBatch, DeadLetter
+        from django_cachestrat.write_behind import flusher
+        from django_cachestrat.write_behind.pending import PendingWrites
+        from django_cachestrat.write_behind.queue import Queue
 
         self.args = args
         self.WB, self.PLAIN = WriteBehindItem, PlainItem
         self.cfg = cfg = conf.settings()
         self.flusher = flusher
-        self.buffer = buffer.Buffer(WriteBehindItem)
+        self.pending = PendingWrites(WriteBehindItem)
+        self.queue = Queue(WriteBehindItem)
         self.client = get_redis_connection("default")
         self.label = WriteBehindItem._meta.label_lower
 
@@ -137,7 +142,7 @@ class Behind:
 
         sample = self.pks[:CHUNK]
         get_many = self.WB.objects.get_many_cached
-        had_version = self.client.get(self.buffer.version_key()) is not None
+        had_version = self.client.get(self.pending.version_key()) is not None
         get_many(sample)
         misses = 0
 
@@ -151,7 +156,7 @@ class Behind:
         finally:
             signals.cache_miss.disconnect(missed)
         if before and not had_version:
-            stored = self.client.hget(self.buffer.row(sample[0])["view"], "__v")
+            stored = self.client.hget(self.pending.row(sample[0])["view"], "__v")
             self.findings.append(
                 f"views filled before the model's first write-behind write are never hits: "
                 f"re-reading {len(sample)} just-filled rows gave {misses} misses and "
@@ -174,12 +179,13 @@ class Behind:
     def _floor_setup(self) -> None:
         """The RECORD script as raw EVALSHAs on keys of the floor's own: a save (every
         field, ``count`` changed) and an increment, as the app sends them."""
-        from django_cachestrat import buffer
+        from django_cachestrat import codec
+        from django_cachestrat.backends import scripts
 
-        self.record_sha = self.client.script_load(buffer.RECORD)
+        self.record_sha = self.client.script_load(scripts.RECORD.source)
         obj = self.save_objs[0]
         names = [f.attname for f in self.WB._meta.concrete_fields if not f.primary_key]
-        self.floor_fields = [(name, buffer.encode(getattr(obj, name))) for name in names]
+        self.floor_fields = [(name, codec.encode_value(getattr(obj, name))) for name in names]
         self.floor_count = obj.count
         for n in range(2 * HOT):
             self.floor_save(n)  # a full save creates the view the increments need
@@ -251,7 +257,7 @@ class Behind:
 
     def check_flushed(self, pks: list) -> None:
         """Nothing pending, and the database holds what the cache shows, field by field."""
-        waiting, flying = self.buffer.counts()
+        waiting, flying = self.queue.counts()
         if waiting or flying:
             raise RuntimeError(f"{waiting} rows still pending, {flying} batches in flight")
         names = [f.attname for f in self.WB._meta.concrete_fields]
@@ -450,7 +456,7 @@ def measure_flush(b: Behind, counter: RedisCounter) -> dict:
     pending = None
     for rep in range(b.args.flush_reps):
         fills.append(fill(b))
-        waiting, _ = b.buffer.counts()
+        waiting, _ = b.queue.counts()
         if waiting != n:
             raise RuntimeError(f"{waiting} rows pending after the fill, not {n}")
         if rep == 0:
@@ -731,19 +737,18 @@ def report(b: Behind, costs, samples, coal, flush, phases) -> list[str]:
 
 def profile(b: Behind) -> None:
     """A ladder of the save path, then cProfile of the save, increment and flush paths."""
-    from django_cachestrat import buffer, codec, options
+    from django_cachestrat import codec, options
 
     opts = options.get(b.WB)
     strategy = b.WB.cache_strategy
-    buf = b.buffer
+    buf = b.pending
     fields_of = [f for f in opts.fields if not f.primary_key]
 
     def encode_only(i):
         obj = b.save_objs[i % HOT]
         obj.count += 1
-        return {
-            f.attname: buffer.encode(codec.as_stored(f, f.pre_save(obj, False))) for f in fields_of
-        }
+        encode, stored = codec.encode_value, codec.as_stored
+        return {f.attname: encode(stored(f, f.pre_save(obj, False))) for f in fields_of}
 
     def buffer_record(i):
         obj = b.save_objs[i % HOT]
@@ -785,7 +790,7 @@ def profile(b: Behind) -> None:
     ladder = interleaved(
         {
             "1 RECORD as raw EVALSHA (floor)": b.floor_save,
-            "2 Buffer.record(all fields)": buffer_record,
+            "2 PendingWrites.record(all fields)": buffer_record,
             "3 WriteBehind.save_behind(obj)": save_behind,
             "4 obj.save()": b.behind_save,
             "fields + encode only (no Redis)": encode_only,

@@ -17,9 +17,10 @@ from django.conf import settings as django_settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+from django_redis.cache import RedisCache
 
 from django_cachestrat import conf, options
-from django_cachestrat.handlers import cached_models
+from django_cachestrat.managers import CachedManager
 
 
 @checks.register(checks.Tags.caches)
@@ -38,8 +39,6 @@ def check_settings(app_configs=None, **kwargs):
                 id="cachestrat.E002",
             )
         ]
-    from django_redis.cache import RedisCache
-
     backend = caches[cfg.CACHE_ALIAS].get("BACKEND", "")
     try:
         is_redis = issubclass(import_string(backend), RedisCache)
@@ -59,11 +58,8 @@ def check_settings(app_configs=None, **kwargs):
 @checks.register(checks.Tags.models)
 def check_models(app_configs=None, **kwargs):
     """Check every cached model's manager and ``CacheMeta``."""
-    from django_cachestrat.managers import CachedManager
-    from django_cachestrat.strategies.write_behind import WriteBehind
-
     errors = []
-    for model in cached_models():
+    for model in options.cached_models():
         if app_configs is not None and model._meta.app_config not in app_configs:
             continue
         if not isinstance(model._default_manager, CachedManager):
@@ -87,7 +83,7 @@ def check_models(app_configs=None, **kwargs):
                     id="cachestrat.W001",
                 )
             )
-        if isinstance(model.cache_strategy, WriteBehind):
+        if model.cache_strategy.defers_writes:
             cache_meta = getattr(model, "CacheMeta", None)
             unused = [n for n in ("stale_ttl", "early_refresh") if getattr(cache_meta, n, 0)]
             if unused:

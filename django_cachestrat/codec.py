@@ -8,6 +8,7 @@ model order, rebuilt with ``Model.from_db`` as if the database had returned them
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import logging
 from datetime import UTC, datetime, timedelta
@@ -68,6 +69,19 @@ def encode(
     return header + conf.settings().serializer.dumps(values)
 
 
+def fingerprint(model: type[models.Model]) -> str:
+    """Return a short hash of what makes ``model``'s entries readable.
+
+    This codec's format and the model's concrete fields (names, columns, types): after a
+    deploy that changes either, old entries are under other keys, so they are misses.
+    """
+    schema = [
+        CODEC_FORMAT,
+        *(f"{f.attname}:{f.column}:{f.get_internal_type()}" for f in model._meta.concrete_fields),
+    ]
+    return hashlib.blake2b("|".join(schema).encode(), digest_size=6).hexdigest()
+
+
 def computed(value: object) -> bool:
     """Tell whether ``value`` is for the database to compute (``F("n") + 1``, a db default)."""
     return isinstance(value, Combinable | DatabaseDefault)
@@ -96,6 +110,30 @@ def as_stored(field: models.Field, value: object) -> object:
             raise Unstorable(f"{field.attname} is a naive datetime; the database makes it aware")
         return value.astimezone(UTC)  # as the database gives it back
     return value
+
+
+# One field value in a write-behind hash (a view, pending writes): integers as ASCII digits
+# (so HINCRBY works on them), None as \x01, anything else as \x00 + the serializer's bytes.
+_NULL = b"\x01"
+_OBJECT = b"\x00"
+
+
+def encode_value(value: object) -> bytes:
+    """Encode one field value for a write-behind hash."""
+    if value is None:
+        return _NULL
+    if type(value) is int:
+        return str(value).encode()
+    return _OBJECT + conf.settings().serializer.dumps((value,))
+
+
+def decode_value(data: bytes) -> object:
+    """Decode what ``encode_value`` made; raises on bytes it did not make."""
+    if data == _NULL:
+        return None
+    if data[:1] == _OBJECT:
+        return conf.settings().serializer.loads(data[1:])[0]
+    return int(data)
 
 
 class Entry(NamedTuple):

@@ -12,10 +12,13 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django.utils.module_loading import import_string
+
+from django_cachestrat.serializers import Serializer
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,6 @@ class Settings:
             raise ImproperlyConfigured(
                 f"CACHESTRAT['SERIALIZER'] = {self.SERIALIZER!r} cannot be imported: {exc}"
             ) from exc
-        from django_cachestrat.serializers import Serializer
-
         if not (isinstance(serializer_class, type) and issubclass(serializer_class, Serializer)):
             raise ImproperlyConfigured(
                 f"CACHESTRAT['SERIALIZER'] = {self.SERIALIZER!r} is not a subclass of "
@@ -127,15 +128,10 @@ def _check_type(name: str, value: Any, spec: _Key) -> None:
 @functools.cache
 def settings() -> Settings:
     """Return the validated setting; raises ``ImproperlyConfigured`` when it is wrong."""
-    from django.conf import settings as django_settings
-
     return Settings(getattr(django_settings, "CACHESTRAT", None))
 
 
 @receiver(setting_changed, dispatch_uid="cachestrat.conf.reload")
 def _reload(*, setting: str, **kwargs: Any) -> None:
-    if setting in ("CACHESTRAT", "CACHES"):
+    if setting == "CACHESTRAT":
         settings.cache_clear()
-        from django_cachestrat import backends
-
-        backends.reset()

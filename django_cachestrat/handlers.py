@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from functools import partial
 
-from django.apps import apps
 from django.db import models
 from django.db.models import signals
 
-from django_cachestrat import invalidation
-from django_cachestrat.mixins import CachedModelMixin
+from django_cachestrat import invalidation, options
+from django_cachestrat.managers import CachedQuerySet
 
 # on_delete handlers whose rows Django deletes with signals (CASCADE) or leaves alone.
 _NO_UPDATE = (models.CASCADE, models.PROTECT, models.RESTRICT, models.DO_NOTHING)
@@ -44,8 +43,6 @@ def on_target_pre_delete(model, field, sender, instance, using=None, **kwargs):
     Deleting ``instance`` makes Django set ``field`` (SET_NULL, SET_DEFAULT, SET(...)) on
     those rows with a plain UPDATE that sends no signal; they are listed before it runs.
     """
-    from django_cachestrat.managers import CachedQuerySet
-
     limit = CachedQuerySet.bulk_row_limit
     pointing = model._base_manager.using(using).filter(**{field.name: instance})
     pks = list(pointing.values_list("pk", flat=True)[: limit + 1])
@@ -55,14 +52,9 @@ def on_target_pre_delete(model, field, sender, instance, using=None, **kwargs):
         invalidation.rows(model, pks, using)
 
 
-def cached_models() -> list[type]:
-    """Every installed model with a strategy mixin, proxies included."""
-    return [m for m in apps.get_models() if issubclass(m, CachedModelMixin)]
-
-
 def connect() -> None:
     """Connect the receivers for every cached model (idempotent)."""
-    for model in cached_models():
+    for model in options.cached_models():
         label = model._meta.label_lower
         signals.pre_save.connect(
             on_pre_save, sender=model, dispatch_uid=f"cachestrat.pre_save.{label}"

@@ -142,9 +142,7 @@ def invalidate_model(model_class: type[models.Model], *, using: str | None = Non
 
 
 def _require_cached(model_class: type[models.Model]) -> None:
-    from django_cachestrat.mixins import CachedModelMixin
-
-    if not issubclass(model_class, CachedModelMixin):
+    if not options.is_cached(model_class):
         raise TypeError(
             f"{model_class._meta.label} is not cached: add CacheAsideMixin, "
             "WriteThroughMixin or WriteBehindMixin to its bases."

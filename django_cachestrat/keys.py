@@ -25,11 +25,6 @@ def token(value: object) -> str:
     return "#" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def fingerprint(parts: list[str]) -> str:
-    """Return a short hash of a model's schema description (field names, types, columns)."""
-    return hashlib.blake2b("|".join(parts).encode(), digest_size=6).hexdigest()
-
-
 def entry(prefix: str, label: str, fp: str, pk: object) -> str:
     """Key of a row's cached field values; the schema fingerprint makes old layouts misses."""
     return f"{prefix}:{{{label}:{token(pk)}}}:{fp}"

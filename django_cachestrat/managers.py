@@ -13,11 +13,10 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
 
 from django_cachestrat import codec, invalidation, options
-from django_cachestrat.mixins import CachedModelMixin
 
 
 def _require_cached(model: type[models.Model]) -> None:
-    if not issubclass(model, CachedModelMixin):
+    if not options.is_cached(model):
         raise ImproperlyConfigured(
             f"{model._meta.label} uses CachedManager but has no strategy mixin "
             "(CacheAsideMixin, WriteThroughMixin or WriteBehindMixin)."
@@ -36,7 +35,7 @@ class CachedQuerySet(models.QuerySet):
     bulk_row_limit = 1000
 
     def _is_cached(self) -> bool:
-        return issubclass(self.model, CachedModelMixin)
+        return options.is_cached(self.model)
 
     def update(self, **kwargs) -> int:
         """Update the rows, then drop them from the cache once the transaction commits."""
@@ -200,11 +199,9 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):
         increments of one row are summed into one ``F()`` update. Raises ``DoesNotExist``
         for a missing row.
         """
-        from django_cachestrat.strategies import WriteBehind
-
         _require_cached(self.model)
         strategy = self.model.cache_strategy
-        if not isinstance(strategy, WriteBehind):
+        if not strategy.defers_writes:
             raise TypeError(
                 f"increment_behind() is for write-behind models; {self.model._meta.label} "
                 f"is {strategy.name}."

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 from django.db import models
 
-from django_cachestrat import keys
-
 # The attributes CacheMeta may have, and what each must be.
 ALLOWED = {
     "ttl": "a positive int or None",
@@ -127,6 +125,28 @@ def _lookup_problem(model: type[models.Model], name: str) -> str | None:
     return None
 
 
+# The registry of cached models, filled by ``AppConfig.ready()``: model -> its schema
+# fingerprint (which the codec computes: it knows what makes an old entry unreadable).
+_registry: dict[type[models.Model], str] = {}
+
+
+def is_cached(model: object) -> bool:
+    """Tell whether ``model`` is a model class with a caching strategy (a strategy mixin)."""
+    return isinstance(model, type) and getattr(model, "cache_strategy", None) is not None
+
+
+def register(model: type[models.Model], fingerprint: str) -> None:
+    """Add a cached model (proxies too) to the registry, with its schema fingerprint."""
+    _registry[model] = fingerprint
+    family.cache_clear()
+    _get.cache_clear()
+
+
+def cached_models() -> list[type[models.Model]]:
+    """Every registered cached model, proxies included, in registration order."""
+    return list(_registry)
+
+
 def get(model: type[models.Model]) -> CacheOptions:
     """Return ``model``'s options; raises ``ImproperlyConfigured`` when they are wrong.
 
@@ -142,17 +162,12 @@ def family(model: type[models.Model]) -> tuple[type[models.Model], ...]:
     Those are the cached models that inherit from it or that it inherits from
     (multi-table inheritance): their entries hold columns of the same rows.
     """
-    from django.apps import apps
-
-    from django_cachestrat.mixins import CachedModelMixin
-
     concrete = model._meta.concrete_model
     related = [
         other
-        for other in apps.get_models()
+        for other in _registry
         if other is not concrete
         and not other._meta.proxy
-        and issubclass(other, CachedModelMixin)
         and (concrete in other._meta.all_parents or other in concrete._meta.all_parents)
     ]
     return (concrete, *related)
@@ -163,12 +178,14 @@ def _get(model: type[models.Model]) -> CacheOptions:
     problems = errors(model)
     if problems:
         raise ImproperlyConfigured(" ".join(problems))
+    if model not in _registry:
+        raise ImproperlyConfigured(
+            f"{model._meta.label} is not a registered cached model: give it a strategy "
+            "mixin and put django_cachestrat in INSTALLED_APPS."
+        )
     meta = model._meta
     cache_meta = getattr(model, "CacheMeta", None)
     fields = tuple(meta.concrete_fields)
-    from django_cachestrat.codec import CODEC_FORMAT
-
-    schema = [CODEC_FORMAT, *(f"{f.attname}:{f.column}:{f.get_internal_type()}" for f in fields)]
     return CacheOptions(
         model=model,
         label=meta.label_lower,
@@ -178,6 +195,6 @@ def _get(model: type[models.Model]) -> CacheOptions:
         early_refresh=float(getattr(cache_meta, "early_refresh", False)),
         fields=fields,
         attnames=tuple(f.attname for f in fields),
-        fingerprint=keys.fingerprint(schema),
+        fingerprint=_registry[model],
         int_pk=isinstance(meta.pk, models.IntegerField),
     )

@@ -17,6 +17,9 @@ listens to costs one attribute read.
 - ``write_behind_flushed(sender, batch=str, pks=list, dead_letters=list)``: a write-behind
   batch of ``sender`` is in the database (``pks``), and these rows of it were
   dead-lettered (``dead_letters``).
+- ``write_behind_batch_ready(sender)``: a write made ``BATCH_SIZE`` rows of ``sender``
+  wait; ``django_cachestrat.write_behind.tasks`` queues a flush (sent to one writer per
+  flush interval).
 """
 
 from django.dispatch import Signal
@@ -30,3 +33,4 @@ write_behind_flushed = Signal()
 cache_wait = Signal()
 cache_wait_timeout = Signal()
 cache_stale = Signal()
+write_behind_batch_ready = Signal()

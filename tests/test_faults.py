@@ -203,6 +203,6 @@ def test_a_value_redis_py_cannot_send_is_an_error_not_an_outage():
 
     transport = backends.get("default")
     with pytest.raises(DataError):
-        transport.call(transport.client.set, "cstest:x", object())
+        transport.execute([("SET", "cstest:x", object())])
     assert transport.available  # the breaker stayed closed: the cache is still used
-    assert transport.call(transport.client.set, "cstest:x", "1")
+    assert transport.execute([("SET", "cstest:x", "1")]) == [True]

@@ -5,7 +5,7 @@ from django.db import models
 from django.test.utils import isolate_apps
 
 from django_cachestrat import CacheAsideMixin, CachedManager, keys, options, signals
-from tests.models import Book
+from tests.models import Book, Novel
 
 
 def hash_tag(key):
@@ -37,9 +37,17 @@ def test_a_rows_keys_share_one_hash_tag():
     assert hash_tag(keys.version("p", "app.model")) == "app.model"
 
 
-def test_fingerprint_follows_the_fields():
-    assert keys.fingerprint(["a:a:IntegerField"]) == keys.fingerprint(["a:a:IntegerField"])
-    assert keys.fingerprint(["a:a:IntegerField"]) != keys.fingerprint(["a:a:BigIntegerField"])
+def test_fingerprint_follows_the_fields(monkeypatch):
+    from django_cachestrat import codec
+
+    assert codec.fingerprint(Book) == codec.fingerprint(Book)
+    assert codec.fingerprint(Book) != codec.fingerprint(Novel)  # more fields
+    before = codec.fingerprint(Book)
+    monkeypatch.setattr(Book._meta.get_field("isbn"), "get_internal_type", lambda: "TextField")
+    assert codec.fingerprint(Book) != before  # a field's type changed
+    monkeypatch.undo()
+    monkeypatch.setattr(codec, "CODEC_FORMAT", "codec-next")
+    assert codec.fingerprint(Book) != before  # the codec's format changed
 
 
 @pytest.mark.django_db(transaction=True)

@@ -144,7 +144,7 @@ def test_model_checks_e004_and_e005(monkeypatch):
             app_label = "tests"
 
     monkeypatch.setattr(
-        "django_cachestrat.checks.cached_models",
+        "django_cachestrat.options.cached_models",
         lambda: [NoManager, BadMeta, BadLookups, StaleBehind, PageStats],
     )
     errors = check_models()

@@ -9,9 +9,9 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from django_cachestrat import flusher
 from django_cachestrat.models import AppliedBatch
 from django_cachestrat.tasks import flush_write_behind
+from django_cachestrat.write_behind import flusher
 from tests.conftest import row_updates
 from tests.models import PageStats
 from tests.redis_server import Server, caches_at, unreachable_caches
@@ -64,7 +64,7 @@ def test_ten_thousand_updates_to_a_hundred_rows(celery_worker, rows):
     wait_until(lambda: db_views(rows) == {pk: 300 for pk in rows}, what=celery_worker.log)
 
 
-@pytest.mark.parametrize("point", ["before_write", "during_write", "after_commit"])
+@pytest.mark.parametrize("point", ["after_claim", "during_write", "after_commit"])
 def test_worker_killed_mid_flush_loses_nothing_and_applies_once(
     celery_workers, rows, tmp_path, point
 ):

@@ -7,8 +7,8 @@ from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from django_cachestrat import flusher
 from django_cachestrat.models import AppliedBatch, DeadLetter
+from django_cachestrat.write_behind import flusher
 from tests.conftest import row_updates
 from tests.models import PageStats
 
@@ -164,10 +164,10 @@ def test_flush_command_drains_and_says_what_it_wrote(page, capsys):
 
 
 def test_flush_command_reclaims_batches_of_stopped_workers(page, capsys):
-    from django_cachestrat import buffer
+    from django_cachestrat.write_behind.queue import Queue
 
     PageStats.objects.increment_behind(page.pk, views=2)
-    batch = buffer.Buffer(PageStats).claim(10, visibility=3600)  # a worker that died
+    batch = Queue(PageStats).claim(10, visibility=3600)  # a worker that died
     assert batch is not None
     call_command("cachestrat_flush")
     assert "1 batch(es) in flight (use --reclaim" in capsys.readouterr().out

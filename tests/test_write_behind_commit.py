@@ -6,7 +6,7 @@ import pytest
 from django.db import transaction
 from django.test import override_settings
 
-from django_cachestrat import flusher
+from django_cachestrat.write_behind import flusher
 from tests.models import PageStats
 from tests.redis_server import unreachable_caches
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
+from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django_redis import get_redis_connection
 
+from django_cachestrat import conf
 from django_cachestrat.backends.redis import CacheUnavailable, RedisTransport
 
 __all__ = ["CacheUnavailable", "RedisTransport", "get", "reset"]
@@ -26,11 +32,6 @@ def get(alias: str) -> RedisTransport:
 
 
 def _build(alias: str) -> RedisTransport:
-    from django.conf import settings as django_settings
-    from django_redis import get_redis_connection
-
-    from django_cachestrat import conf
-
     if alias not in django_settings.CACHES:
         raise ImproperlyConfigured(
             f"CACHESTRAT['CACHE_ALIAS'] is {alias!r}, which is not in CACHES "
@@ -55,3 +56,9 @@ def reset() -> None:
     """Forget every transport (settings changed); the next ``get`` builds anew."""
     with _lock:
         _transports.clear()
+
+
+@receiver(setting_changed, dispatch_uid="cachestrat.backends.reset")
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("CACHESTRAT", "CACHES"):
+        reset()

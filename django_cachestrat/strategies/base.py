@@ -29,6 +29,7 @@ from django_cachestrat import (
     transactions,
 )
 from django_cachestrat.backends import CacheUnavailable
+from django_cachestrat.backends.scripts import Acquired, Waited
 
 
 def _send(signal, model: type[models.Model], count: int) -> None:
@@ -168,13 +169,13 @@ class Strategy:
                 )
             else:  # a pointer that led astray: replace it
                 (held,) = transport.acquire_leases([fill_keys[0]], token, cfg.LEASE_TIMEOUT)
-                status = 1 if held else 0
+                status = Acquired.TAKEN if held else Acquired.HELD
         except CacheUnavailable:
             return self._lookup_db(model, using, name, value)
-        if status == 2:  # another reader filled the pointer since our read
+        if status is Acquired.FILLED:  # another reader filled the pointer since our read
             found = self._follow(model, opts, using, field, value, raw)
             return found if found is not None else self._lookup_db(model, using, name, value)
-        held = status == 1
+        held = status is Acquired.TAKEN
         if not held and cfg.FILL_WAIT:
             (answer,) = _await(model, transport, cfg, [(pointer, fill_keys)])
             if isinstance(answer, bytes):
@@ -286,9 +287,9 @@ class Strategy:
         rows = {}
         mine, theirs, unusable = [], [], []
         for pk, (status, value) in zip(pks, taken, strict=True):
-            if status == 1:
+            if status is Acquired.TAKEN:
                 mine.append(pk)
-            elif status == 0:
+            elif status is Acquired.HELD:
                 theirs.append(pk)
             else:
                 entry = codec.decode(opts, value, version, using, model)
@@ -439,9 +440,9 @@ def _await(model, transport, cfg, slots, check=None) -> list:
             still = []
             replies = check([slots[i] for i in waiting])
             for i, (status, value) in zip(waiting, replies, strict=True):
-                if status == 1:
+                if status is Waited.READY:
                     answers[i] = value
-                elif status == 2:
+                elif status is Waited.TAKE_OVER:
                     answers[i] = _TAKE_OVER
                 else:
                     still.append(i)

@@ -15,10 +15,15 @@ import logging
 import secrets
 
 from django.db import connections, models, router, transaction
+from django.db.models import F
 
-from django_cachestrat import buffer, codec, conf, invalidation, options, signals, transactions
+from django_cachestrat import codec, conf, invalidation, options, signals, transactions
 from django_cachestrat.backends import CacheUnavailable
+from django_cachestrat.backends.scripts import Acquired, Recorded
 from django_cachestrat.strategies.base import _TAKE_OVER, _TIMEOUT, Strategy, _await, _send, ttl
+from django_cachestrat.write_behind import applied
+from django_cachestrat.write_behind.pending import NeedsView, NotACounter, PendingWrites, record_all
+from django_cachestrat.write_behind.views import Views
 
 logger = logging.getLogger("django_cachestrat")
 
@@ -49,9 +54,8 @@ class WriteBehind(Strategy):
         cfg = conf.settings()
         if not cfg.ENABLED or not pks or transactions.written(using, opts.label):
             return self._with_pending(model, using, pks, _superseded(kept))
-        buf = buffer.Buffer(model)
         try:
-            version, views = buf.read(pks)
+            version, views = Views(model).read(pks)
         except CacheUnavailable:
             return self._from_db(model, using, pks)
         found: dict[object, models.Model] = {}
@@ -81,7 +85,7 @@ class WriteBehind(Strategy):
         try:
             # The pk is the key's; a view may not repeat it.
             values = tuple(
-                pk if name == pk_name else buffer.decode(view[name]) for name in opts.attnames
+                pk if name == pk_name else codec.decode_value(view[name]) for name in opts.attnames
             )
         except KeyError:
             return None  # a partial view (written by an older schema): a miss
@@ -96,7 +100,7 @@ class WriteBehind(Strategy):
         """Read the row by a lookup, with its pending writes laid over, as pk reads do."""
         obj = super()._lookup_db(model, using, name, value)
         try:
-            pending = buffer.Buffer(model).pending([obj.pk])
+            pending = PendingWrites(model).layers([obj.pk])
         except CacheUnavailable:
             pending = None
         kept = _kept_writes(model, [obj.pk])
@@ -116,31 +120,31 @@ class WriteBehind(Strategy):
         cfg = conf.settings()
         if not transactions.may_fill(using):
             return self._with_pending(model, using, pks)
-        buf = buffer.Buffer(model)
+        views = Views(model)
         token = secrets.token_hex(8)
         try:
-            taken = buf.acquire(pks, token, cfg.LEASE_TIMEOUT)
+            taken = views.acquire(pks, token, cfg.LEASE_TIMEOUT)
         except CacheUnavailable:
             return self._with_pending(model, using, pks)
         rows: dict[object, models.Model] = {}
         mine, theirs, late = [], [], []
         fill_version = b"0"
         for pk, (status, version, view) in zip(pks, taken, strict=True):
-            if status == 1:
+            if status is Acquired.TAKEN:
                 mine.append(pk)
                 fill_version = version
-            elif status == 0:
+            elif status is Acquired.HELD:
                 theirs.append(pk)
             else:  # filled by another reader since our read
                 self._take(rows, late, opts, pk, view, version, using, model)
         if mine:
-            rows.update(self._load_views(model, using, buf, fill_version, token, mine))
+            rows.update(self._load_views(model, using, views, fill_version, token, mine))
         if theirs and not cfg.FILL_WAIT:
             late += theirs
         elif theirs:
-            slots = [(buf.row(pk)["view"], buf.fill_keys(pk)) for pk in theirs]
+            slots = [(views.row(pk)["view"], views.fill_keys(pk)) for pk in theirs]
             take_over = []
-            answers = _await(model, buf.transport, cfg, slots, check=buf.wait)
+            answers = _await(model, views.transport, cfg, slots, check=views.wait)
             for pk, answer in zip(theirs, answers, strict=True):
                 if answer is _TAKE_OVER:
                     take_over.append(pk)
@@ -162,16 +166,16 @@ class WriteBehind(Strategy):
         elif obj is not _ABSENT:
             rows[pk] = obj
 
-    def _load_views(self, model, using, buf, version, token, pks) -> dict[object, models.Model]:
+    def _load_views(self, model, using, views, version, token, pks) -> dict[object, models.Model]:
         """Read ``pks`` (with their pending writes) under our leases and fill their views."""
         opts = options.get(model)
         cfg = conf.settings()
         try:
-            rows, pending = self._overlay(model, using, buf, pks)
+            rows, pending = self._overlay(model, using, pks)
         except BaseException:
             # Give the leases back so a waiting reader takes over now, not at expiry.
             with contextlib.suppress(CacheUnavailable):
-                buf.transport.release([buf.fill_keys(pk) for pk in pks], token)
+                views.release(pks, token)
             raise
         if pending is None:  # Redis failed meanwhile: the leases lapse by themselves
             return rows
@@ -184,20 +188,20 @@ class WriteBehind(Strategy):
             elif cfg.NEGATIVE_TTL:
                 items.append((pk, None, cfg.NEGATIVE_TTL, False))
             else:
-                unfilled.append(buf.fill_keys(pk))
+                unfilled.append(pk)
         try:
-            _send(signals.cache_fill, model, buf.fill(token, items, version))
+            _send(signals.cache_fill, model, views.fill(token, items, version))
             if unfilled:
-                buf.transport.release(unfilled, token)
+                views.release(unfilled, token)
         except CacheUnavailable:
             pass
         return rows
 
     def _with_pending(self, model, using, pks, skip=None) -> dict[object, models.Model]:
         """Read rows from the database with the writes still pending in Redis laid over."""
-        return self._overlay(model, using, buffer.Buffer(model), pks, skip)[0]
+        return self._overlay(model, using, pks, skip)[0]
 
-    def _overlay(self, model, using, buf, pks, skip=None) -> tuple[dict, dict | None]:
+    def _overlay(self, model, using, pks, skip=None) -> tuple[dict, dict | None]:
         """Return the rows from the database with their pending writes laid over.
 
         Also the pending writes read, or None if Redis could not be read (the rows are
@@ -205,20 +209,18 @@ class WriteBehind(Strategy):
         open transaction has replaced by writing them directly.
         """
         try:
-            layers = buf.pending(pks)
+            layers = PendingWrites(model).layers(pks)
         except CacheUnavailable:
             return self._from_db(model, using, pks), None
-        from django_cachestrat.models import AppliedBatch
-
-        batch_ids = {
+        markers = {
             marker
             for pk, stack in layers.items()
             for batch_id, _, _ in stack
             if batch_id
-            for marker in (batch_id, f"{batch_id}:{pk}")
+            for marker in (batch_id, applied.row_marker(batch_id, pk))
         }
         base = model._base_manager.using(using)
-        applied: set[str] = set()
+        done: set[str] = set()
         if not layers:
             rows = base.in_bulk(pks)
         else:
@@ -226,19 +228,14 @@ class WriteBehind(Strategy):
                 # Locking the rows waits out a flush that is writing them, so a batch is
                 # either committed (and in AppliedBatch) or not, never half-way.
                 rows = base.select_for_update().in_bulk(pks)
-                if batch_ids:
-                    applied = set(
-                        AppliedBatch.objects.using(using)
-                        .filter(pk__in=batch_ids)
-                        .values_list("pk", flat=True)
-                    )
+                done = applied.applied(using, markers)
         for pk, stack in layers.items():
             obj = rows.get(pk)
             if obj is None:
                 continue
             void = skip.get(pk, ()) if skip else ()
             for batch_id, fields, deltas in stack:
-                if batch_id and (batch_id in applied or f"{batch_id}:{pk}" in applied):
+                if batch_id and (batch_id in done or applied.row_marker(batch_id, pk) in done):
                     continue
                 for name, value in fields.items():
                     if name not in void:
@@ -287,7 +284,7 @@ class WriteBehind(Strategy):
             # if it rolls back.
             self._defer(model, instance.pk, fields, {}, full=full)
             return True
-        return self._record(model, instance.pk, fields, {}, full=full)
+        return self.record(model, instance.pk, fields, {}, full=full)
 
     def _defer(self, model, pk, fields, deltas, *, full: bool) -> None:
         """Keep a write for the commit, merged with the transaction's earlier ones of the row."""
@@ -300,13 +297,11 @@ class WriteBehind(Strategy):
             write.merge(fields, deltas, full)
 
     def _record_or_write(self, model, pk, fields, deltas, *, full: bool) -> None:
-        if not self._record(model, pk, fields, deltas, full=full):
+        if not self.record(model, pk, fields, deltas, full=full):
             self._write_now(model, pk, fields, deltas)
 
     def _write_now(self, model, pk, fields, deltas) -> None:
         """Write ``fields`` and ``deltas`` to the database at once (Redis is unreachable)."""
-        from django.db.models import F
-
         using = router.db_for_write(model)
         values = dict(fields)
         for name, amount in deltas.items():
@@ -334,26 +329,32 @@ class WriteBehind(Strategy):
         else:
             self._record_or_write(model, pk, {}, deltas, full=False)
 
-    def _record(self, model, pk, fields, deltas, *, full: bool) -> bool:
-        buf = buffer.Buffer(model)
+    def record(self, model, pk, fields, deltas, *, full: bool) -> bool:
+        """Record a write of row ``pk`` in Redis; False if it must go to the database.
+
+        ``fields`` are values saved, ``deltas`` increments; ``full`` says ``fields`` holds
+        every field. A partial write to a row with no view reads the row once first.
+        Raises ``DoesNotExist`` for a missing row.
+        """
+        pending = PendingWrites(model)
         try:
             try:
-                queue_flush = buf.record(pk, fields, deltas, full=full)
-            except buffer.NeedsView:
+                status = pending.record(pk, fields, deltas, full=full)
+            except NeedsView:
                 using = router.db_for_read(model)
                 if pk not in self._fill_views(model, using, [pk]):
                     raise model.DoesNotExist(
                         f"{model._meta.object_name} pk={pk!r} does not exist."
                     ) from None
-                queue_flush = buf.record(pk, fields, deltas, full=full)
-        except buffer.NeedsView:
+                status = pending.record(pk, fields, deltas, full=full)
+        except NeedsView:
             logger.warning(
                 "django_cachestrat: no view of %s pk=%r to merge into; written at once.",
                 options.get(model).label,
                 pk,
             )
             return False
-        except buffer.NotACounter as exc:
+        except NotACounter as exc:
             raise ValueError(f"increment_behind(): {exc} is NULL or not an integer.") from None
         except CacheUnavailable:
             logger.warning(
@@ -363,10 +364,8 @@ class WriteBehind(Strategy):
                 pk,
             )
             return False
-        if queue_flush:
-            from django_cachestrat import tasks
-
-            tasks.queue_flush(model)
+        if status is Recorded.FLUSH_NOW:
+            signals.write_behind_batch_ready.send(sender=model)
         return True
 
     def after_save(self, instance, using, created, update_fields) -> None:
@@ -389,7 +388,7 @@ class WriteBehind(Strategy):
     def pending_rows(self, model, among=None) -> list:
         """Return the pks of rows with unflushed writes (none if Redis is unreachable)."""
         try:
-            return buffer.Buffer(model).pending_pks(among)
+            return PendingWrites(model).pending_pks(among)
         except CacheUnavailable:
             return []
 
@@ -416,7 +415,7 @@ class WriteBehind(Strategy):
 
         def run() -> None:
             try:
-                buffer.Buffer(model).supersede(items)
+                PendingWrites(model).supersede(items)
             except CacheUnavailable:
                 logger.warning(
                     "django_cachestrat: Redis is unreachable; unflushed writes of %s fields "
@@ -430,7 +429,7 @@ class WriteBehind(Strategy):
     def after_delete(self, instance, using) -> None:
         """Discard the row's pending writes, then drop it after commit."""
         try:
-            buffer.Buffer(type(instance)).discard(instance.pk)
+            PendingWrites(type(instance)).discard(instance.pk)
         except CacheUnavailable:
             logger.error(
                 "django_cachestrat: Redis is unreachable; pending writes of deleted %s pk=%r "
@@ -544,7 +543,7 @@ def _record_committed(writes: dict) -> None:
     """
     items = list(writes.items())
     try:
-        outcomes = buffer.record_all(
+        outcomes = record_all(
             [(model, pk, w.fields, w.deltas, w.full, w.superseded) for (model, pk), w in items]
         )
     except CacheUnavailable:
@@ -558,7 +557,7 @@ def _record_committed(writes: dict) -> None:
     for ((model, pk), w), outcome in zip(items, outcomes, strict=True):
         strategy = model.cache_strategy
         try:
-            if isinstance(outcome, buffer.NotACounter):
+            if isinstance(outcome, NotACounter):
                 logger.warning(
                     "django_cachestrat: increment_behind() of %s pk=%r: %s is NULL or not an "
                     "integer in the cache; written to the database now.",
@@ -570,9 +569,9 @@ def _record_committed(writes: dict) -> None:
             elif outcome is None:
                 if w.fields or w.deltas:
                     strategy._write_now(model, pk, w.fields, w.deltas)
-            elif isinstance(outcome, buffer.NeedsView):
+            elif isinstance(outcome, NeedsView):
                 strategy._record_or_write(model, pk, w.fields, w.deltas, full=w.full)
-            elif outcome:
+            elif outcome is Recorded.FLUSH_NOW:
                 to_flush.add(model)
         except Exception:
             logger.exception(
@@ -583,11 +582,8 @@ def _record_committed(writes: dict) -> None:
                 sorted(w.fields),
                 w.deltas,
             )
-    if to_flush:
-        from django_cachestrat import tasks
-
-        for model in to_flush:
-            tasks.queue_flush(model)
+    for model in to_flush:
+        signals.write_behind_batch_ready.send(sender=model)
 
 
 def _counter_field(model, name: str) -> models.Field:

@@ -2,8 +2,8 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from django_cachestrat import flusher
 from django_cachestrat.backends import CacheUnavailable
+from django_cachestrat.write_behind import flusher
 
 
 class Command(BaseCommand):

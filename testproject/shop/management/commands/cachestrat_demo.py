@@ -26,7 +26,8 @@ from django.db.models import F
 from django.utils import timezone
 from tqdm import tqdm
 
-from django_cachestrat import flusher, invalidate, invalidate_model, signals
+from django_cachestrat import invalidate, invalidate_model, signals
+from django_cachestrat.write_behind import flusher
 
 from ...models import Customer, Order, Product, ProductStats
 
@@ -74,15 +75,6 @@ NOUNS = ["Kettle", "Lamp", "Chair", "Backpack", "Keyboard", "Mug", "Bicycle", "S
 
 class Rollback(Exception):
     """Raised inside ``atomic`` by the workload to roll a transaction back on purpose."""
-
-
-def add_reports(total: flusher.FlushReport, step: flusher.FlushReport) -> None:
-    """Add what one flush did to ``total``."""
-    for label, rows in step.rows.items():
-        total.add(label, rows)
-    total.batches += step.batches
-    total.dead_letters += step.dead_letters
-    total.requeued += step.requeued
 
 
 def describe(report: flusher.FlushReport) -> str:
@@ -467,7 +459,7 @@ class Workload:
 
     def flush_write_behind(self):
         """Flush the pending writes now, as the Celery worker does every few seconds."""
-        add_reports(self.flushed, flusher.flush())
+        self.flushed.merge(flusher.flush())
 
     def delete_and_recreate(self):
         """Delete a customer or a product (and its orders) and create it again: new pk."""
@@ -605,7 +597,7 @@ class Command(BaseCommand):
         # What the worker would write within FLUSH_INTERVAL seconds, written now.
         report = self.drain("after the workload")
         self.stdout.write(f"Write-behind drain at the end (flusher.drain()): {describe(report)}")
-        add_reports(workload.flushed, report)
+        workload.flushed.merge(report)
         self.stdout.write("")
         self.verify(workload, random.Random(options["seed"] + 1), options["verify"])
 
@@ -618,7 +610,7 @@ class Command(BaseCommand):
         total = flusher.FlushReport()
         deadline = time.monotonic() + patience
         while True:
-            add_reports(total, flusher.drain())
+            total.merge(flusher.drain())
             waiting = flusher.waiting()
             if not waiting:
                 return total

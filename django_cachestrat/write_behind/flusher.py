@@ -1,21 +1,23 @@
 """Flush write-behind batches: claim, write in one transaction, acknowledge.
 
-The batch id is written to ``AppliedBatch`` in the same transaction as the rows, so a
-batch reclaimed after its worker died at any point is applied exactly once. If the batch
-transaction fails, its rows are tried one by one (each with its own marker): the good ones
-are written, a failing one is put back with a growing delay and, after ``MAX_RETRIES``
-failures, moved to ``DeadLetter``. A database that is down fails every row alike: then the
-whole batch goes back, uncounted, to be tried again later.
+The batch id is written to ``AppliedBatch`` (``applied``) in the same transaction as the
+rows, so a batch reclaimed after its worker died at any point is applied exactly once. A
+worker whose claim outlived ``VISIBILITY_TIMEOUT`` before its commit gives the batch up
+(another worker may have reclaimed it). If the batch transaction fails, its rows are tried
+one by one (each with its own marker): the good ones are written, a failing one is put
+back with a growing delay and, after ``MAX_RETRIES`` failures, moved to ``DeadLetter``. A
+database that is down fails every row alike: then the whole batch goes back, uncounted,
+to be tried again later.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import time
 from dataclasses import dataclass, field
 
+from django.apps import apps
 from django.db import (
     DatabaseError,
     InterfaceError,
@@ -26,14 +28,21 @@ from django.db import (
     transaction,
 )
 
-from django_cachestrat import buffer, conf, options, signals
-from django_cachestrat.models import AppliedBatch, DeadLetter
+from django_cachestrat import conf, options, signals
+from django_cachestrat.backends import CacheUnavailable
+from django_cachestrat.models import DeadLetter
+from django_cachestrat.write_behind import applied
+from django_cachestrat.write_behind.queue import Batch, Queue
 
 logger = logging.getLogger("django_cachestrat")
 
 
 class RowMissing(DatabaseError):
     """The row a pending write is for is not in the database (deleted by another path)."""
+
+
+class ClaimExpired(DatabaseError):
+    """The batch's visibility deadline passed before its commit: another worker may own it."""
 
 
 @dataclass
@@ -49,53 +58,86 @@ class FlushReport:
         """Count ``rows`` written for ``label``."""
         self.rows[label] = self.rows.get(label, 0) + rows
 
+    def merge(self, other: FlushReport) -> None:
+        """Add what ``other`` did to this report."""
+        self.batches += other.batches
+        self.dead_letters += other.dead_letters
+        self.requeued += other.requeued
+        for label, rows in other.rows.items():
+            self.add(label, rows)
+
 
 def write_behind_models() -> list[type[models.Model]]:
-    """Every installed concrete model that uses ``WriteBehindMixin``."""
-    from django.apps import apps
-
-    from django_cachestrat.strategies import WriteBehind
-
+    """Every installed concrete model whose strategy defers writes (write-behind)."""
     return [
         m
         for m in apps.get_models()
-        if not m._meta.proxy and isinstance(getattr(m, "cache_strategy", None), WriteBehind)
+        if not m._meta.proxy and getattr(getattr(m, "cache_strategy", None), "defers_writes", 0)
     ]
 
 
 def flush(
     models_to_flush: list[type[models.Model]] | None = None, *, max_batches: int | None = None
 ) -> FlushReport:
-    """Flush pending writes until none are ready (or ``max_batches`` were written)."""
+    """Flush pending writes until none are ready (or ``max_batches`` were written).
+
+    Then prune the ``AppliedBatch`` markers no flush can need any more.
+    """
     cfg = conf.settings()
     report = FlushReport()
     for model in models_to_flush or write_behind_models():
-        buf = buffer.Buffer(model)
+        queue = Queue(model)
         while max_batches is None or report.batches < max_batches:
-            batch = buf.claim(cfg.BATCH_SIZE, cfg.VISIBILITY_TIMEOUT)
+            started = time.monotonic()
+            batch = queue.claim(cfg.BATCH_SIZE, cfg.VISIBILITY_TIMEOUT)
             if batch is None:
                 break
-            apply(model, buf, batch, report)
+            apply(model, queue, batch, report, deadline=started + cfg.VISIBILITY_TIMEOUT)
+    prune()
     return report
 
 
-def apply(model, buf: buffer.Buffer, batch: buffer.Batch, report: FlushReport) -> None:
-    """Write one claimed batch and acknowledge it."""
+def prune() -> int:
+    """Delete the ``AppliedBatch`` markers no flush can need (see ``applied``)."""
+    cfg = conf.settings()
+    everyone = write_behind_models()
+
+    def in_flight() -> set[str]:
+        return {batch for model in everyone for batch in Queue(model).in_flight()}
+
+    pruned = 0
+    for using in {router.db_for_write(model) for model in everyone}:
+        try:
+            pruned += applied.prune(using, cfg.VISIBILITY_TIMEOUT, in_flight)
+        except CacheUnavailable:
+            pass  # batches in flight are unknown: keep every marker
+    return pruned
+
+
+def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: float) -> None:
+    """Write one claimed batch and acknowledge it.
+
+    ``deadline`` (monotonic) is when the claim's visibility ends: past it, the batch is
+    given up before its commit, for the worker that reclaims it.
+    """
     cfg = conf.settings()
     opts = options.get(model)
     using = router.db_for_write(model)
     pks = list(batch.rows)
     report.batches += 1
-    _pause("before_write")
     try:
         with transaction.atomic(using=using):
-            if not AppliedBatch.objects.using(using).filter(pk=batch.id).exists():
+            if not applied.applied(using, [batch.id]):
                 _write(model, using, batch.rows)
-                AppliedBatch.objects.using(using).create(id=batch.id)
+                applied.mark(using, batch.id)
+            _before_commit(batch, deadline)
+    except ClaimExpired as exc:
+        logger.warning("django_cachestrat: %s; left to the worker that reclaims it.", exc)
+        return
     except (OperationalError, InterfaceError) as exc:
         # The database is unreachable: every row would fail alike. Put it all back.
         logger.error("django_cachestrat: flush of %s failed (%s); retrying later.", opts.label, exc)
-        buf.requeue(batch.id, pks, cfg.RETRY_BACKOFF)
+        queue.requeue(batch.id, pks, cfg.RETRY_BACKOFF)
         report.requeued += len(pks)
         return
     except DatabaseError as exc:
@@ -105,13 +147,17 @@ def apply(model, buf: buffer.Buffer, batch: buffer.Batch, report: FlushReport) -
             opts.label,
             exc,
         )
-        _one_by_one(model, buf, batch, using, report)
+        _one_by_one(model, queue, batch, using, report, deadline)
         return
-    _pause("after_commit")
-    buf.ack(batch.id, pks, _ttl(opts, cfg))
+    queue.ack(batch.id, pks, _ttl(opts, cfg))
     report.add(opts.label, len(pks))
     if signals.write_behind_flushed.receivers:
         signals.write_behind_flushed.send(sender=model, batch=batch.id, pks=pks, dead_letters=[])
+
+
+def _before_commit(batch: Batch, deadline: float) -> None:
+    if time.monotonic() >= deadline:
+        raise ClaimExpired(f"batch {batch.id} outlived its visibility timeout before its commit")
 
 
 def _write(model, using: str, rows: dict) -> None:
@@ -129,7 +175,6 @@ def _write(model, using: str, rows: dict) -> None:
             by_shape.setdefault(shape, []).append((pk, fields, deltas))
     pk_field = meta.pk
     columns = {f.attname: f for f in meta.concrete_fields}
-    paused = False
     with connection.cursor() as cursor:
         for (set_names, add_names), group in by_shape.items():
             assignments = [f"{quote(columns[n].column)} = %s" for n in set_names]
@@ -157,49 +202,33 @@ def _write(model, using: str, rows: dict) -> None:
                 raise RowMissing(
                     f"{len(params) - max(cursor.rowcount, 0)} {meta.label} rows do not exist"
                 )
-            if not paused:
-                _pause("during_write")
-                paused = True
 
 
-def _one_by_one(model, buf, batch, using, report) -> None:
+def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> None:
     cfg = conf.settings()
     opts = options.get(model)
     done, failed, dead = [], [], []
     for pk, (fields, deltas) in batch.rows.items():
-        marker = f"{batch.id}:{pk}"
+        marker = applied.row_marker(batch.id, pk)
         try:
             with transaction.atomic(using=using):
-                applied = AppliedBatch.objects.using(using).filter(pk__in=[batch.id, marker])
-                if not applied.exists():
+                if not applied.applied(using, [batch.id, marker]):
                     _write(model, using, {pk: (fields, deltas)})
-                    AppliedBatch.objects.using(using).create(id=marker)
+                    applied.mark(using, marker)
+                _before_commit(batch, deadline)
+        except ClaimExpired as exc:
+            logger.warning("django_cachestrat: %s; left to the worker that reclaims it.", exc)
+            break
         except (OperationalError, InterfaceError) as exc:
             logger.error("django_cachestrat: flush of %s failed (%s).", opts.label, exc)
             rest = [p for p in batch.rows if p not in done and p not in dead]
-            buf.requeue(batch.id, rest, cfg.RETRY_BACKOFF)
+            queue.requeue(batch.id, rest, cfg.RETRY_BACKOFF)
             report.requeued += len(rest)
             break
         except Exception as exc:  # this row's own fault: integrity, data, missing row
-            attempts = buf.transport.call(
-                buf.transport.client.hincrby, buf.queue["attempts"], buffer.member(pk), 1
-            )
+            attempts = queue.failed(pk)
             if attempts >= cfg.MAX_RETRIES:
-                DeadLetter.objects.using(using).create(
-                    model=opts.label,
-                    object_pk=str(pk),
-                    fields=pickle.dumps(fields),
-                    deltas=deltas,
-                    error=f"{type(exc).__name__}: {exc}",
-                    attempts=attempts,
-                )
-                logger.error(
-                    "django_cachestrat: %s pk=%r failed %d times (%s); moved to dead letters.",
-                    opts.label,
-                    pk,
-                    attempts,
-                    exc,
-                )
+                _dead_letter(opts, using, pk, fields, deltas, exc, attempts)
                 dead.append(pk)
             else:
                 failed.append((pk, attempts))
@@ -207,33 +236,39 @@ def _one_by_one(model, buf, batch, using, report) -> None:
             done.append(pk)
     else:
         for pk, attempts in failed:
-            buf.requeue(batch.id, [pk], cfg.RETRY_BACKOFF * 2 ** (attempts - 1))
+            queue.requeue(batch.id, [pk], cfg.RETRY_BACKOFF * 2 ** (attempts - 1))
         report.requeued += len(failed)
     finished = done + dead
     if finished:
-        buf.ack(batch.id, finished, _ttl(opts, cfg))
-        attempts_key = buf.queue["attempts"]
-        buf.transport.call(buf.transport.client.hdel, attempts_key, *map(buffer.member, finished))
-    for pk in dead:
-        buf.drop_view(pk)  # it shows writes the database will not have
+        queue.ack(batch.id, finished, _ttl(opts, cfg))
+        queue.finished(finished)
+    queue.drop_views(dead)  # they show writes the database will not have
     report.add(opts.label, len(done))
     report.dead_letters += len(dead)
     if signals.write_behind_flushed.receivers:
         signals.write_behind_flushed.send(sender=model, batch=batch.id, pks=done, dead_letters=dead)
 
 
+def _dead_letter(opts, using, pk, fields, deltas, exc, attempts) -> None:
+    DeadLetter.objects.using(using).create(
+        model=opts.label,
+        object_pk=str(pk),
+        fields=pickle.dumps(fields),
+        deltas=deltas,
+        error=f"{type(exc).__name__}: {exc}",
+        attempts=attempts,
+    )
+    logger.error(
+        "django_cachestrat: %s pk=%r failed %d times (%s); moved to dead letters.",
+        opts.label,
+        pk,
+        attempts,
+        exc,
+    )
+
+
 def _ttl(opts, cfg) -> int:
     return opts.ttl or cfg.DEFAULT_TTL
-
-
-def _pause(point: str) -> None:
-    # A hook for the durability tests only: a worker told to stop at a point says so in a
-    # file and waits there to be killed. Never set in production.
-    if os.environ.get("CACHESTRAT_TEST_PAUSE_AT") == point:
-        path = os.environ["CACHESTRAT_TEST_PAUSE_FILE"]
-        with open(path, "w") as fh:
-            fh.write(point)
-        time.sleep(600)
 
 
 def drain(*, reclaim: bool = False) -> FlushReport:
@@ -246,16 +281,12 @@ def drain(*, reclaim: bool = False) -> FlushReport:
     models_ = write_behind_models()
     if reclaim:
         for model in models_:
-            buffer.Buffer(model).expire_inflight()
+            Queue(model).expire_inflight()
     report = FlushReport()
     for model in models_:
         while True:
             step = flush([model])
-            report.batches += step.batches
-            report.dead_letters += step.dead_letters
-            report.requeued += step.requeued
-            for label, rows in step.rows.items():
-                report.add(label, rows)
+            report.merge(step)
             if not step.batches or step.requeued:
                 break  # nothing left, or only rows waiting for their retry time
     return report
@@ -263,12 +294,10 @@ def drain(*, reclaim: bool = False) -> FlushReport:
 
 def retry_dead_letter(letter: DeadLetter) -> None:
     """Put a dead letter's writes back in the write-behind queue, then forget the letter."""
-    from django.apps import apps
-
     model = apps.get_model(letter.model)
     opts = options.get(model)
     fields = pickle.loads(bytes(letter.fields))
-    if not model.cache_strategy._record(
+    if not model.cache_strategy.record(
         model, opts.to_pk(letter.object_pk), fields, dict(letter.deltas), full=False
     ):
         raise RuntimeError("Redis cannot be reached; the dead letter is kept.")
@@ -279,7 +308,7 @@ def waiting() -> dict[str, tuple[int, int]]:
     """Return ``{label: (rows waiting, batches in flight)}`` for models with any."""
     result = {}
     for model in write_behind_models():
-        rows, batches = buffer.Buffer(model).counts()
+        rows, batches = Queue(model).counts()
         if rows or batches:
             result[options.get(model).label] = (rows, batches)
     return result

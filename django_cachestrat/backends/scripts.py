@@ -1,0 +1,446 @@
+"""Every Lua script the app runs, in one registry, and what their replies mean.
+
+A ``Script`` knows its source and its SHA1 (computed here, so sending it costs no
+``SCRIPT LOAD`` round trip until Redis says it lost it). Each script touches the keys of
+one row (one hash tag) or of one model, never both, except where its comment says so.
+Replies that are status codes are read through the ``IntEnum`` next to the script.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Script:
+    """A Lua script: its name (for errors and logs), its source and its SHA1."""
+
+    name: str
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+#: Every script of the app, by name.
+REGISTRY: dict[str, Script] = {}
+
+
+def _script(name: str, source: str) -> Script:
+    script = REGISTRY[name] = Script(name, source)
+    return script
+
+
+class Acquired(enum.IntEnum):
+    """What a reader that missed got from ``ACQUIRE``/``VIEW_ACQUIRE``."""
+
+    HELD = 0  #: another reader holds the lease: wait for its fill
+    TAKEN = 1  #: the lease is ours: read the database and fill
+    FILLED = 2  #: a usable value arrived since the read: here it is
+
+
+class Waited(enum.IntEnum):
+    """What a reader waiting for another's fill got from ``WAIT``/``VIEW_WAIT``."""
+
+    WAITING = 0  #: still filling; the reader is now counted among the waiters
+    READY = 1  #: the value is there
+    TAKE_OVER = 2  #: nobody holds the lease any more: take it
+
+
+class Recorded(enum.IntEnum):
+    """What ``RECORD`` did with a write-behind write."""
+
+    RECORDED = 0
+    FLUSH_NOW = 1  #: recorded, and enough rows wait: this writer queues a flush
+    NEEDS_VIEW = -1  #: refused: a partial write needs the row's view, and there is none
+    NOT_A_COUNTER = -2  #: refused: an increment of a field that is NULL or not an integer
+
+
+def _wake(waiters: int, ready: int) -> str:
+    # Wake the readers waiting for a fill: one token each on the ready list.
+    return f"""
+local waiting = tonumber(redis.call('GET', KEYS[{waiters}]) or '0')
+if waiting > 0 then
+  for i = 1, waiting do redis.call('RPUSH', KEYS[{ready}], '1') end
+  redis.call('EXPIRE', KEYS[{ready}], 5)
+  redis.call('DEL', KEYS[{waiters}])
+end
+"""
+
+
+# -- entries (cache-aside and write-through) -----------------------------------------------
+
+# KEYS: lease, entry, waiters, ready. Fill a missed row only if the caller still holds the
+# lease it took before reading the database: an invalidation deletes the lease, so a
+# reader that read the old row before a write committed can no longer store it. Either
+# way, the readers waiting for the fill are woken.
+FILL = _script(
+    "fill",
+    """
+local stored = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  redis.call('DEL', KEYS[1])
+  stored = 1
+end
+"""
+    + _wake(3, 4)
+    + "return stored",
+)
+
+# KEYS: lease, waiters, ready. A filler that failed gives its lease back and wakes the
+# waiters, so one of them takes over at once.
+RELEASE = _script(
+    "release",
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end\n"
+    + _wake(2, 3)
+    + "return 1",
+)
+
+# KEYS: entry, lease. A reader that missed takes the lease, unless a value arrived since
+# its read (another reader filled it): then it gets the value, and reads no database.
+# ARGV[3] is the unusable value the reader saw (an old version's, unreadable), if any.
+ACQUIRE = _script(
+    "acquire",
+    """
+local value = redis.call('GET', KEYS[1])
+if value and value ~= ARGV[3] then return {2, value} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1} end
+return {0}
+""",
+)
+
+# KEYS: entry, lease, waiters. A reader that missed while another fills: the value if it
+# arrived meanwhile; TAKE_OVER if nobody holds the lease any more; else count the reader
+# as waiting, in the same step, so no wake-up is missed.
+WAIT = _script(
+    "wait",
+    """
+local value = redis.call('GET', KEYS[1])
+if value then return {1, value} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {2} end
+redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], 30)
+return {0}
+""",
+)
+
+# A write-through save announces itself before its commit: it joins the set of writes in
+# flight (each with a deadline, so a writer that died or rolled back drops out by itself)
+# and takes the next epoch. The epoch starts from the clock, never from 1, so a writer
+# that outlived an expired epoch key cannot match a fresh one.
+WRITE_BEGIN = _script(
+    "write_begin",
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + window * 1000000, ARGV[1])
+redis.call('EXPIRE', KEYS[1], window + 1)
+redis.call('SET', KEYS[2], now, 'NX')
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], window + 1)
+return {epoch, redis.call('ZCARD', KEYS[1])}
+""",
+)
+
+# After commit: store the saved row only when no other write of the row overlapped this
+# one (none in flight when it began, none begun since). Otherwise the commit order is
+# unknown, so delete the entry and let the next read fill from the database.
+WRITE_END = _script(
+    "write_end",
+    """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[4])
+if ARGV[3] == '0' and redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
+  return 1
+end
+redis.call('DEL', KEYS[3])
+return 0
+""",
+)
+
+# A model's version: created from the clock when missing (an evicted or lost version key
+# must never bring back entries tagged with an old number), incremented to bump.
+VERSION = _script(
+    "version",
+    """
+local v = redis.call('GET', KEYS[1])
+if not v then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+if ARGV[2] == '1' then return tostring(redis.call('INCR', KEYS[1])) end
+return v
+""",
+)
+
+# -- write-behind: recording writes -----------------------------------------------------------
+
+# KEYS: view, pending fields, pending deltas, dirty set, version, lease, trigger. This one
+# spans a row and its model (the dirty set, the version): see the README on Redis Cluster.
+# ARGV: pk, now (ms), full ('1'/'0'), initial version, nf, nf (name, value) pairs, nd,
+# nd (name, amount) pairs, BATCH_SIZE, trigger hold (ms), ns, ns names.
+# The ns names are fields written to the database directly since the row's pending
+# writes (a save, an update): their pending writes are dropped first, and the view's
+# value of them is not trusted. With no field and no delta, that is all it does. One
+# HMGET reads what the view holds of every field named, so a save costs about ten
+# commands however wide the row.
+RECORD = _script(
+    "record",
+    """
+local view, fields, deltas, dirty = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local nf = tonumber(ARGV[5])
+local d0 = 7 + 2 * nf
+local nd = tonumber(ARGV[d0 - 1])
+local s0 = d0 + 2 * nd + 2
+local ns = tonumber(ARGV[s0])
+local void = {}
+if ns > 0 then
+  local names = {}
+  for j = 1, ns do names[j] = ARGV[s0 + j]; void[ARGV[s0 + j]] = true end
+  redis.call('HDEL', fields, unpack(names))
+  redis.call('HDEL', deltas, unpack(names))
+  if nf == 0 and nd == 0 then
+    if redis.call('EXISTS', fields, deltas) == 0 then redis.call('ZREM', dirty, ARGV[1]) end
+    return 0
+  end
+end
+local version = redis.call('GET', KEYS[5])
+if not version then
+  version = ARGV[4]
+  redis.call('SET', KEYS[5], version)
+end
+local names = {'__p', '__v'}
+for j = 1, nf do names[#names + 1] = ARGV[4 + 2 * j] end
+for j = 0, nd - 1 do names[#names + 1] = ARGV[d0 + 2 * j] end
+local held = redis.call('HMGET', view, unpack(names))
+local valid = held[1] == '1' or held[2] == version
+if not valid and ARGV[3] ~= '1' then return -1 end
+local saved = {}
+for j = 1, nf do saved[ARGV[4 + 2 * j]] = ARGV[5 + 2 * j] end
+-- An increment adds to the value saved with it, else to the view's.
+for j = 1, nd do
+  local name = ARGV[d0 + 2 * (j - 1)]
+  local current = saved[name] or (valid and held[2 + nf + j])
+  if not current or not tonumber(current) then return -2 end
+end
+if not valid then redis.call('DEL', view) end
+-- Only values that differ from the view are writes; a saved value replaces the
+-- field's earlier pending increments, which the view (and so the value) included.
+local set, changed = {}, {}
+for j = 1, nf do
+  local name, value = ARGV[4 + 2 * j], ARGV[5 + 2 * j]
+  if not valid or void[name] or held[2 + j] ~= value then
+    set[#set + 1] = name
+    set[#set + 1] = value
+    changed[#changed + 1] = name
+  end
+end
+if #changed > 0 then
+  redis.call('HSET', fields, unpack(set))
+  redis.call('HDEL', deltas, unpack(changed))
+end
+set[#set + 1] = '__p'
+set[#set + 1] = '1'
+set[#set + 1] = '__v'
+set[#set + 1] = version
+redis.call('HSET', view, unpack(set))
+for j = 0, nd - 1 do
+  redis.call('HINCRBY', view, ARGV[d0 + 2 * j], ARGV[d0 + 2 * j + 1])
+  redis.call('HINCRBY', deltas, ARGV[d0 + 2 * j], ARGV[d0 + 2 * j + 1])
+end
+redis.call('PERSIST', view)
+redis.call('DEL', KEYS[6])
+redis.call('ZADD', dirty, 'NX', ARGV[2], ARGV[1])
+-- Enough rows wait for a batch: the first writer to see it queues a flush (the trigger
+-- key, held for a flush interval, keeps the others from queueing one each).
+if redis.call('ZCARD', dirty) >= tonumber(ARGV[d0 + 2 * nd]) then
+  if redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[d0 + 2 * nd + 1]) then return 1 end
+end
+return 0
+""",
+)
+
+# KEYS: the row's view, pending fields and deltas, the model's dirty set. The row was
+# deleted: forget its view and its unflushed writes.
+DISCARD = _script(
+    "discard",
+    """
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+""",
+)
+
+# -- write-behind: views ------------------------------------------------------------------------
+
+# KEYS: the model's version, then views. The version and every view, in one step.
+VIEW_READ = _script(
+    "view_read",
+    """
+local out = {redis.call('GET', KEYS[1]) or false}
+for i = 2, #KEYS do out[i] = redis.call('HGETALL', KEYS[i]) end
+return out
+""",
+)
+
+# KEYS: lease, view, waiters, ready. Store a view read from the database only if the
+# caller's lease (taken before the read) still holds: a write or an invalidation since
+# deleted it. Wake the readers waiting for the fill either way.
+VIEW_FILL = _script(
+    "view_fill",
+    """
+local stored = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+  if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+  stored = 1
+end
+"""
+    + _wake(3, 4)
+    + "return stored",
+)
+
+# A view is usable when it has pending writes (pinned), or was filled under the model's
+# current version: as a row (__v) or as "no such row" (__n, for NEGATIVE_TTL).
+_USABLE = """
+local function usable(view, version)
+  local h = redis.call('HMGET', view, '__p', '__v', '__n')
+  return h[1] == '1' or (version and (h[2] == version or h[3] == version))
+end
+"""
+
+# KEYS: view, lease, version. A reader that missed takes the row's lease, unless a usable
+# view arrived since its read (another reader filled it). The version is created if
+# missing, as RECORD does, and returned: the fill is tagged with it.
+VIEW_ACQUIRE = _script(
+    "view_acquire",
+    _USABLE
+    + """
+local version = redis.call('GET', KEYS[3])
+if not version then
+  version = ARGV[3]
+  redis.call('SET', KEYS[3], version)
+end
+if usable(KEYS[1], version) then return {2, version, redis.call('HGETALL', KEYS[1])} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, version} end
+return {0, version}
+""",
+)
+
+# KEYS: view, lease, waiters, version. A reader waiting for another's fill: the view if it
+# is there, TAKE_OVER if nobody holds the lease any more, else count the reader as
+# waiting in the same step, so no wake-up is missed.
+VIEW_WAIT = _script(
+    "view_wait",
+    _USABLE
+    + """
+local version = redis.call('GET', KEYS[4])
+if usable(KEYS[1], version) then return {1, version or '', redis.call('HGETALL', KEYS[1])} end
+if redis.call('EXISTS', KEYS[2]) == 0 then return {2} end
+redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], 30)
+return {0}
+""",
+)
+
+# -- write-behind: the flush queue ------------------------------------------------------------
+# These span the model's queue keys and its rows' pending keys: one script per batch.
+
+# KEYS: inflight, busy, dirty, members, then per pk: fields, deltas, batch fields, batch
+# deltas. ARGV: batch id, deadline (ms), pks. Moves each claimable row's pending writes
+# into the batch and marks it busy.
+CLAIM = _script(
+    "claim",
+    """
+local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local claimed = {}
+for j = 1, #ARGV - 2 do
+  local pk = ARGV[j + 2]
+  local k = 4 + (j - 1) * 4
+  if redis.call('ZSCORE', dirty, pk) and redis.call('HEXISTS', busy, pk) == 0 then
+    for m = 1, 2 do
+      if redis.call('EXISTS', KEYS[k + m]) == 1 then
+        redis.call('RENAME', KEYS[k + m], KEYS[k + m + 2])
+      end
+    end
+    redis.call('ZREM', dirty, pk)
+    redis.call('HSET', busy, pk, ARGV[1])
+    redis.call('SADD', members, pk)
+    claimed[#claimed + 1] = pk
+  end
+end
+if #claimed > 0 then redis.call('ZADD', inflight, ARGV[2], ARGV[1]) end
+return claimed
+""",
+)
+
+# KEYS: inflight, members. Take over a batch whose deadline passed: a new deadline, and
+# its pks.
+RECLAIM = _script(
+    "reclaim",
+    """
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not deadline or tonumber(deadline) > tonumber(ARGV[2]) then return false end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+return redis.call('SMEMBERS', KEYS[2])
+""",
+)
+
+# KEYS: inflight, busy, dirty, members, then per pk: batch fields, batch deltas, view.
+# Forget rows of a batch that are in the database; unpin their views.
+ACK = _script(
+    "ack",
+    """
+local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+for j = 1, #ARGV - 2 do
+  local pk = ARGV[j + 2]
+  local k = 4 + (j - 1) * 3
+  redis.call('DEL', KEYS[k + 1], KEYS[k + 2])
+  redis.call('HDEL', busy, pk)
+  redis.call('SREM', members, pk)
+  if not redis.call('ZSCORE', dirty, pk) then
+    if redis.call('HDEL', KEYS[k + 3], '__p') == 1 then
+      redis.call('EXPIRE', KEYS[k + 3], ARGV[2])
+    end
+  end
+end
+if redis.call('SCARD', members) == 0 then redis.call('ZREM', inflight, ARGV[1]) end
+return 1
+""",
+)
+
+# KEYS as CLAIM's. Put a batch's rows back as pending, under any writes recorded since the
+# claim: newer field values win, deltas add up. Claimable again from ARGV[2] (ms).
+REQUEUE = _script(
+    "requeue",
+    """
+local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+for j = 1, #ARGV - 2 do
+  local pk = ARGV[j + 2]
+  local k = 4 + (j - 1) * 4
+  local inc = redis.call('HGETALL', KEYS[k + 4])
+  for i = 1, #inc, 2 do
+    -- A value saved since the claim already includes this increment.
+    if redis.call('HEXISTS', KEYS[k + 1], inc[i]) == 0 then
+      redis.call('HINCRBY', KEYS[k + 2], inc[i], inc[i + 1])
+    end
+  end
+  local old = redis.call('HGETALL', KEYS[k + 3])
+  for i = 1, #old, 2 do redis.call('HSETNX', KEYS[k + 1], old[i], old[i + 1]) end
+  redis.call('DEL', KEYS[k + 3], KEYS[k + 4])
+  redis.call('HDEL', busy, pk)
+  redis.call('SREM', members, pk)
+  redis.call('ZADD', dirty, ARGV[2], pk)
+end
+if redis.call('SCARD', members) == 0 then redis.call('ZREM', inflight, ARGV[1]) end
+return 1
+""",
+)

@@ -1,0 +1,146 @@
+"""The flush queue of one model: claim a batch, read it, acknowledge or requeue it.
+
+Flushing is claim -> write -> acknowledge. A claim moves rows' pending hashes into a
+batch and marks the rows busy; an acknowledgement deletes the batch. A batch whose worker
+died is reclaimed after the visibility timeout, never lost. While a row is in a batch it
+is not claimed again, so two batches of one row never race in the database.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django_cachestrat import codec, keys
+from django_cachestrat.backends import scripts
+from django_cachestrat.write_behind.state import ModelState, member
+
+
+@dataclass
+class Batch:
+    """A claimed batch: its id and, per pk, the pending field values and deltas."""
+
+    id: str
+    rows: dict[Any, tuple[dict[str, Any], dict[str, int]]] = field(default_factory=dict)
+
+
+class Queue(ModelState):
+    """The write-behind queue of one model."""
+
+    def _now_ms(self) -> int:
+        return int(self.transport.now() * 1000)
+
+    def claim(self, limit: int, visibility: float) -> Batch | None:
+        """Claim up to ``limit`` pending rows (a timed-out batch first); None if none wait."""
+        now = self._now_ms()
+        deadline = now + int(visibility * 1000)
+        (stale,) = self.transport.execute(
+            [("ZRANGEBYSCORE", self.queue["inflight"], "-inf", now, "LIMIT", 0, 1)]
+        )
+        if stale:
+            batch_id = stale[0].decode()
+            members_key = keys.behind_batch(self.prefix, self.opts.label, batch_id)
+            members = self.transport.script(
+                scripts.RECLAIM, [self.queue["inflight"], members_key], [batch_id, now, deadline]
+            )
+            if members:
+                return self.contents(batch_id, [self.opts.to_pk(m.decode()) for m in members])
+        (candidates,) = self.transport.execute(
+            [("ZRANGEBYSCORE", self.queue["dirty"], "-inf", now, "LIMIT", 0, limit)]
+        )
+        if not candidates:
+            return None
+        batch_id = f"{now:x}-{secrets.token_hex(6)}"
+        pks = [self.opts.to_pk(c.decode()) for c in candidates]
+        claimed = self.transport.script(
+            scripts.CLAIM,
+            self._batch_keys(batch_id, pks, pending=True),
+            [batch_id, deadline, *map(member, pks)],
+        )
+        if not claimed:
+            return None
+        return self.contents(batch_id, [self.opts.to_pk(c.decode()) for c in claimed])
+
+    def contents(self, batch_id: str, pks: Iterable[Any]) -> Batch:
+        """Read what batch ``batch_id`` holds for ``pks``."""
+        pks = list(pks)
+        replies = self.transport.execute(
+            [("HGETALL", key) for pk in pks for key in self.batch_row(pk, batch_id)]
+        )
+        batch = Batch(batch_id)
+        for n, pk in enumerate(pks):
+            batch.rows[pk] = decode_writes(replies[2 * n], replies[2 * n + 1])
+        return batch
+
+    def ack(self, batch_id: str, pks: Sequence[Any], ttl: int) -> None:
+        """Forget rows ``pks`` of the batch (they are in the database); unpin their views."""
+        script_keys = self._batch_keys(batch_id, ())
+        for pk in pks:
+            script_keys += [*self.batch_row(pk, batch_id), self.row(pk)["view"]]
+        self.transport.script(scripts.ACK, script_keys, [batch_id, ttl, *map(member, pks)])
+
+    def requeue(self, batch_id: str, pks: Sequence[Any], delay: float) -> None:
+        """Put rows of the batch back as pending, claimable again after ``delay`` seconds."""
+        when = self._now_ms() + int(delay * 1000)
+        self.transport.script(
+            scripts.REQUEUE,
+            self._batch_keys(batch_id, pks, pending=True),
+            [batch_id, when, *map(member, pks)],
+        )
+
+    def _batch_keys(self, batch_id: str, pks: Iterable[Any], *, pending=False) -> list[str]:
+        q = self.queue
+        members = keys.behind_batch(self.prefix, self.opts.label, batch_id)
+        script_keys = [q["inflight"], q["busy"], q["dirty"], members]
+        for pk in pks if pending else ():
+            row = self.row(pk)
+            script_keys += [row["fields"], row["deltas"], *self.batch_row(pk, batch_id)]
+        return script_keys
+
+    def failed(self, pk: Any) -> int:
+        """Count a failed flush of row ``pk``; return how many it has had."""
+        (attempts,) = self.transport.execute([("HINCRBY", self.queue["attempts"], member(pk), 1)])
+        return attempts
+
+    def finished(self, pks: Sequence[Any]) -> None:
+        """Forget the failure counts of rows ``pks`` (written, or dead-lettered)."""
+        if pks:
+            self.transport.execute([("HDEL", self.queue["attempts"], *map(member, pks))])
+
+    def drop_views(self, pks: Sequence[Any]) -> None:
+        """Delete rows' views (their writes were dead-lettered: the views are not the rows)."""
+        if pks:
+            self.transport.execute([("DEL", *(self.row(pk)["view"] for pk in pks))])
+
+    def expire_inflight(self) -> None:
+        """Make every batch in flight reclaimable now (its workers are known to be gone)."""
+        batches = self.in_flight()
+        if batches:
+            args = [x for b in batches for x in (0, b)]
+            self.transport.execute([("ZADD", self.queue["inflight"], "XX", *args)])
+
+    def release_trigger(self) -> None:
+        """Let the next size trigger queue another flush (one has started)."""
+        self.transport.execute([("DEL", self.queue["trigger"])])
+
+    def in_flight(self) -> list[str]:
+        """Return the ids of the batches in flight (claimed, not acknowledged)."""
+        (batches,) = self.transport.execute([("ZRANGE", self.queue["inflight"], 0, -1)])
+        return [b.decode() for b in batches]
+
+    def counts(self) -> tuple[int, int]:
+        """Return ``(rows waiting to be claimed, batches in flight)``."""
+        waiting, flying = self.transport.execute(
+            [("ZCARD", self.queue["dirty"]), ("ZCARD", self.queue["inflight"])]
+        )
+        return waiting, flying
+
+
+def decode_writes(fields: dict, deltas: dict) -> tuple[dict[str, Any], dict[str, int]]:
+    """Decode a row's pending (or batched) fields and deltas hashes."""
+    return (
+        {k.decode(): codec.decode_value(v) for k, v in fields.items()},
+        {k.decode(): int(v) for k, v in deltas.items()},
+    )

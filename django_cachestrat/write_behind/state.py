@@ -1,0 +1,51 @@
+"""The Redis keys of one model's write-behind rows, and how a pk is written in them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.db import models
+
+from django_cachestrat import backends, conf, keys, options
+
+
+def member(pk: Any) -> str:
+    """Return how a pk is written in the model's queue (``opts.to_pk`` reads it back).
+
+    Whatever its type (an int, a UUID): redis-py takes only str, bytes and numbers.
+    """
+    return str(pk)
+
+
+def pairs(flat: Sequence[bytes]) -> dict[str, bytes]:
+    """Return a flat ``HGETALL`` reply from a script as a dict."""
+    return {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+class ModelState:
+    """Where one model's write-behind state lives in Redis, and the transport to it."""
+
+    def __init__(self, model: type[models.Model]):
+        self.model = model
+        self.opts = options.get(model)
+        self.cfg = conf.settings()
+        self.transport = backends.get(self.cfg.CACHE_ALIAS)
+        self.prefix = self.cfg.KEY_PREFIX
+        self.queue = keys.behind_model(self.prefix, self.opts.label)
+
+    def row(self, pk: Any) -> dict[str, str]:
+        """Return the keys of row ``pk``: view, fields, deltas, lease."""
+        return keys.behind_row(self.prefix, self.opts.label, self.opts.fingerprint, pk)
+
+    def batch_row(self, pk: Any, batch_id: str) -> tuple[str, str]:
+        """Return the keys of row ``pk``'s fields and deltas in batch ``batch_id``."""
+        return keys.behind_batch_row(self.prefix, self.opts.label, pk, batch_id)
+
+    def version_key(self) -> str:
+        """Return the model's version key."""
+        return keys.version(self.prefix, self.opts.label)
+
+    def fill_keys(self, pk: Any) -> tuple[str, str, str]:
+        """Return the keys of a fill of row ``pk``: its lease, waiter count and ready list."""
+        return keys.fill(self.prefix, self.opts.label, pk)
