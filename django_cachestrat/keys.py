@@ -95,10 +95,27 @@ def behind_model(prefix: str, label: str) -> dict[str, str]:
     ``dirty``: rows with unflushed writes, scored by when they may next be claimed;
     ``busy``: rows in a batch being flushed, with the batch id; ``inflight``: batch ids,
     scored by the deadline after which another worker may reclaim them; ``attempts``:
-    failed flushes per row; ``trigger``: set while a size-triggered flush is queued.
+    failed flushes per row; ``trigger``: set while a size-triggered flush is queued;
+    ``cuts``: the pending writes set aside by direct writes not known to be committed
+    (``pk|token|batch``), scored by when the flusher settles them if nobody did.
     """
     tag = f"{prefix}:{{{label}}}:wb"
-    return {name: f"{tag}:{name}" for name in ("dirty", "busy", "inflight", "attempts", "trigger")}
+    names = ("dirty", "busy", "inflight", "attempts", "trigger", "cuts")
+    return {name: f"{tag}:{name}" for name in names}
+
+
+def behind_cut(prefix: str, label: str, pk: object, cut: str) -> tuple[str, str, str, str]:
+    """Keys of the pending writes a direct write (its id: ``cut``) set aside for row ``pk``.
+
+    The row's unclaimed fields and deltas, then those taken from its batch in flight.
+    """
+    tag = f"{prefix}:{{{label}:{token(pk)}}}:wb:cut:{cut}"
+    return f"{tag}:fields", f"{tag}:deltas", f"{tag}:bfields", f"{tag}:bdeltas"
+
+
+def behind_row_tag(prefix: str, label: str, pk: object) -> str:
+    """Return the part every key of a write-behind row starts with (scripts build on it)."""
+    return f"{prefix}:{{{label}:{token(pk)}}}"
 
 
 def behind_batch(prefix: str, label: str, batch: str) -> str:

@@ -113,33 +113,51 @@ class CachedQuerySet(models.QuerySet):
     def bulk_update(self, objs: Iterable[models.Model], fields, batch_size=None) -> int:
         """``bulk_update``, then drop the rows from the cache once the transaction commits."""
         objs = list(objs)
-        count = super().bulk_update(objs, fields, batch_size=batch_size)
-        if self._is_cached():
-            using = self._db or router.db_for_write(self.model, **self._hints)
-            strategy = self.model.cache_strategy
-            if strategy.defers_writes:  # first, as in update()
-                attnames = [self.model._meta.get_field(name).attname for name in fields]
-                written = [
-                    (obj.pk, [n for n in attnames if not codec.computed(obj.__dict__.get(n))])
-                    for obj in objs
-                ]
-                strategy.supersede(self.model, written, using)
+        if not self._is_cached():
+            return super().bulk_update(objs, fields, batch_size=batch_size)
+        using = self._db or router.db_for_write(self.model, **self._hints)
+        # One transaction for the update and what the strategy notes of it before commit.
+        with transaction.atomic(using=using, savepoint=False):
+            count = super().bulk_update(objs, fields, batch_size=batch_size)
+            attnames = [self.model._meta.get_field(name).attname for name in fields]
+            self._supersede(using, objs, attnames)
             invalidation.rows(self.model, [obj.pk for obj in objs], using)
         return count
 
     bulk_update.alters_data = True
 
-    def bulk_create(self, objs: Iterable[models.Model], *args, **kwargs) -> list[models.Model]:
+    def bulk_create(
+        self,
+        objs: Iterable[models.Model],
+        batch_size=None,
+        ignore_conflicts=False,
+        update_conflicts=False,
+        update_fields=None,
+        unique_fields=None,
+    ) -> list[models.Model]:
         """``bulk_create``, then drop the rows it created or updated, after commit.
 
         With ``update_conflicts=True`` on a database that does not return the pks of the
-        rows it updated, the whole model is dropped (a version bump).
+        rows it updated, the whole model is dropped (a version bump); on a write-behind
+        model, the rows it updated lose their pending writes of ``update_fields``.
         """
-        objs = super().bulk_create(objs, *args, **kwargs)
-        if self._is_cached():
-            using = self._db or router.db_for_write(self.model, **self._hints)
+        options_ = {
+            "batch_size": batch_size,
+            "ignore_conflicts": ignore_conflicts,
+            "update_conflicts": update_conflicts,
+            "update_fields": update_fields,
+            "unique_fields": unique_fields,
+        }
+        if not self._is_cached():
+            return super().bulk_create(objs, **options_)
+        using = self._db or router.db_for_write(self.model, **self._hints)
+        with transaction.atomic(using=using, savepoint=False):
+            objs = super().bulk_create(objs, **options_)
             pks = [obj.pk for obj in objs if obj.pk is not None]
-            if kwargs.get("update_conflicts") and len(pks) < len(objs):
+            if update_conflicts:
+                attnames = [self.model._meta.get_field(n).attname for n in update_fields or ()]
+                self._supersede(using, [obj for obj in objs if obj.pk is not None], attnames)
+            if update_conflicts and len(pks) < len(objs):
                 invalidation.model(self.model, using)
             else:
                 invalidation.rows(self.model, pks, using)
@@ -147,6 +165,20 @@ class CachedQuerySet(models.QuerySet):
         return objs
 
     bulk_create.alters_data = True
+
+    def _supersede(self, using: str, objs: list, attnames: list[str]) -> None:
+        """Tell a write-behind strategy which fields of ``objs`` were written directly.
+
+        Inside the writing transaction (``supersede`` needs it), before the rows are
+        dropped. A field holding an expression keeps its pending writes.
+        """
+        strategy = self.model.cache_strategy
+        if strategy.defers_writes and attnames:
+            written = [
+                (obj.pk, [n for n in attnames if not codec.computed(obj.__dict__.get(n))])
+                for obj in objs
+            ]
+            strategy.supersede(self.model, written, using)
 
 
 class CachedManager(models.Manager.from_queryset(CachedQuerySet)):

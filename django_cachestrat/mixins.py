@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from django.db import router, transaction
+
 from django_cachestrat.strategies import CacheAside, Strategy, WriteBehind, WriteThrough
 
 
@@ -71,6 +73,13 @@ class WriteBehindMixin(CachedModelMixin):
                 return  # as Django does: nothing to save
             if self.cache_strategy.save_behind(self, update_fields):
                 return
-        super().save(*args, **kwargs)
+        if self.pk is None or self._state.adding:
+            super().save(*args, **kwargs)
+            return
+        # A direct write of an existing row sets its older pending writes aside before it
+        # commits, with a marker written in its transaction: one transaction for both.
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using, savepoint=False):
+            super().save(*args, **kwargs)
 
     save.alters_data = True

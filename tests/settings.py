@@ -52,6 +52,11 @@ if os.environ.get("CACHESTRAT_TEST_DB", "sqlite") == "postgres":
             "PASSWORD": os.environ.get("PGPASSWORD", ""),
             "HOST": os.environ.get("PGHOST", "127.0.0.1"),
             "PORT": os.environ.get("PGPORT", "5432"),
+            # This run's own test database: runs side by side never drop each other's.
+            "TEST": {
+                "NAME": "test_cachestrat_"
+                + os.environ.setdefault("CACHESTRAT_TEST_RUN", uuid.uuid4().hex[:8])
+            },
         }
     }
 else:

@@ -5,7 +5,7 @@ import signal
 import time
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
@@ -143,3 +143,90 @@ def test_redis_down_at_save_writes_the_database(rows, caplog):
     fresh = PageStats.objects.get(pk=rows[0])
     assert (fresh.note, fresh.views) == ("sync", 3)
     assert "goes to the database now" in caplog.text
+
+
+def _write_directly(how, pk, views):
+    """A synchronous write of ``views`` (and nothing else) to row ``pk``, three ways."""
+    if how == "update":
+        PageStats.objects.filter(pk=pk).update(views=views)
+    elif how == "save":
+        obj = PageStats.objects.get(pk=pk)
+        obj.views = views
+        obj.save(update_fields=["views"], write_behind=False)
+    else:
+        obj = PageStats.objects.get(pk=pk)
+        obj.views = views
+        PageStats.objects.bulk_update([obj], ["views"])
+
+
+class PausedWorker:
+    """A worker that claimed a batch and waits: ``release()`` lets it go on, ``finish()``
+    waits until the batch is done and flushes what was recorded since."""
+
+    def __init__(self, worker, marker):
+        self.worker, self.marker = worker, marker
+
+    def release(self):
+        self.marker.with_name(self.marker.name + ".resume").touch()
+
+    def finish(self):
+        self.release()
+        wait_until(lambda: flusher.waiting() == {}, what=self.worker.log)
+        flusher.drain()
+
+
+@pytest.fixture
+def paused_after_claim(celery_workers, rows, tmp_path):
+    """A worker that claimed the batch of ``rows[0]`` (views +5, note "behind") and waits."""
+    PageStats.objects.increment_behind(rows[0], views=5)
+    stats = PageStats.objects.get_cached(pk=rows[0])
+    stats.note = "behind"
+    stats.save()
+    marker = tmp_path / "paused"
+    worker = celery_workers(
+        env={"CACHESTRAT_TEST_PAUSE_AT": "after_claim", "CACHESTRAT_TEST_PAUSE_FILE": str(marker)}
+    )
+    flush_write_behind.delay()
+    wait_until(marker.exists, what=worker.log)
+    return PausedWorker(worker, marker)
+
+
+@pytest.mark.parametrize("how", ["update", "save", "bulk_update"])
+def test_a_claimed_batch_never_overwrites_a_later_direct_write(paused_after_claim, rows, how):
+    _write_directly(how, rows[0], 0)  # committed after the claim, before the batch's write
+    PageStats.objects.increment_behind(rows[0], views=2)  # after the direct write: kept
+    paused_after_claim.finish()
+    row = PageStats.objects.get(pk=rows[0])
+    assert (row.views, row.note) == (2, "behind")  # the batch's +5 is void, its note is not
+    assert PageStats.objects.get_cached(pk=rows[0]).views == 2
+
+
+def test_a_rolled_back_direct_write_leaves_a_claimed_batch_whole(paused_after_claim, rows):
+    with pytest.raises(ZeroDivisionError), transaction.atomic():
+        _write_directly("update", rows[0], 0)
+        1 / 0  # noqa: B018
+    paused_after_claim.finish()
+    row = PageStats.objects.get(pk=rows[0])
+    assert (row.views, row.note) == (5, "behind")
+
+
+class Abort(Exception):
+    pass
+
+
+@pytest.mark.parametrize("commits", [True, False])
+def test_a_batch_written_while_a_direct_write_holds_the_row(paused_after_claim, rows, commits):
+    """The worker goes on while a direct write of the row is open: it waits, then writes
+    the batch without the fields the write committed, or whole if it rolled back."""
+    try:
+        with transaction.atomic():
+            _write_directly("update", rows[0], 0)
+            paused_after_claim.release()
+            time.sleep(0.5)  # the worker waits for the row's lock now
+            if not commits:
+                raise Abort
+    except Abort:
+        pass
+    paused_after_claim.finish()
+    row = PageStats.objects.get(pk=rows[0])
+    assert (row.views, row.note) == ((0 if commits else 5), "behind")

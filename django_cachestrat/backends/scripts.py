@@ -444,3 +444,78 @@ if redis.call('SCARD', members) == 0 then redis.call('ZREM', inflight, ARGV[1]) 
 return 1
 """,
 )
+
+# -- write-behind: direct writes over pending ones ---------------------------------------------
+
+# KEYS: the row's pending fields and deltas, the model's dirty set, busy hash and cuts, then
+# the cut's fields, deltas, batch fields and batch deltas. ARGV: pk, cut id, deadline
+# (ms), the row's key tag, field names. A direct write of these fields (a save, an update)
+# is about to commit: set their pending writes aside, those not claimed and those in the
+# row's batch in flight (whose keys are built from the row's tag: they share its hash
+# tag), so no flush writes them over it. Settled by CUT_SETTLE: dropped if the direct
+# write committed, put back if it rolled back. Returns its member of the cuts set
+# (``pk|cut id|batch``), or nil if nothing was set aside.
+CUT = _script(
+    "cut",
+    """
+local fields, deltas, dirty, busy, cuts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local pk = ARGV[1]
+local function move(src, dst, name)
+  local v = redis.call('HGET', src, name)
+  if not v then return 0 end
+  redis.call('HSET', dst, name, v)
+  redis.call('HDEL', src, name)
+  return 1
+end
+local moved = 0
+for j = 5, #ARGV do
+  moved = moved + move(fields, KEYS[6], ARGV[j]) + move(deltas, KEYS[7], ARGV[j])
+end
+if moved > 0 and redis.call('EXISTS', fields, deltas) == 0 then redis.call('ZREM', dirty, pk) end
+local batch = redis.call('HGET', busy, pk)
+local taken = 0
+if batch then
+  local bf = ARGV[4] .. ':wb:' .. batch .. ':fields'
+  local bd = ARGV[4] .. ':wb:' .. batch .. ':deltas'
+  for j = 5, #ARGV do taken = taken + move(bf, KEYS[8], ARGV[j]) + move(bd, KEYS[9], ARGV[j]) end
+end
+if moved + taken == 0 then return false end
+local entry = pk .. '|' .. ARGV[2] .. '|' .. (taken > 0 and batch or '')
+redis.call('ZADD', cuts, ARGV[3], entry)
+return entry
+""",
+)
+
+# KEYS: cuts, the row's pending fields and deltas, dirty, the cut's four hashes, and where
+# its batch part goes back to (the batch's own hashes, or the pending ones again).
+# ARGV: the cuts member, pk, restore ('1': the direct write rolled back; '0': it
+# committed, drop what it set aside), keep the batch part ('1'/'0': not if that batch
+# is in the database already), now (ms). Put back under what was written since: newer
+# values win, and a value saved since already includes the increments set aside.
+CUT_SETTLE = _script(
+    "cut_settle",
+    """
+local function merge(sf, sd, df, dd)
+  local n = 0
+  local inc = redis.call('HGETALL', sd)
+  for i = 1, #inc, 2 do
+    if redis.call('HEXISTS', df, inc[i]) == 0 then redis.call('HINCRBY', dd, inc[i], inc[i + 1]) end
+    n = n + 1
+  end
+  local old = redis.call('HGETALL', sf)
+  for i = 1, #old, 2 do redis.call('HSETNX', df, old[i], old[i + 1]); n = n + 1 end
+  return n
+end
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if ARGV[3] == '1' then
+  local n = merge(KEYS[5], KEYS[6], KEYS[2], KEYS[3])
+  if ARGV[4] == '1' then
+    local b = merge(KEYS[7], KEYS[8], KEYS[9], KEYS[10])
+    if KEYS[9] == KEYS[2] then n = n + b end
+  end
+  if n > 0 then redis.call('ZADD', KEYS[4], 'NX', ARGV[5], ARGV[2]) end
+end
+redis.call('DEL', KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+return 1
+""",
+)

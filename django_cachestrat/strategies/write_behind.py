@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+from functools import partial
 
 from django.db import connections, models, router, transaction
 from django.db.models import F
@@ -208,35 +209,33 @@ class WriteBehind(Strategy):
         then the database's alone). ``skip``: per pk, fields whose pending writes the
         open transaction has replaced by writing them directly.
         """
+        pending = PendingWrites(model)
         try:
-            layers = PendingWrites(model).layers(pks)
+            layers = pending.layers(pks)
         except CacheUnavailable:
             return self._from_db(model, using, pks), None
-        markers = {
-            marker
-            for pk, stack in layers.items()
-            for batch_id, _, _ in stack
-            if batch_id
-            for marker in (batch_id, applied.row_marker(batch_id, pk))
-        }
         base = model._base_manager.using(using)
-        done: set[str] = set()
         if not layers:
-            rows = base.in_bulk(pks)
-        else:
-            with transaction.atomic(using=using):
-                # Locking the rows waits out a flush that is writing them, so a batch is
-                # either committed (and in AppliedBatch) or not, never half-way.
-                rows = base.select_for_update().in_bulk(pks)
-                done = applied.applied(using, markers)
+            return base.in_bulk(pks), layers
+        with transaction.atomic(using=using):
+            # The rows first, locked (on SQLite, the read lock of the transaction), then
+            # the writes again: a flush of these rows now waits for us, so what Redis
+            # holds and what the database has agree (a batch is in AppliedBatch or not).
+            rows = base.select_for_update().in_bulk(pks)
+            try:
+                layers = pending.layers(pks)
+            except CacheUnavailable:
+                return rows, None
+            markers = {m for stack in layers.values() for layer in stack for m in layer.markers}
+            done = applied.applied(using, markers)
         for pk, stack in layers.items():
             obj = rows.get(pk)
             if obj is None:
                 continue
             void = skip.get(pk, ()) if skip else ()
-            for batch_id, fields, deltas in stack:
-                if batch_id and (batch_id in done or applied.row_marker(batch_id, pk) in done):
-                    continue
+            for markers_, fields, deltas in stack:
+                if any(marker in done for marker in markers_):
+                    continue  # in the database already, or void
                 for name, value in fields.items():
                     if name not in void:
                         setattr(obj, name, value)
@@ -393,17 +392,23 @@ class WriteBehind(Strategy):
             return []
 
     def supersede(self, model, items, using) -> None:
-        """Forget unflushed writes of fields written directly, once that write commits.
+        """Set aside the unflushed writes of fields written directly, per ``(pk, attnames)``.
 
-        Otherwise the next flush would write them over the newer value (and add pending
-        increments a second time to a value that already holds them). Inside a
-        transaction this goes with its write-behind writes, in order, at the commit.
+        Called after the direct write reached the database, before its transaction
+        commits (the callers make sure there is one). Otherwise a flush would write the
+        older writes over the newer value (and add pending increments a second time to a
+        value that already holds them), even a batch claimed before this write. What is
+        set aside is dropped once the transaction commits and put back if it rolls back
+        (a marker written in it tells the flusher which). A field written as an
+        expression (``F("views") + 1``) must not be listed: it keeps the pending writes.
         """
         items = [(pk, list(names)) for pk, names in items if names]
         if not items:
             return
-        if connections[using].in_atomic_block:
-            # In the transaction's order with its write-behind writes: recorded at commit.
+        atomic = connections[using].in_atomic_block
+        if atomic:
+            # The transaction's own write-behind writes of these fields, kept for its
+            # commit, are older than this write too.
             box = transactions.outbox(using, _record_committed)
             concrete = model._meta.concrete_model
             for pk, names in items:
@@ -411,20 +416,25 @@ class WriteBehind(Strategy):
                 if write is None:
                     write = box[(concrete, pk)] = _Deferred({}, {}, False)
                 write.supersede(names)
+        pending = PendingWrites(model)
+        cut_id = secrets.token_hex(8)
+        try:
+            cuts = pending.cut(items, cut_id, conf.settings().WRITE_WINDOW)
+        except CacheUnavailable:
+            logger.warning(
+                "django_cachestrat: Redis is unreachable; unflushed writes of %s fields "
+                "written directly to %d row(s) will be flushed over them.",
+                options.get(model).label,
+                len(items),
+            )
             return
-
-        def run() -> None:
-            try:
-                PendingWrites(model).supersede(items)
-            except CacheUnavailable:
-                logger.warning(
-                    "django_cachestrat: Redis is unreachable; unflushed writes of %s fields "
-                    "written directly to %d row(s) will be flushed over them.",
-                    options.get(model).label,
-                    len(items),
-                )
-
-        transaction.on_commit(run, using=using)
+        if not cuts:
+            return
+        if not atomic:  # already committed: nothing to wait for
+            _drop_cuts(pending, cuts)
+            return
+        applied.mark(using, applied.cut_marker(cut_id))
+        transaction.on_commit(partial(_drop_cuts, pending, cuts), using=using)
 
     def after_delete(self, instance, using) -> None:
         """Discard the row's pending writes, then drop it after commit."""
@@ -584,6 +594,15 @@ def _record_committed(writes: dict) -> None:
             )
     for model in to_flush:
         signals.write_behind_batch_ready.send(sender=model)
+
+
+def _drop_cuts(pending: PendingWrites, cuts) -> None:
+    """Forget what ``cuts`` set aside: the direct write that made them committed."""
+    try:
+        for cut in cuts:
+            pending.settle(cut, committed=True, keep_batch=False, into_batch=False)
+    except CacheUnavailable:
+        pass  # the flusher settles them after WRITE_WINDOW, from the committed marker
 
 
 def _counter_field(model, name: str) -> models.Field:

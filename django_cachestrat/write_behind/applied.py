@@ -36,6 +36,11 @@ def row_marker(batch_id: str, pk: object) -> str:
     return f"{batch_id}:{pk}"
 
 
+def cut_marker(cut_id: str) -> str:
+    """Return the marker id a direct write commits with when it set pending writes aside."""
+    return f"cut-{cut_id}"
+
+
 def batch_of(marker: str) -> str:
     """Return the batch id a marker (of a batch or of one of its rows) belongs to."""
     return marker.split(":", 1)[0]

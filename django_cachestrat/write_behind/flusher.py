@@ -32,6 +32,7 @@ from django_cachestrat import conf, options, signals
 from django_cachestrat.backends import CacheUnavailable
 from django_cachestrat.models import DeadLetter
 from django_cachestrat.write_behind import applied
+from django_cachestrat.write_behind.pending import PendingWrites
 from django_cachestrat.write_behind.queue import Batch, Queue
 
 logger = logging.getLogger("django_cachestrat")
@@ -87,6 +88,7 @@ def flush(
     report = FlushReport()
     for model in models_to_flush or write_behind_models():
         queue = Queue(model)
+        settle_open_cuts(model)
         while max_batches is None or report.batches < max_batches:
             started = time.monotonic()
             batch = queue.claim(cfg.BATCH_SIZE, cfg.VISIBILITY_TIMEOUT)
@@ -103,7 +105,9 @@ def prune() -> int:
     everyone = write_behind_models()
 
     def in_flight() -> set[str]:
-        return {batch for model in everyone for batch in Queue(model).in_flight()}
+        # Markers still needed: batches in flight, and direct writes not settled yet.
+        batches = {batch for model in everyone for batch in Queue(model).in_flight()}
+        return batches | {cut.marker for model in everyone for cut in PendingWrites(model).cuts()}
 
     pruned = 0
     for using in {router.db_for_write(model) for model in everyone}:
@@ -127,9 +131,7 @@ def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: f
     report.batches += 1
     try:
         with transaction.atomic(using=using):
-            if not applied.applied(using, [batch.id]):
-                _write(model, using, batch.rows)
-                applied.mark(using, batch.id)
+            _write_locked(model, using, queue, batch.id, pks, [batch.id])
             _before_commit(batch, deadline)
     except ClaimExpired as exc:
         logger.warning("django_cachestrat: %s; left to the worker that reclaims it.", exc)
@@ -153,6 +155,90 @@ def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: f
     report.add(opts.label, len(pks))
     if signals.write_behind_flushed.receivers:
         signals.write_behind_flushed.send(sender=model, batch=batch.id, pks=pks, dead_letters=[])
+
+
+def _write_locked(model, using: str, queue: Queue, batch_id: str, pks: list, markers: list):
+    """In the open transaction, write rows ``pks`` of a batch unless ``markers`` say it's done.
+
+    The rows are locked first; then every direct write that set some of their pending
+    writes aside has ended (it wrote the row, holding its lock, before it set them
+    aside), so each is settled for certain, and the batch is read again: what a direct
+    write committed since the claim is no longer in it. The last marker is written.
+    """
+    _lock_rows(model, using, pks)
+    settle_cuts(model, using, pks, batch_id)
+    if applied.applied(using, markers):
+        return
+    _write(model, using, queue.contents(batch_id, pks).rows)
+    applied.mark(using, markers[-1])
+
+
+def _lock_rows(model, using: str, pks: list, *, skip_locked: bool = False) -> list:
+    """Lock rows ``pks`` in the open transaction; return those locked.
+
+    ``skip_locked`` leaves out rows another transaction holds, where the database can.
+    """
+    connection = connections[using]
+    if connection.features.has_select_for_update:
+        skip = skip_locked and connection.features.has_select_for_update_skip_locked
+        locked = model._base_manager.using(using).select_for_update(skip_locked=skip)
+        got = set(locked.filter(pk__in=pks).values_list("pk", flat=True))
+        return [pk for pk in pks if pk in got] if skip else list(pks)
+    # SQLite locks the whole database at a transaction's first write: take it now, with
+    # a write that changes nothing.
+    quote = connection.ops.quote_name
+    pk = quote(model._meta.pk.column)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {quote(model._meta.db_table)} SET {pk} = {pk} WHERE 1 = 0")
+    return list(pks)
+
+
+def settle_cuts(model, using: str, pks: list, batch_id: str | None = None) -> None:
+    """Settle what direct writes set aside of rows ``pks``, which the caller has locked.
+
+    A direct write whose marker is committed committed: drop. Else it rolled back (it
+    held the row's lock until it ended): put back, the part taken from ``batch_id`` into
+    that batch (the caller writes it now), the part of an earlier batch only if that
+    batch is not in the database already.
+    """
+    pending = PendingWrites(model)
+    cuts = pending.cuts_of(pks)
+    if not cuts:
+        return
+    markers = {cut.marker for cut in cuts}
+    for cut in cuts:
+        if cut.batch and cut.batch != batch_id:
+            markers |= {cut.batch, applied.row_marker(cut.batch, cut.pk)}
+    done = applied.applied(using, markers)
+    for cut in cuts:
+        if cut.marker in done:
+            pending.settle(cut, committed=True, keep_batch=False, into_batch=False)
+            continue
+        written = cut.batch in done or applied.row_marker(cut.batch, cut.pk) in done
+        into = cut.batch is not None and cut.batch == batch_id
+        pending.settle(cut, committed=False, keep_batch=into or not written, into_batch=into)
+
+
+def settle_open_cuts(model) -> None:
+    """Settle what direct writes set aside and nobody settled at their commit.
+
+    Those that rolled back (their pending writes go back to be flushed), and those whose
+    process died after the commit or found Redis down then. A row still locked by a
+    direct write that is running is left for the next flush (on SQLite, the lock of the
+    database is waited for).
+    """
+    try:
+        cuts = PendingWrites(model).cuts()
+    except CacheUnavailable:
+        return
+    if not cuts:
+        return
+    using = router.db_for_write(model)
+    pks = list(dict.fromkeys(cut.pk for cut in cuts))
+    with transaction.atomic(using=using):
+        locked = _lock_rows(model, using, pks, skip_locked=True)
+        if locked:
+            settle_cuts(model, using, locked)
 
 
 def _before_commit(batch: Batch, deadline: float) -> None:
@@ -208,13 +294,11 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
     cfg = conf.settings()
     opts = options.get(model)
     done, failed, dead = [], [], []
-    for pk, (fields, deltas) in batch.rows.items():
+    for pk in batch.rows:
         marker = applied.row_marker(batch.id, pk)
         try:
             with transaction.atomic(using=using):
-                if not applied.applied(using, [batch.id, marker]):
-                    _write(model, using, {pk: (fields, deltas)})
-                    applied.mark(using, marker)
+                _write_locked(model, using, queue, batch.id, [pk], [batch.id, marker])
                 _before_commit(batch, deadline)
         except ClaimExpired as exc:
             logger.warning("django_cachestrat: %s; left to the worker that reclaims it.", exc)
@@ -228,6 +312,7 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
         except Exception as exc:  # this row's own fault: integrity, data, missing row
             attempts = queue.failed(pk)
             if attempts >= cfg.MAX_RETRIES:
+                fields, deltas = queue.contents(batch.id, [pk]).rows[pk]  # as last written
                 _dead_letter(opts, using, pk, fields, deltas, exc, attempts)
                 dead.append(pk)
             else:

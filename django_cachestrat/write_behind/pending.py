@@ -9,13 +9,14 @@ script (``RECORD``), so a save is one round trip and counters add up on the serv
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import models
 
-from django_cachestrat import codec
+from django_cachestrat import codec, keys
 from django_cachestrat.backends import scripts
 from django_cachestrat.backends.scripts import Recorded
+from django_cachestrat.write_behind import applied
 from django_cachestrat.write_behind.queue import Queue, decode_writes
 from django_cachestrat.write_behind.state import ModelState, member
 
@@ -30,6 +31,32 @@ class NotACounter(Exception):
 
 #: What ``record_all`` says of one write: its ``Recorded`` status, or the refusal.
 Outcome = Recorded | NeedsView | NotACounter
+
+
+class Layer(NamedTuple):
+    """Writes of one row not in the database yet, or maybe: void if any marker is committed.
+
+    ``markers`` are ``AppliedBatch`` ids: a batch's (its writes are in the database once
+    it is), a direct write's (what it set aside is void once it committed).
+    """
+
+    markers: tuple[str, ...]
+    fields: dict[str, Any]
+    deltas: dict[str, int]
+
+
+class Cut(NamedTuple):
+    """Pending writes of a row that a direct write set aside (``PendingWrites.cut``)."""
+
+    pk: Any
+    id: str
+    batch: str | None  #: the batch in flight that some were taken from
+    member: str  #: as the model's ``cuts`` set holds it
+
+    @property
+    def marker(self) -> str:
+        """The ``AppliedBatch`` id the direct write commits with."""
+        return applied.cut_marker(self.id)
 
 
 class PendingWrites(ModelState):
@@ -95,15 +122,6 @@ class PendingWrites(ModelState):
             [member(pk)],
         )
 
-    def supersede(self, items: Sequence[tuple[Any, Sequence[str]]]) -> None:
-        """Drop the unflushed writes of fields written synchronously, per ``(pk, attnames)``.
-
-        One round trip. A batch already claimed is not changed (see the README).
-        """
-        self.transport.execute(
-            [self._record_op(pk, {}, {}, False, names) for pk, names in items if names]
-        )
-
     def pending_pks(self, among: Sequence[Any] | None = None) -> list[Any]:
         """Return the pks of rows with unflushed writes, claimed or not.
 
@@ -122,13 +140,14 @@ class PendingWrites(ModelState):
         )
         return [pk for pk, a, b in zip(among, first, second, strict=True) if a or b]
 
-    def layers(self, pks: Sequence[Any]) -> dict[Any, list[tuple[str | None, dict, dict]]]:
+    def layers(self, pks: Sequence[Any]) -> dict[Any, list[Layer]]:
         """Return, for each of ``pks`` with unflushed writes, its layers of writes.
 
-        Oldest first: ``(batch_id, fields, deltas)`` for a batch in flight, then
-        ``(None, fields, deltas)`` for writes not yet claimed.
+        Oldest first: the batch in flight, then what direct writes not known to be
+        committed set aside (taken from the batch, then not claimed), then the writes
+        not yet claimed. A layer is void if any of its markers is committed.
         """
-        ops = []
+        ops: list[tuple] = [("ZRANGE", self.queue["cuts"], 0, -1)]
         for pk in pks:
             row = self.row(pk)
             ops += [
@@ -136,20 +155,123 @@ class PendingWrites(ModelState):
                 ("HGETALL", row["fields"]),
                 ("HGETALL", row["deltas"]),
             ]
-        replies = self.transport.execute(ops)
-        found: dict[Any, list[tuple[str | None, dict, dict]]] = {}
-        in_flight = []
+        cut_members, *replies = self.transport.execute(ops)
+        wanted = set(map(member, pks))
+        cuts = [c for c in map(self._parse_cut, cut_members) if member(c.pk) in wanted]
+        cut_parts = self.transport.execute(
+            [("HGETALL", key) for c in cuts for key in self._cut_keys(c.pk, c.id)]
+        )
+        found: dict[Any, list[Layer]] = {}
+        queue = Queue(self.model)
         for n, pk in enumerate(pks):
             busy, fields, deltas = replies[3 * n : 3 * n + 3]
+            stack = found.setdefault(pk, [])
             if busy:
-                in_flight.append((pk, busy.decode()))
+                batch_id = busy.decode()
+                batch = queue.contents(batch_id, [pk]).rows[pk]
+                stack.append(Layer((batch_id, applied.row_marker(batch_id, pk)), *batch))
+            for i, cut in enumerate(cuts):
+                if cut.pk != pk:
+                    continue
+                cf, cd, bf, bd = cut_parts[4 * i : 4 * i + 4]
+                if cut.batch and (bf or bd):
+                    void = (cut.marker, cut.batch, applied.row_marker(cut.batch, pk))
+                    stack.append(Layer(void, *decode_writes(bf, bd)))
+                if cf or cd:
+                    stack.append(Layer((cut.marker,), *decode_writes(cf, cd)))
             if fields or deltas:
-                found.setdefault(pk, []).append((None, *decode_writes(fields, deltas)))
-        queue = Queue(self.model)
-        for pk, batch_id in in_flight:
-            fields, deltas = queue.contents(batch_id, [pk]).rows[pk]
-            found.setdefault(pk, []).insert(0, (batch_id, fields, deltas))
+                stack.append(Layer((), *decode_writes(fields, deltas)))
+            if not stack:
+                del found[pk]
         return found
+
+    # -- direct writes -------------------------------------------------------------------
+
+    def cut(self, items: Sequence[tuple[Any, Sequence[str]]], cut_id: str, window: float):
+        """Set aside the pending writes of fields a direct write is about to commit.
+
+        Per ``(pk, attnames)``; one round trip. The writes the flusher has claimed are
+        set aside too, so no flush writes them over the direct write. Call it after the
+        direct write reached the database and before its transaction commits, and write
+        ``applied.cut_marker(cut_id)`` in that transaction: the marker tells whether to
+        drop what was set aside (committed) or put it back (rolled back). Settled by
+        ``settle``: at the commit, or by the next flush. ``window`` (seconds) orders the
+        cuts set; it is when an inspection calls a cut overdue.
+        Return a ``Cut`` per row whose writes were set aside (none: no marker needed).
+        """
+        items = [(pk, list(names)) for pk, names in items if names]
+        deadline = int((self.transport.now() + window) * 1000)
+        ops = []
+        for pk, names in items:
+            row = self.row(pk)
+            ops.append(
+                (
+                    scripts.CUT,
+                    [
+                        row["fields"],
+                        row["deltas"],
+                        self.queue["dirty"],
+                        self.queue["busy"],
+                        self.queue["cuts"],
+                        *self._cut_keys(pk, cut_id),
+                    ],
+                    [member(pk), cut_id, deadline, self._tag(pk), *names],
+                )
+            )
+        return [self._parse_cut(entry) for entry in self.transport.execute(ops) if entry]
+
+    def cuts(self) -> list[Cut]:
+        """Return the writes set aside by direct writes and not settled yet, oldest first."""
+        (found,) = self.transport.execute([("ZRANGE", self.queue["cuts"], 0, -1)])
+        return [self._parse_cut(m) for m in found]
+
+    def cuts_of(self, pks: Iterable[Any]) -> list[Cut]:
+        """Return the unsettled cuts of rows ``pks``."""
+        wanted = set(map(member, pks))
+        return [c for c in self.cuts() if member(c.pk) in wanted]
+
+    def settle(self, cut: Cut, *, committed: bool, keep_batch: bool, into_batch: bool) -> None:
+        """Settle a cut: drop it (its direct write ``committed``) or put it back.
+
+        Put back: the unclaimed part under the row's pending writes; the part taken from
+        the batch back into that batch (``into_batch``: its flusher, holding the row's
+        lock, writes it now) or under the pending writes, unless ``keep_batch`` is
+        False (the batch is in the database already, with those writes).
+        """
+        row = self.row(cut.pk)
+        if into_batch and cut.batch:
+            target = list(self.batch_row(cut.pk, cut.batch))
+        else:
+            target = [row["fields"], row["deltas"]]
+        self.transport.script(
+            scripts.CUT_SETTLE,
+            [
+                self.queue["cuts"],
+                row["fields"],
+                row["deltas"],
+                self.queue["dirty"],
+                *self._cut_keys(cut.pk, cut.id),
+                *target,
+            ],
+            [
+                cut.member,
+                member(cut.pk),
+                "0" if committed else "1",
+                "1" if keep_batch else "0",
+                int(self.transport.now() * 1000),
+            ],
+        )
+
+    def _cut_keys(self, pk: Any, cut_id: str) -> tuple[str, str, str, str]:
+        return keys.behind_cut(self.prefix, self.opts.label, pk, cut_id)
+
+    def _tag(self, pk: Any) -> str:
+        return keys.behind_row_tag(self.prefix, self.opts.label, pk)
+
+    def _parse_cut(self, raw: bytes) -> Cut:
+        text = raw.decode()
+        pk, cut_id, batch = text.rsplit("|", 2)
+        return Cut(self.opts.to_pk(pk), cut_id, batch or None, text)
 
 
 def _outcome(pk: Any, deltas: dict[str, int], reply: int) -> Recorded:
