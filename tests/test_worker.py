@@ -177,10 +177,10 @@ class PausedWorker:
 
 @pytest.fixture
 def paused_after_claim(celery_workers, rows, tmp_path):
-    """A worker that claimed the batch of ``rows[0]`` (views +5, note "behind") and waits."""
+    """A worker that claimed the batch of ``rows[0]`` (views +5, note "later") and waits."""
     PageStats.objects.increment_behind(rows[0], views=5)
     stats = PageStats.objects.get_cached(pk=rows[0])
-    stats.note = "behind"
+    stats.note = "later"
     stats.save()
     marker = tmp_path / "paused"
     worker = celery_workers(
@@ -197,7 +197,7 @@ def test_a_claimed_batch_never_overwrites_a_later_direct_write(paused_after_clai
     PageStats.objects.increment_behind(rows[0], views=2)  # after the direct write: kept
     paused_after_claim.finish()
     row = PageStats.objects.get(pk=rows[0])
-    assert (row.views, row.note) == (2, "behind")  # the batch's +5 is void, its note is not
+    assert (row.views, row.note) == (2, "later")  # the batch's +5 is void, its note is not
     assert PageStats.objects.get_cached(pk=rows[0]).views == 2
 
 
@@ -207,7 +207,7 @@ def test_a_rolled_back_direct_write_leaves_a_claimed_batch_whole(paused_after_cl
         1 / 0  # noqa: B018
     paused_after_claim.finish()
     row = PageStats.objects.get(pk=rows[0])
-    assert (row.views, row.note) == (5, "behind")
+    assert (row.views, row.note) == (5, "later")
 
 
 class Abort(Exception):
@@ -229,4 +229,4 @@ def test_a_batch_written_while_a_direct_write_holds_the_row(paused_after_claim, 
         pass
     paused_after_claim.finish()
     row = PageStats.objects.get(pk=rows[0])
-    assert (row.views, row.note) == ((0 if commits else 5), "behind")
+    assert (row.views, row.note) == ((0 if commits else 5), "later")
