@@ -59,6 +59,11 @@ KEYS: dict[str, _Key] = {
     "MAX_PENDING_INVALIDATIONS": _Key(
         10_000, (int,), "failed invalidations kept per process to replay on recovery"
     ),
+    "RESENDS": _Key(
+        3,
+        (int,),
+        "times a write-behind write whose reply timed out is sent again (it counts once)",
+    ),
     "ENABLED": _Key(True, (bool,), "False sends every read to the database", None),
     "FLUSH_INTERVAL": _Key(5.0, (int, float), "seconds between scheduled write-behind flushes"),
     "BATCH_SIZE": _Key(500, (int,), "rows a write-behind flush writes per transaction"),

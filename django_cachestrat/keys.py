@@ -72,7 +72,8 @@ def behind_row(prefix: str, label: str, fp: str, pk: object) -> dict[str, str]:
 
     The view is the row's entry key, holding a hash of encoded field values (so saves
     merge into it and counters increment in it on the server); invalidation deletes it
-    as it deletes any entry.
+    as it deletes any entry. ``seen``: per writer, the writes recorded lately, so a write
+    sent again after a timeout counts once.
     """
     tag = f"{prefix}:{{{label}:{token(pk)}}}"
     return {
@@ -80,6 +81,7 @@ def behind_row(prefix: str, label: str, fp: str, pk: object) -> dict[str, str]:
         "fields": f"{tag}:wb:fields",
         "deltas": f"{tag}:wb:deltas",
         "lease": f"{tag}:lease",
+        "seen": f"{tag}:wb:seen",
     }
 
 

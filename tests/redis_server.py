@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import redis
@@ -45,7 +46,7 @@ def free_port() -> int:
 class Server:
     """A Redis server process this test run owns: start, kill, restart on the same port."""
 
-    def __init__(self, *, appendonly: bool = False, appendfsync: str = "always"):
+    def __init__(self, *, appendonly: bool = False, appendfsync: str = "always", extra: tuple = ()):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="cachestrat-redis-")
         self.args = [
@@ -66,6 +67,7 @@ class Server:
             "no",
             "--protected-mode",
             "no",
+            *extra,
         ]
         self.process: subprocess.Popen | None = None
 
@@ -135,3 +137,64 @@ def url() -> str:
         # Worker processes the tests start inherit it.
         os.environ["REDIS_URL"] = _shared.url
     return _shared.url
+
+
+class SlowReplies:
+    """A TCP proxy to a Redis server that can hold the server's replies back.
+
+    Commands reach the server at once (so it runs them); while ``hold(seconds)`` lasts,
+    replies wait in the proxy. A client that times out and disconnects meanwhile leaves
+    a command the server ran and whose reply it never saw: an ambiguous timeout. (A
+    stalled server, ``DEBUG SLEEP`` or SIGSTOP, drops the commands of a client that
+    disconnected before it read them, so it does not show one.)
+    """
+
+    def __init__(self, upstream_port: int):
+        self.upstream_port = upstream_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.held_until = 0.0
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def hold(self, seconds: float) -> None:
+        """Hold every reply back for ``seconds`` from now."""
+        self.held_until = time.monotonic() + seconds
+
+    def close(self) -> None:
+        self._closed = True
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+
+    def _pump(self, source, sink, replies: bool) -> None:
+        try:
+            while chunk := source.recv(65536):
+                if replies:
+                    wait = self.held_until - time.monotonic()
+                    if wait > 0:
+                        time.sleep(wait)
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            # The client side closing must not close the server side before the server
+            # has answered: only the reply pump closes both.
+            if replies:
+                for end in (source, sink):
+                    end.close()

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from django_cachestrat import backends, invalidate, invalidate_model
-from tests.models import Author, Book
+from tests.models import Author, Book, PageStats
 from tests.redis_server import Server, caches_at, unreachable_caches
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -206,3 +206,55 @@ def test_a_value_redis_py_cannot_send_is_an_error_not_an_outage():
         transport.execute([("SET", "cstest:x", object())])
     assert transport.available  # the breaker stayed closed: the cache is still used
     assert transport.execute([("SET", "cstest:x", "1")]) == [True]
+
+
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_a_write_behind_write_whose_reply_times_out_counts_once(in_transaction):
+    """The server runs a write, its reply comes after SOCKET_TIMEOUT: sent again, once."""
+    import time
+
+    from django.db import transaction
+
+    from django_cachestrat.write_behind import flusher
+    from tests.redis_server import SlowReplies
+
+    server = Server().start()
+    proxy = SlowReplies(server.port)
+    try:
+        with override_settings(
+            CACHES=caches_at(proxy.url, 0.2), CACHESTRAT=cachestrat(FAILURE_COOLDOWN=0.3)
+        ):
+            page = PageStats.objects.create(path="/stall")
+            PageStats.objects.increment_behind(page.pk, views=1)  # the script is loaded
+            proxy.hold(0.5)
+            for _ in range(10):  # the first outlasts the hold: timed out, sent again
+                if in_transaction:
+                    with transaction.atomic():
+                        PageStats.objects.increment_behind(page.pk, views=1)
+                else:
+                    PageStats.objects.increment_behind(page.pk, views=1)
+            time.sleep(0.4)  # past any cooldown
+            cached = PageStats.objects.get_cached(pk=page.pk).views
+            flusher.drain()
+            resent_not_given_up = backends.get("default").available
+        assert PageStats.objects.get(pk=page.pk).views == 11  # each counted once
+        assert cached == 11
+        assert resent_not_given_up
+    finally:
+        proxy.close()
+        server.stop()
+
+
+def test_a_write_sent_twice_is_recorded_once(raw_redis):
+    from django_cachestrat.backends.scripts import Recorded
+    from django_cachestrat.write_behind.pending import PendingWrites
+
+    page = PageStats.objects.create(path="/twice")
+    PageStats.objects.get_cached(pk=page.pk)
+    pending = PendingWrites(PageStats)
+    op = pending._record_op(page.pk, {}, {"views": 1}, False)
+    transport = backends.get("default")
+    assert transport.execute([op, op], once=True) == [Recorded.RECORDED, Recorded.DUPLICATE]
+    later = pending._record_op(page.pk, {}, {"views": 1}, False)
+    assert transport.execute([later, op], once=True) == [Recorded.RECORDED, Recorded.DUPLICATE]
+    assert PageStats.objects.get_cached(pk=page.pk).views == 2

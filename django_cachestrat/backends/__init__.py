@@ -12,9 +12,9 @@ from django.dispatch import receiver
 from django_redis import get_redis_connection
 
 from django_cachestrat import conf
-from django_cachestrat.backends.redis import CacheUnavailable, RedisTransport
+from django_cachestrat.backends.redis import CacheUnavailable, RedisTransport, WriteUncertain
 
-__all__ = ["CacheUnavailable", "RedisTransport", "get", "reset"]
+__all__ = ["CacheUnavailable", "RedisTransport", "WriteUncertain", "get", "reset"]
 
 _lock = threading.Lock()
 _transports: dict[str, RedisTransport] = {}
@@ -49,6 +49,7 @@ def _build(alias: str) -> RedisTransport:
         client,
         cooldown=options.FAILURE_COOLDOWN,
         max_pending=options.MAX_PENDING_INVALIDATIONS,
+        resends=options.RESENDS,
     )
 
 

@@ -17,11 +17,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import DataError, NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from django_cachestrat import signals
 from django_cachestrat.backends import scripts
 from django_cachestrat.backends.breaker import CircuitBreaker
-from django_cachestrat.backends.replay import BUMP, InvalidationReplay
+from django_cachestrat.backends.replay import BUMP, InvalidationReplay, KeptWrites
 from django_cachestrat.backends.scripts import Acquired, Script, Waited
 
 logger = logging.getLogger("django_cachestrat")
@@ -33,6 +34,14 @@ Op = tuple
 
 class CacheUnavailable(Exception):
     """Redis could not be used for this call; the caller falls back to the database."""
+
+
+class WriteUncertain(CacheUnavailable):
+    """Writes sent with ``once=True`` got no reply, even sent again: Redis may have them.
+
+    They are kept and sent again when Redis answers (they count once), so the caller must
+    not write them anywhere else.
+    """
 
 
 class RedisTransport:
@@ -49,6 +58,7 @@ class RedisTransport:
         *,
         cooldown: float,
         max_pending: int,
+        resends: int = 3,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ):
@@ -56,6 +66,8 @@ class RedisTransport:
         self._clock = clock
         self.breaker = CircuitBreaker(cooldown, clock=monotonic)
         self.replay = InvalidationReplay(max_pending)
+        self.kept_writes = KeptWrites(max_pending)
+        self.resends = resends
 
     # -- the breaker ---------------------------------------------------------------------
 
@@ -64,7 +76,7 @@ class RedisTransport:
         if not self.breaker.allows:
             raise CacheUnavailable("Redis is marked down")
         try:
-            if self.replay:
+            if self.replay or self.kept_writes:
                 self._replay()
             result = fn(*args)
         except DataError:
@@ -108,15 +120,40 @@ class RedisTransport:
 
     # -- batches ---------------------------------------------------------------------------
 
-    def execute(self, ops: Sequence[Op]) -> list:
+    def execute(self, ops: Sequence[Op], *, once: bool = False) -> list:
         """Send ``ops`` in one round trip, behind the breaker; replies come in order.
 
         Ops of one batch must not depend on each other (different rows, or reads): if
         Redis lost some scripts (a restart, ``SCRIPT FLUSH``), only the calls it refused
         with ``NOSCRIPT`` are sent again, after loading those scripts, so no script runs
         twice, but they then run after the others.
+
+        ``once=True``: the ops are writes that count once however often they are sent
+        (``RECORD`` with its writer's id and number). A batch whose reply times out (the
+        server may be stalled, and run it later) is sent again, up to ``resends`` times,
+        instead of being given up; still unanswered, it is kept to be sent when Redis
+        answers, and ``WriteUncertain`` is raised.
         """
-        return self._call(self._execute, ops) if ops else []
+        if not ops:
+            return []
+        if not once:
+            return self._call(self._execute, ops)
+        try:
+            return self._call(self._execute_resending, ops)
+        except CacheUnavailable as exc:
+            if isinstance(exc.__cause__, RedisTimeout) and self.kept_writes.keep(ops):
+                raise WriteUncertain(str(exc)) from exc
+            raise
+
+    def _execute_resending(self, ops: Sequence[Op]) -> list:
+        for attempt in range(self.resends + 1):
+            try:
+                return self._execute(ops)
+            except RedisTimeout:
+                if attempt == self.resends:
+                    raise
+                logger.warning("django_cachestrat: a write-behind write timed out; sent again.")
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one script; return its reply."""
@@ -297,6 +334,10 @@ class RedisTransport:
             raise
 
     def _replay(self) -> None:
+        if self.kept_writes:
+            self._replay_writes()
+        if not self.replay:
+            return
         kept = self.replay.take()
         now = self._now_us()
         ops: list[Op] = [
@@ -313,6 +354,30 @@ class RedisTransport:
         logger.warning(
             "django_cachestrat: replayed %d invalidations that failed while Redis was down.",
             sum(1 if k is BUMP else len(k) for k in kept.values()),
+        )
+
+    def _replay_writes(self) -> None:
+        batches = self.kept_writes.take()
+        for n, ops in enumerate(batches):
+            try:
+                replies = self._execute(ops)
+            except RedisError:
+                self.kept_writes.put_back(batches[n:])
+                raise
+            for op, reply in zip(ops, replies, strict=True):
+                if isinstance(reply, int) and reply < 0:
+                    # A refusal (no view to merge into any more): say what is lost.
+                    logger.error(
+                        "django_cachestrat: a write-behind write kept during a Redis stall "
+                        "was refused when sent again (%s); keys %s, arguments %s.",
+                        reply,
+                        op[1],
+                        op[2],
+                    )
+        logger.warning(
+            "django_cachestrat: sent %d write-behind batch(es) again that got no reply during "
+            "a Redis stall.",
+            len(batches),
         )
 
 

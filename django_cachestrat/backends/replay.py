@@ -62,3 +62,42 @@ class InvalidationReplay:
         with self._lock:
             for version_key, keys in kept.items():
                 self._keep(version_key, keys)
+
+
+class KeptWrites:
+    """Batches of writes whose replies timed out even when sent again: sent later.
+
+    Each write in them carries its writer's id and number, so sending it once more when
+    Redis answers records it once, whether or not the server ran an earlier copy. At most
+    ``limit`` batches; beyond, a batch cannot be kept and the caller is told.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._kept: list[list] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._kept)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def keep(self, ops: list) -> bool:
+        """Keep a batch; False when full."""
+        with self._lock:
+            if len(self._kept) >= self.limit:
+                return False
+            self._kept.append(list(ops))
+            return True
+
+    def take(self) -> list[list]:
+        """Return every batch kept, oldest first, and forget them (``put_back`` on failure)."""
+        with self._lock:
+            kept, self._kept = self._kept, []
+        return kept
+
+    def put_back(self, kept: list[list]) -> None:
+        """Keep again, first, what ``take`` returned."""
+        with self._lock:
+            self._kept[:0] = kept

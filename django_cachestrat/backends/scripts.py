@@ -57,6 +57,7 @@ class Recorded(enum.IntEnum):
     FLUSH_NOW = 1  #: recorded, and enough rows wait: this writer queues a flush
     NEEDS_VIEW = -1  #: refused: a partial write needs the row's view, and there is none
     NOT_A_COUNTER = -2  #: refused: an increment of a field that is NULL or not an integer
+    DUPLICATE = 2  #: this write (its writer and number) was recorded already: nothing done
 
 
 def _wake(waiters: int, ready: int) -> str:
@@ -182,10 +183,15 @@ return v
 
 # -- write-behind: recording writes -----------------------------------------------------------
 
-# KEYS: view, pending fields, pending deltas, dirty set, version, lease, trigger. This one
-# spans a row and its model (the dirty set, the version): see the README on Redis Cluster.
-# ARGV: pk, now (ms), full ('1'/'0'), initial version, nf, nf (name, value) pairs, nd,
-# nd (name, amount) pairs, BATCH_SIZE, trigger hold (ms), ns, ns names.
+# KEYS: view, pending fields, pending deltas, dirty set, version, lease, trigger, seen.
+# This one spans a row and its model (the dirty set, the version): see the README on
+# Redis Cluster. ARGV: pk, now (ms), full ('1'/'0'), initial version, nf, nf (name,
+# value) pairs, nd, nd (name, amount) pairs, BATCH_SIZE, trigger hold (ms), ns, ns names,
+# writer id, write number, seen TTL (s).
+# Each writer (a thread) numbers its writes; ``seen`` keeps, per writer, the highest
+# number recorded and a mask of the 30 before it, so a write sent again after its reply
+# timed out (the server may have run it anyway) is recorded once (the IPsec anti-replay
+# window; a writer sends a row one write at a time, so 30 is plenty).
 # The ns names are fields written to the database directly since the row's pending
 # writes (a save, an update): their pending writes are dropped first, and the view's
 # value of them is not trusted. With no field and no delta, that is all it does. One
@@ -200,6 +206,27 @@ local d0 = 7 + 2 * nf
 local nd = tonumber(ARGV[d0 - 1])
 local s0 = d0 + 2 * nd + 2
 local ns = tonumber(ARGV[s0])
+local w0 = s0 + ns + 1
+local writer, number = ARGV[w0], tonumber(ARGV[w0 + 1])
+local last, mask = 0, 0
+local state = redis.call('HGET', KEYS[8], writer)
+if state then
+  local a, b = string.match(state, '(%d+):(%d+)')
+  last, mask = tonumber(a), tonumber(b)
+end
+if number <= last then
+  local back = last - number
+  if back >= 30 or bit.band(mask, bit.lshift(1, back)) ~= 0 then return 2 end
+  mask = bit.bor(mask, bit.lshift(1, back))
+else
+  local ahead = number - last
+  mask = ahead >= 30 and 1 or bit.bor(bit.band(bit.lshift(mask, ahead), 1073741823), 1)
+  last = number
+end
+local function seen()
+  redis.call('HSET', KEYS[8], writer, last .. ':' .. mask)
+  redis.call('EXPIRE', KEYS[8], ARGV[w0 + 2])
+end
 local void = {}
 if ns > 0 then
   local names = {}
@@ -208,6 +235,7 @@ if ns > 0 then
   redis.call('HDEL', deltas, unpack(names))
   if nf == 0 and nd == 0 then
     if redis.call('EXISTS', fields, deltas) == 0 then redis.call('ZREM', dirty, ARGV[1]) end
+    seen()
     return 0
   end
 end
@@ -257,6 +285,7 @@ for j = 0, nd - 1 do
 end
 redis.call('PERSIST', view)
 redis.call('DEL', KEYS[6])
+seen()
 redis.call('ZADD', dirty, 'NX', ARGV[2], ARGV[1])
 -- Enough rows wait for a batch: the first writer to see it queues a flush (the trigger
 -- key, held for a flush interval, keeps the others from queueing one each).

@@ -19,7 +19,7 @@ from django.db import connections, models, router, transaction
 from django.db.models import F
 
 from django_cachestrat import codec, conf, invalidation, options, signals, transactions
-from django_cachestrat.backends import CacheUnavailable
+from django_cachestrat.backends import CacheUnavailable, WriteUncertain
 from django_cachestrat.backends.scripts import Acquired, Recorded
 from django_cachestrat.strategies.base import _TAKE_OVER, _TIMEOUT, Strategy, _await, _send, ttl
 from django_cachestrat.write_behind import applied
@@ -27,6 +27,11 @@ from django_cachestrat.write_behind.pending import NeedsView, NotACounter, Pendi
 from django_cachestrat.write_behind.views import Views
 
 logger = logging.getLogger("django_cachestrat")
+
+_UNCERTAIN = (
+    "django_cachestrat: Redis did not answer write-behind write(s) of %s (%d), even sent "
+    "again; kept, and sent again when it answers (each counts once)."
+)
 
 # What ``_decode`` returns for a view that says "no such row" (``NEGATIVE_TTL``).
 _ABSENT = object()
@@ -355,6 +360,10 @@ class WriteBehind(Strategy):
             return False
         except NotACounter as exc:
             raise ValueError(f"increment_behind(): {exc} is NULL or not an integer.") from None
+        except WriteUncertain:
+            # Redis may have it: never the database too. Sent again when Redis answers.
+            logger.warning(_UNCERTAIN, options.get(model).label, 1)
+            return True
         except CacheUnavailable:
             logger.warning(
                 "django_cachestrat: Redis is unreachable; write-behind write of %s pk=%r "
@@ -556,6 +565,9 @@ def _record_committed(writes: dict) -> None:
         outcomes = record_all(
             [(model, pk, w.fields, w.deltas, w.full, w.superseded) for (model, pk), w in items]
         )
+    except WriteUncertain:
+        logger.warning(_UNCERTAIN, "a committed transaction", len(items))
+        return
     except CacheUnavailable:
         logger.warning(
             "django_cachestrat: Redis is unreachable; %d write-behind write(s) of a committed "

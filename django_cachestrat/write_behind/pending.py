@@ -8,6 +8,9 @@ script (``RECORD``), so a save is one round trip and counters add up on the serv
 
 from __future__ import annotations
 
+import itertools
+import secrets
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -19,6 +22,23 @@ from django_cachestrat.backends.scripts import Recorded
 from django_cachestrat.write_behind import applied
 from django_cachestrat.write_behind.queue import Queue, decode_writes
 from django_cachestrat.write_behind.state import ModelState, member
+
+#: How long a row remembers a writer's recent writes (``RECORD``'s anti-replay window):
+#: far longer than any copy of a write that timed out can wait in the server.
+SEEN_TTL = 300
+
+# Each thread is a writer of its own, with its own numbering (a thread sends a row one
+# write at a time, which the anti-replay window relies on).
+_writer = threading.local()
+
+
+def _next_write() -> tuple[str, int]:
+    """Return this thread's writer id and the number of its next write."""
+    try:
+        return _writer.id, next(_writer.numbers)
+    except AttributeError:
+        _writer.id, _writer.numbers = secrets.token_hex(8), itertools.count(1)
+        return _writer.id, next(_writer.numbers)
 
 
 class NeedsView(Exception):
@@ -81,7 +101,9 @@ class PendingWrites(ModelState):
         ``superseded`` names fields written to the database directly before this write:
         their earlier pending writes are dropped first.
         """
-        reply = self.transport.script(*self._record_op(pk, fields, deltas, full, superseded))
+        (reply,) = self.transport.execute(
+            [self._record_op(pk, fields, deltas, full, superseded)], once=True
+        )
         return _outcome(pk, deltas, reply)
 
     def _record_op(self, pk, fields, deltas, full, superseded=()) -> tuple:
@@ -101,7 +123,7 @@ class PendingWrites(ModelState):
             args += [name, int(amount)]
         args += [self.cfg.BATCH_SIZE, max(1, int(self.cfg.FLUSH_INTERVAL * 1000))]
         superseded = list(superseded)
-        args += [len(superseded), *superseded]
+        args += [len(superseded), *superseded, *_next_write(), SEEN_TTL]
         script_keys = [
             row["view"],
             row["fields"],
@@ -110,6 +132,7 @@ class PendingWrites(ModelState):
             self.version_key(),
             row["lease"],
             self.queue["trigger"],
+            row["seen"],
         ]
         return scripts.RECORD, script_keys, args
 
@@ -277,6 +300,8 @@ class PendingWrites(ModelState):
 def _outcome(pk: Any, deltas: dict[str, int], reply: int) -> Recorded:
     """Turn what ``RECORD`` replied into its status, or raise what it refused."""
     status = Recorded(reply)
+    if status is Recorded.DUPLICATE:  # an earlier copy of this write was recorded
+        return Recorded.RECORDED
     if status is Recorded.NEEDS_VIEW:
         raise NeedsView(pk)
     if status is Recorded.NOT_A_COUNTER:
@@ -304,7 +329,8 @@ def record_all(
             store = stores[model] = PendingWrites(model)
         if fields or deltas or superseded:
             ops.append(store._record_op(pk, fields, deltas, full, superseded))
-    replies = iter(next(iter(stores.values())).transport.execute(ops) if ops else ())
+    transport = next(iter(stores.values())).transport
+    replies = iter(transport.execute(ops, once=True) if ops else ())
     outcomes: list[Outcome] = []
     for _, pk, fields, deltas, _, superseded in writes:
         if not (fields or deltas or superseded):
