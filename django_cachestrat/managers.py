@@ -139,10 +139,13 @@ class CachedQuerySet(models.QuerySet):
         if self._is_cached():
             using = self._db or router.db_for_write(self.model, **self._hints)
             pks = [obj.pk for obj in objs if obj.pk is not None]
-            if kwargs.get("update_conflicts") and len(pks) < len(objs):
+            # update_conflicts is bulk_create's fourth parameter (objs, batch_size,
+            # ignore_conflicts, update_conflicts).
+            upsert = bool(kwargs.get("update_conflicts", len(args) > 2 and args[2]))
+            if upsert and len(pks) < len(objs):
                 invalidation.model(self.model, using)
             else:
-                invalidation.rows(self.model, pks, using)
+                invalidation.rows(self.model, pks, using, created=not upsert)
             invalidation.pointers(self.model, objs, using)
         return objs
 

@@ -6,7 +6,7 @@ import threading
 import pytest
 from django.db import connection
 
-from django_cachestrat import invalidate_model, keys, options
+from django_cachestrat import invalidate, invalidate_model, keys, options
 from django_cachestrat.strategies.base import Strategy
 from tests.models import Author, Book
 
@@ -112,3 +112,22 @@ def test_an_uncontended_fill_is_stored(monkeypatch, raw_redis, events):
         pass
     assert b"old" in entry(raw_redis, Book, book.pk)
     assert events("fill", Book) == 1
+
+
+def test_invalidations_leave_a_short_tombstone_where_lookup_fillers_look(raw_redis):
+    from django_cachestrat import conf
+    from django_cachestrat.invalidation import TOMBSTONE_MARGIN_MS
+    from tests.models import PageStats, Tag
+
+    def tombstone(obj):
+        return raw_redis.pttl(keys.gone("cstest", options.get(type(obj)).label, obj.pk))
+
+    lasts = int(conf.settings().LEASE_TIMEOUT * 1000) + TOMBSTONE_MARGIN_MS
+    book = Book.objects.create(title="t", isbn="1")
+    assert tombstone(book) == -2  # a new row: no reader can hold an older copy
+    invalidate(book)
+    assert 0 < tombstone(book) <= lasts
+    tag, page = Tag.objects.create(name="t"), PageStats.objects.create(path="/t")
+    invalidate(tag)  # no lookups: no lookup filler stores its rows
+    invalidate(page)  # write-behind: a lookup filler stores only the pointer
+    assert tombstone(tag) == tombstone(page) == -2

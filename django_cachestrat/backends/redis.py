@@ -255,23 +255,25 @@ class RedisTransport:
     def write_end(
         self,
         version_key: str,
-        keys: tuple[str, str, str, str],
+        keys: tuple[str, str, str, str, str],
         token: str,
         epoch: bytes,
         contended: bool,
         value: bytes,
         ttl: int,
+        tombstone_ms: int = 0,
     ) -> bool:
         """Finish a write after commit: store ``value`` if uncontended, else delete the entry.
 
-        ``keys`` are the row's in-flight set, epoch, entry and lease keys. If Redis cannot
-        be reached the entry's deletion is kept for replay, as for ``delete``.
+        ``keys`` are the row's in-flight set, epoch, entry, lease and tombstone keys; a
+        deletion sets the tombstone for ``tombstone_ms`` (none if 0). If Redis cannot be
+        reached the entry's deletion is kept for replay, as for ``delete``.
         """
-        args = [token, epoch, "1" if contended else "0", value, ttl]
+        args = [token, epoch, "1" if contended else "0", value, ttl, tombstone_ms]
         try:
             return bool(self.script(scripts.WRITE_END, list(keys), args))
         except CacheUnavailable:
-            self.replay.keep(version_key, keys[2:])
+            self.replay.keep(version_key, keys[2:4])
             raise
 
     def write_abort(self, inflight_key: str, token: str) -> None:
@@ -280,10 +282,26 @@ class RedisTransport:
 
     # -- invalidation ----------------------------------------------------------------------
 
-    def delete(self, version_key: str, keys: Sequence[str]) -> None:
-        """Delete ``keys`` (one model's); kept for replay if Redis cannot be reached."""
+    def delete(
+        self,
+        version_key: str,
+        keys: Sequence[str],
+        *,
+        tombstones: Sequence[str] = (),
+        tombstone_ms: int = 0,
+    ) -> None:
+        """Delete ``keys`` (one model's); kept for replay if Redis cannot be reached.
+
+        ``tombstones`` are set first (``SET PX tombstone_ms``), in the same round trip:
+        Redis runs a pipeline's plain commands in order, so a script that runs between
+        them and the deletion already sees them. A replay deletes ``keys`` only: it comes
+        after ``FAILURE_COOLDOWN``, later than the fills that may have read the rows
+        before the invalidation failed (they store only while their lease holds).
+        """
+        ops: list[Op] = [("SET", key, "1", "PX", tombstone_ms) for key in tombstones]
+        ops.append(("DEL", *keys))
         try:
-            self._call(self._client.delete, *keys)
+            self.execute(ops)
         except CacheUnavailable:
             self.replay.keep(version_key, keys)
             raise

@@ -148,9 +148,11 @@ return {epoch, redis.call('ZCARD', KEYS[1])}
 """,
 )
 
-# After commit: store the saved row only when no other write of the row overlapped this
-# one (none in flight when it began, none begun since). Otherwise the commit order is
-# unknown, so delete the entry and let the next read fill from the database.
+# KEYS: in-flight set, epoch, entry, lease, tombstone. After commit: store the saved row
+# only when no other write of the row overlapped this one (none in flight when it began,
+# none begun since). Otherwise the commit order is unknown, so delete the entry and let
+# the next read fill from the database; a drop leaves the row's tombstone for ARGV[6] ms
+# (none if '0'), as every invalidation does.
 WRITE_END = _script(
     "write_end",
     """
@@ -160,6 +162,7 @@ if ARGV[3] == '0' and redis.call('GET', KEYS[2]) == ARGV[2] then
   redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
   return 1
 end
+if ARGV[6] ~= '0' then redis.call('SET', KEYS[5], '1', 'PX', ARGV[6]) end
 redis.call('DEL', KEYS[3])
 return 0
 """,

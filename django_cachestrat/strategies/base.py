@@ -394,7 +394,7 @@ class Strategy:
 
     def after_save(self, instance: models.Model, using: str, created: bool, update_fields) -> None:
         """Act after the row is written (``post_save``): cache-aside drops it after commit."""
-        invalidation.rows(type(instance), [instance.pk], using)
+        invalidation.rows(type(instance), [instance.pk], using, created=created)
 
     def pending_rows(self, model: type[models.Model], among=None) -> list:
         """Return the pks of rows (of ``among``, if given) with writes not in the database yet.

@@ -383,7 +383,7 @@ class WriteBehind(Strategy):
                 if not f.primary_key and not codec.computed(instance.__dict__.get(f.attname))
             ]
             self.supersede(model, [(instance.pk, written)], using)
-        invalidation.rows(model, [instance.pk], using)
+        invalidation.rows(model, [instance.pk], using, created=created)
 
     def pending_rows(self, model, among=None) -> list:
         """Return the pks of rows with unflushed writes (none if Redis is unreachable)."""
