@@ -114,6 +114,75 @@ def test_an_uncontended_fill_is_stored(monkeypatch, raw_redis, events):
     assert events("fill", Book) == 1
 
 
+# -- lookups: the filler reads the row by value, so it cannot take the row's lease first ----
+
+
+def save(model, pk, name):
+    obj = model.objects.get(pk=pk)
+    setattr(obj, name, "new")
+    obj.save()  # cache-aside: dropped; write-through: stored after commit
+
+
+def save_one_field(model, pk, name):
+    obj = model.objects.get(pk=pk)
+    setattr(obj, name, "new")
+    obj.save(update_fields=[name])  # write-through: dropped, the other fields may be stale
+
+
+def queryset_update(model, pk, name):
+    model.objects.filter(pk=pk).update(**{name: "new"})
+
+
+def raw_sql_then_invalidate(model, pk, name):
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {model._meta.db_table} SET {name} = 'new' WHERE id = %s", [pk])
+    invalidate(model, pk=pk)
+
+
+def raw_sql_then_invalidate_model(model, pk, name):
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {model._meta.db_table} SET {name} = 'new' WHERE id = %s", [pk])
+    invalidate_model(model)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [save, save_one_field, queryset_update, raw_sql_then_invalidate, raw_sql_then_invalidate_model],
+)
+@pytest.mark.parametrize("model", [Book, Author])
+def test_a_lookup_filler_that_read_before_a_write_cannot_store_the_old_row(
+    monkeypatch, raw_redis, model, write
+):
+    if model is Book:
+        obj, name, lookup = Book.objects.create(title="old", isbn="1"), "title", {"isbn": "1"}
+    else:
+        obj = Author.objects.create(name="old", email="a@example.org")
+        raw_redis.delete(
+            keys.entry("cstest", "tests.author", options.get(Author).fingerprint, obj.pk)
+        )
+        name, lookup = "name", {"email": "a@example.org"}
+    real = Strategy._lookup_db
+    writes = [write]
+
+    def read_then_write(strategy, *args):
+        # 1. The filler holds the pointer's lease and reads the row by value: "old".
+        row = real(strategy, *args)
+        # 2. Before it stores, another path writes the row and invalidates it.
+        if writes:
+            writes.pop()(model, obj.pk, name)
+        return row
+
+    monkeypatch.setattr(Strategy, "_lookup_db", read_then_write)
+    # 3. The filler stores the pointer, and must not store the row it read.
+    assert getattr(model.objects.get_cached(**lookup), name) == "old"  # what it read
+    assert not writes
+    stored = entry(raw_redis, model, obj.pk)
+    if write is not raw_sql_then_invalidate_model:  # else stored under a retired version
+        assert stored is None or b"old" not in stored
+    assert getattr(model.objects.get_cached(pk=obj.pk), name) == "new"
+    assert getattr(model.objects.get_cached(**lookup), name) == "new"
+
+
 def test_invalidations_leave_a_short_tombstone_where_lookup_fillers_look(raw_redis):
     from django_cachestrat import conf
     from django_cachestrat.invalidation import TOMBSTONE_MARGIN_MS

@@ -22,7 +22,7 @@ from django_cachestrat import signals
 from django_cachestrat.backends import scripts
 from django_cachestrat.backends.breaker import CircuitBreaker
 from django_cachestrat.backends.replay import BUMP, InvalidationReplay
-from django_cachestrat.backends.scripts import Acquired, Script, Waited
+from django_cachestrat.backends.scripts import Acquired, LookupFilled, Script, Waited
 
 logger = logging.getLogger("django_cachestrat")
 
@@ -213,6 +213,50 @@ class RedisTransport:
             for (lease, waiters, ready), entry_key, value, ttl in items
         ]
         return [bool(r) for r in self.execute(ops)]
+
+    def acquire_pointer(
+        self,
+        version_key: str,
+        pointer: str,
+        lease: str,
+        seen: bytes | None,
+        token: str,
+        timeout: float,
+    ) -> tuple[Acquired, bytes | None, bytes]:
+        """Take a lookup pointer's lease, as ``acquire_or_get``, and read the model's version.
+
+        One round trip; returns ``(status, value, version)``. The version is read before
+        the filler reads the database, so what it stores under it is retired by any
+        ``invalidate_model`` since.
+        """
+        ms = max(1, int(timeout * 1000))
+        taken, version = self.execute(
+            [
+                (scripts.ACQUIRE, [pointer, lease], [token, ms, seen or b""]),
+                (scripts.VERSION, [version_key], [self._now_us(), "0"]),
+            ]
+        )
+        return Acquired(taken[0]), taken[1] if len(taken) > 1 else None, _as_bytes(version)
+
+    def fill_lookup(
+        self,
+        token: str,
+        pointer: tuple[tuple[str, str, str], str, bytes, int],
+        row: tuple[tuple[str, str, str], bytes, int],
+    ) -> LookupFilled:
+        """Store a lookup's pointer while the lease ``token`` holds, and its row if it may.
+
+        ``pointer`` is ``((lease, waiters, ready), pointer_key, pk, ttl)``, ``row`` is
+        ``((entry_key, lease, tombstone), entry, ttl)``; see ``scripts.LOOKUP_FILL``.
+        """
+        (lease, waiters, ready), pointer_key, pk, pointer_ttl = pointer
+        (entry_key, row_lease, tombstone), entry, entry_ttl = row
+        reply = self.script(
+            scripts.LOOKUP_FILL,
+            [lease, pointer_key, waiters, ready, entry_key, row_lease, tombstone],
+            [token, pk, pointer_ttl, entry, entry_ttl],
+        )
+        return LookupFilled(reply)
 
     def release(self, fills: Sequence[tuple[str, str, str]], token: str) -> None:
         """Give back the leases ``token`` holds among ``fills`` and wake their waiters."""
