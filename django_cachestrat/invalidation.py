@@ -67,7 +67,8 @@ def pointers(model: type[models.Model], instances, using: str) -> None:
     """Drop the lookup pointers of ``instances``' values once the transaction commits.
 
     A pointer can say "no such row" (``NEGATIVE_TTL``); a new row with that value must
-    not wait for it to expire.
+    not wait for it to expire. Their leases go too, so a reader that found no row before
+    the commit cannot store that answer after it.
     """
     opts = options.get(model)
     if not opts.lookups:
@@ -80,6 +81,7 @@ def pointers(model: type[models.Model], instances, using: str) -> None:
             value = getattr(instance, attname, None)
             if value is not None:
                 doomed.append(keys.lookup(cfg.KEY_PREFIX, opts.label, attname, value))
+                doomed.append(keys.lookup_fill(cfg.KEY_PREFIX, opts.label, attname, value)[0])
     if doomed:
         transaction.on_commit(partial(_drop_keys, model, doomed), using=using)
 

@@ -200,3 +200,25 @@ def test_invalidations_leave_a_short_tombstone_where_lookup_fillers_look(raw_red
     invalidate(tag)  # no lookups: no lookup filler stores its rows
     invalidate(page)  # write-behind: a lookup filler stores only the pointer
     assert tombstone(tag) == tombstone(page) == -2
+
+
+@pytest.mark.parametrize("create", ["create", "bulk_create"])
+def test_a_lookup_filler_that_found_no_row_cannot_cache_that_after_a_create(monkeypatch, create):
+    real = Strategy._lookup_db
+    creates = [create]
+
+    def read_then_create(strategy, *args):
+        try:
+            return real(strategy, *args)  # 1. the filler finds no row with the value
+        finally:
+            if creates:  # 2. before it stores "no such row", the row is created
+                book = Book(title="made", isbn="later")
+                if creates.pop() == "create":
+                    book.save()
+                else:
+                    Book.objects.bulk_create([book])
+
+    monkeypatch.setattr(Strategy, "_lookup_db", read_then_create)
+    with pytest.raises(Book.DoesNotExist):  # 3. what it read; it must not be cached
+        Book.objects.get_cached(isbn="later")
+    assert Book.objects.get_cached(isbn="later").title == "made"
