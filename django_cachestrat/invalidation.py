@@ -1,7 +1,9 @@
 """Invalidate one row, some rows, or a whole model: always after the commit.
 
 Dropping a row deletes its entry and its lease, so a reader that read the row before the
-write committed can no longer store it. Dropping a model bumps its version: O(1), no
+write committed can no longer store it. First it sets the row's tombstone, for a moment:
+a reader that read the row by a lookup value could not take its lease before its read,
+and stores the row only if there is none. Dropping a model bumps its version: O(1), no
 ``KEYS``/``SCAN``. Inside a transaction the work waits for the commit (and is dropped on
 rollback); outside one it happens at once. If Redis cannot be reached, the transport keeps
 the work and replays it when Redis answers again.
@@ -18,14 +20,41 @@ from django.db import models, router, transaction
 from django_cachestrat import backends, conf, keys, options, signals, transactions
 from django_cachestrat.backends import CacheUnavailable
 
+#: How much longer than a fill's lease a row's tombstone lives, in ms.
+TOMBSTONE_MARGIN_MS = 1000
 
-def rows(model: type[models.Model], pks: Iterable[object], using: str) -> None:
-    """Drop the cached rows ``pks`` of ``model`` once the transaction on ``using`` commits."""
+
+def rows(
+    model: type[models.Model], pks: Iterable[object], using: str, *, created: bool = False
+) -> None:
+    """Drop the cached rows ``pks`` of ``model`` once the transaction on ``using`` commits.
+
+    ``created``: the rows were just inserted (a negative entry may be cached), so no
+    reader can hold an older copy of them, and they need no tombstone.
+    """
     pks = list(pks)
     if not pks:
         return
     mark_written(model, using)
-    transaction.on_commit(partial(_drop_rows, model, pks), using=using)
+    transaction.on_commit(partial(_drop_rows, model, pks, created), using=using)
+
+
+def tombstone_ms(cfg: conf.Settings) -> int:
+    """Return how long a row's tombstone lives (ms): longer than any fill's lease.
+
+    A lookup filler stores the row it read only while the lease it took before that read
+    holds, so a tombstone set after its read is still there when it stores.
+    """
+    return int(cfg.LEASE_TIMEOUT * 1000) + TOMBSTONE_MARGIN_MS
+
+
+def needs_tombstones(model: type[models.Model]) -> bool:
+    """Tell whether dropping a row of ``model`` must leave a tombstone.
+
+    Only lookup fillers look at tombstones, and they store rows of models with lookups
+    only, and not of write-behind models (whose rows are views they leave alone).
+    """
+    return bool(options.get(model).lookups) and not model.cache_strategy.defers_writes
 
 
 def model(model: type[models.Model], using: str) -> None:
@@ -38,7 +67,8 @@ def pointers(model: type[models.Model], instances, using: str) -> None:
     """Drop the lookup pointers of ``instances``' values once the transaction commits.
 
     A pointer can say "no such row" (``NEGATIVE_TTL``); a new row with that value must
-    not wait for it to expire.
+    not wait for it to expire. Their leases go too, so a reader that found no row before
+    the commit cannot store that answer after it.
     """
     opts = options.get(model)
     if not opts.lookups:
@@ -51,6 +81,7 @@ def pointers(model: type[models.Model], instances, using: str) -> None:
             value = getattr(instance, attname, None)
             if value is not None:
                 doomed.append(keys.lookup(cfg.KEY_PREFIX, opts.label, attname, value))
+                doomed.append(keys.lookup_fill(cfg.KEY_PREFIX, opts.label, attname, value)[0])
     if doomed:
         transaction.on_commit(partial(_drop_keys, model, doomed), using=using)
 
@@ -69,20 +100,31 @@ def mark_written(model: type[models.Model], using: str) -> None:
         transactions.mark_written(using, options.get(member).label)
 
 
-def _drop_rows(model: type[models.Model], pks: list[object]) -> None:
+def _drop_rows(model: type[models.Model], pks: list[object], created: bool = False) -> None:
     cfg = conf.settings()
     transport = backends.get(cfg.CACHE_ALIAS)
     prefix = cfg.KEY_PREFIX
+    concrete = model._meta.concrete_model
     # A child's entry (multi-table inheritance) holds its parents' columns and the other
     # way round, so a row is dropped from every cached model of the family.
     for member in options.family(model):
         opts = options.get(member)
-        doomed = []
+        # An insert is new to the model and its children; a parent's row may have existed
+        # (a child saved over an existing parent updates it).
+        new = created and (member is concrete or concrete in member._meta.all_parents)
+        doomed, gone = [], []
         for pk in pks:
             doomed.append(keys.entry(prefix, opts.label, opts.fingerprint, pk))
             doomed.append(keys.lease(prefix, opts.label, pk))
+        if not new and needs_tombstones(member):
+            gone = [keys.gone(prefix, opts.label, pk) for pk in pks]
         try:
-            transport.delete(keys.version(prefix, opts.label), doomed)
+            transport.delete(
+                keys.version(prefix, opts.label),
+                doomed,
+                tombstones=gone,
+                tombstone_ms=tombstone_ms(cfg),
+            )
         except CacheUnavailable:
             pass  # kept by the transport and replayed when Redis answers
         if signals.cache_invalidate.receivers:

@@ -35,6 +35,15 @@ def lease(prefix: str, label: str, pk: object) -> str:
     return f"{prefix}:{{{label}:{token(pk)}}}:lease"
 
 
+def gone(prefix: str, label: str, pk: object) -> str:
+    """Key of a row's tombstone: set for a moment by every invalidation of the row.
+
+    A lookup filler, which reads the row by value and so cannot take its lease first,
+    stores the row only if there is none (see ``scripts.LOOKUP_FILL``).
+    """
+    return f"{prefix}:{{{label}:{token(pk)}}}:gone"
+
+
 def fill(prefix: str, label: str, pk: object) -> tuple[str, str, str]:
     """Return the keys a fill of a row uses.
 

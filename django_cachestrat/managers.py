@@ -160,7 +160,7 @@ class CachedQuerySet(models.QuerySet):
             if update_conflicts and len(pks) < len(objs):
                 invalidation.model(self.model, using)
             else:
-                invalidation.rows(self.model, pks, using)
+                invalidation.rows(self.model, pks, using, created=not update_conflicts)
             invalidation.pointers(self.model, objs, using)
         return objs
 

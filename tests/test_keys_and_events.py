@@ -28,6 +28,7 @@ def test_a_rows_keys_share_one_hash_tag():
     tags = {
         hash_tag(keys.entry("p", "app.model", "fp", pk)),
         hash_tag(keys.lease("p", "app.model", pk)),
+        hash_tag(keys.gone("p", "app.model", pk)),
         *(hash_tag(k) for k in keys.writes("p", "app.model", pk)),
     }
     assert len(tags) == 1

@@ -1,13 +1,16 @@
 import asyncio
 import logging
+import re
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 
 from django_cachestrat import keys, options
-from tests.models import Author, AuthorProxy, Book, Novel, Plain, Tag
+from tests.models import Author, AuthorProxy, Book, Novel, PageStats, Plain, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -101,14 +104,46 @@ def test_manager_on_an_uncached_model_is_an_error():
     assert manager.get_queryset().update(name="y") == 1
 
 
-def test_lookup_reads(book, django_assert_num_queries, events):
-    with django_assert_num_queries(1):
-        assert Book.objects.get_cached(isbn="978-0441").pk == book.pk
-    # The pointer is stored; the row itself is filled by the pk path (under a lease).
-    with django_assert_num_queries(1):
-        assert Book.objects.get_cached(isbn="978-0441").pk == book.pk
+@pytest.mark.parametrize("strategy", ["cache-aside", "write-through"])
+def test_a_cold_lookup_is_one_query_that_fills_the_pointer_and_the_row(
+    strategy, raw_redis, django_assert_num_queries, events
+):
+    if strategy == "cache-aside":
+        obj = Book.objects.create(title="Dune", isbn="978-0441")
+        lookup, shown = {"isbn": "978-0441"}, "title"
+    else:
+        obj = Author.objects.create(name="Dune", email="dune@example.org")
+        raw_redis.delete(entry_key(Author, obj.pk))  # evicted: the row is cold too
+        lookup, shown = {"email": "dune@example.org"}, "name"
+    model = type(obj)
+    events.counts.clear()  # a write-through create stored the row: not this test's fill
+    with django_assert_num_queries(1):  # by the value: the row read is the row stored
+        first = model.objects.get_cached(**lookup)
     with django_assert_num_queries(0):
-        assert Book.objects.get_cached(isbn="978-0441").title == "Dune"
+        second = model.objects.get_cached(**lookup)
+        by_pk = model.objects.get_cached(pk=obj.pk)
+    assert first.pk == second.pk == by_pk.pk == obj.pk
+    assert getattr(first, shown) == getattr(second, shown) == getattr(by_pk, shown) == "Dune"
+    assert (events("miss", model), events("fill", model), events("hit", model)) == (1, 1, 2)
+
+
+def test_a_cold_lookup_of_a_cached_write_behind_row_selects_only_its_pk(raw_redis):
+    page = PageStats.objects.create(path="/cold-pointer")
+    PageStats.objects.increment_behind(page.pk, views=3)  # the view is cached, a write pending
+    raw_redis.delete(keys.lookup("cstest", "tests.pagestats", "path", "/cold-pointer"))
+    with CaptureQueriesContext(connection) as captured:
+        got = PageStats.objects.get_cached(path="/cold-pointer")
+    assert (got.pk, got.views) == (page.pk, 3)  # the pending write is in it
+    sqls = [q["sql"] for q in captured]
+    for word in ("BEGIN", "FOR UPDATE", "SAVEPOINT"):  # no write transaction for a read
+        assert not any(word in sql.upper() for sql in sqls), sqls
+    assert len(sqls) == 1, sqls
+    assert re.match(
+        r'SELECT "tests_pagestats"\."id"( AS "pk")? FROM "tests_pagestats" WHERE', sqls[0]
+    )
+    with CaptureQueriesContext(connection) as captured:
+        assert PageStats.objects.get_cached(path="/cold-pointer").views == 3
+    assert len(captured) == 0
 
 
 def test_lookup_follows_a_changed_value(django_assert_num_queries):

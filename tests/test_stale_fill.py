@@ -6,7 +6,7 @@ import threading
 import pytest
 from django.db import connection
 
-from django_cachestrat import invalidate_model, keys, options
+from django_cachestrat import invalidate, invalidate_model, keys, options
 from django_cachestrat.strategies.base import Strategy
 from tests.models import Author, Book
 
@@ -112,3 +112,113 @@ def test_an_uncontended_fill_is_stored(monkeypatch, raw_redis, events):
         pass
     assert b"old" in entry(raw_redis, Book, book.pk)
     assert events("fill", Book) == 1
+
+
+# -- lookups: the filler reads the row by value, so it cannot take the row's lease first ----
+
+
+def save(model, pk, name):
+    obj = model.objects.get(pk=pk)
+    setattr(obj, name, "new")
+    obj.save()  # cache-aside: dropped; write-through: stored after commit
+
+
+def save_one_field(model, pk, name):
+    obj = model.objects.get(pk=pk)
+    setattr(obj, name, "new")
+    obj.save(update_fields=[name])  # write-through: dropped, the other fields may be stale
+
+
+def queryset_update(model, pk, name):
+    model.objects.filter(pk=pk).update(**{name: "new"})
+
+
+def raw_sql_then_invalidate(model, pk, name):
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {model._meta.db_table} SET {name} = 'new' WHERE id = %s", [pk])
+    invalidate(model, pk=pk)
+
+
+def raw_sql_then_invalidate_model(model, pk, name):
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {model._meta.db_table} SET {name} = 'new' WHERE id = %s", [pk])
+    invalidate_model(model)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [save, save_one_field, queryset_update, raw_sql_then_invalidate, raw_sql_then_invalidate_model],
+)
+@pytest.mark.parametrize("model", [Book, Author])
+def test_a_lookup_filler_that_read_before_a_write_cannot_store_the_old_row(
+    monkeypatch, raw_redis, model, write
+):
+    if model is Book:
+        obj, name, lookup = Book.objects.create(title="old", isbn="1"), "title", {"isbn": "1"}
+    else:
+        obj = Author.objects.create(name="old", email="a@example.org")
+        raw_redis.delete(
+            keys.entry("cstest", "tests.author", options.get(Author).fingerprint, obj.pk)
+        )
+        name, lookup = "name", {"email": "a@example.org"}
+    real = Strategy._lookup_db
+    writes = [write]
+
+    def read_then_write(strategy, *args):
+        # 1. The filler holds the pointer's lease and reads the row by value: "old".
+        row = real(strategy, *args)
+        # 2. Before it stores, another path writes the row and invalidates it.
+        if writes:
+            writes.pop()(model, obj.pk, name)
+        return row
+
+    monkeypatch.setattr(Strategy, "_lookup_db", read_then_write)
+    # 3. The filler stores the pointer, and must not store the row it read.
+    assert getattr(model.objects.get_cached(**lookup), name) == "old"  # what it read
+    assert not writes
+    stored = entry(raw_redis, model, obj.pk)
+    if write is not raw_sql_then_invalidate_model:  # else stored under a retired version
+        assert stored is None or b"old" not in stored
+    assert getattr(model.objects.get_cached(pk=obj.pk), name) == "new"
+    assert getattr(model.objects.get_cached(**lookup), name) == "new"
+
+
+def test_invalidations_leave_a_short_tombstone_where_lookup_fillers_look(raw_redis):
+    from django_cachestrat import conf
+    from django_cachestrat.invalidation import TOMBSTONE_MARGIN_MS
+    from tests.models import PageStats, Tag
+
+    def tombstone(obj):
+        return raw_redis.pttl(keys.gone("cstest", options.get(type(obj)).label, obj.pk))
+
+    lasts = int(conf.settings().LEASE_TIMEOUT * 1000) + TOMBSTONE_MARGIN_MS
+    book = Book.objects.create(title="t", isbn="1")
+    assert tombstone(book) == -2  # a new row: no reader can hold an older copy
+    invalidate(book)
+    assert 0 < tombstone(book) <= lasts
+    tag, page = Tag.objects.create(name="t"), PageStats.objects.create(path="/t")
+    invalidate(tag)  # no lookups: no lookup filler stores its rows
+    invalidate(page)  # write-behind: a lookup filler stores only the pointer
+    assert tombstone(tag) == tombstone(page) == -2
+
+
+@pytest.mark.parametrize("create", ["create", "bulk_create"])
+def test_a_lookup_filler_that_found_no_row_cannot_cache_that_after_a_create(monkeypatch, create):
+    real = Strategy._lookup_db
+    creates = [create]
+
+    def read_then_create(strategy, *args):
+        try:
+            return real(strategy, *args)  # 1. the filler finds no row with the value
+        finally:
+            if creates:  # 2. before it stores "no such row", the row is created
+                book = Book(title="made", isbn="later")
+                if creates.pop() == "create":
+                    book.save()
+                else:
+                    Book.objects.bulk_create([book])
+
+    monkeypatch.setattr(Strategy, "_lookup_db", read_then_create)
+    with pytest.raises(Book.DoesNotExist):  # 3. what it read; it must not be cached
+        Book.objects.get_cached(isbn="later")
+    assert Book.objects.get_cached(isbn="later").title == "made"

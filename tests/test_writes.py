@@ -147,17 +147,21 @@ def test_write_end_after_an_overlap_drops_the_row(raw_redis):
     inflight, epoch_key = keys.writes("cstest", "tests.author", 1)
     entry_key = keys.entry("cstest", "tests.author", options.get(Author).fingerprint, 1)
     lease_key = keys.lease("cstest", "tests.author", 1)
-    row_keys = (inflight, epoch_key, entry_key, lease_key)
+    gone_key = keys.gone("cstest", "tests.author", 1)
+    row_keys = (inflight, epoch_key, entry_key, lease_key, gone_key)
     e1, c1, _ = t.write_begin(version_key, (inflight, epoch_key), "w1", 60)
     e2, c2, _ = t.write_begin(version_key, (inflight, epoch_key), "w2", 60)
     assert (c1, c2) == (False, True)
-    assert t.write_end(version_key, row_keys, "w2", e2, c2, b"v:w2", 60) is False
-    assert t.write_end(version_key, row_keys, "w1", e1, c1, b"v:w1", 60) is False
+    assert t.write_end(version_key, row_keys, "w2", e2, c2, b"v:w2", 60, 3000) is False
+    assert t.write_end(version_key, row_keys, "w1", e1, c1, b"v:w1", 60, 3000) is False
     assert raw_redis.get(entry_key) is None
+    assert 0 < raw_redis.pttl(gone_key) <= 3000  # a drop leaves the row's tombstone
     # Sequential writes are stored.
+    raw_redis.delete(gone_key)
     e3, c3, _ = t.write_begin(version_key, (inflight, epoch_key), "w3", 60)
-    assert t.write_end(version_key, row_keys, "w3", e3, c3, b"v:w3", 60) is True
+    assert t.write_end(version_key, row_keys, "w3", e3, c3, b"v:w3", 60, 3000) is True
     assert raw_redis.get(entry_key) == b"v:w3"
+    assert raw_redis.get(gone_key) is None  # a store leaves none
 
 
 def test_a_writer_that_died_stops_counting_after_the_window(raw_redis):

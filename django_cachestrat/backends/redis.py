@@ -23,7 +23,7 @@ from django_cachestrat import signals
 from django_cachestrat.backends import scripts
 from django_cachestrat.backends.breaker import CircuitBreaker
 from django_cachestrat.backends.replay import BUMP, InvalidationReplay, KeptWrites
-from django_cachestrat.backends.scripts import Acquired, Script, Waited
+from django_cachestrat.backends.scripts import Acquired, LookupFilled, Script, Waited
 
 logger = logging.getLogger("django_cachestrat")
 
@@ -251,6 +251,50 @@ class RedisTransport:
         ]
         return [bool(r) for r in self.execute(ops)]
 
+    def acquire_pointer(
+        self,
+        version_key: str,
+        pointer: str,
+        lease: str,
+        seen: bytes | None,
+        token: str,
+        timeout: float,
+    ) -> tuple[Acquired, bytes | None, bytes]:
+        """Take a lookup pointer's lease, as ``acquire_or_get``, and read the model's version.
+
+        One round trip; returns ``(status, value, version)``. The version is read before
+        the filler reads the database, so what it stores under it is retired by any
+        ``invalidate_model`` since.
+        """
+        ms = max(1, int(timeout * 1000))
+        taken, version = self.execute(
+            [
+                (scripts.ACQUIRE, [pointer, lease], [token, ms, seen or b""]),
+                (scripts.VERSION, [version_key], [self._now_us(), "0"]),
+            ]
+        )
+        return Acquired(taken[0]), taken[1] if len(taken) > 1 else None, _as_bytes(version)
+
+    def fill_lookup(
+        self,
+        token: str,
+        pointer: tuple[tuple[str, str, str], str, bytes, int],
+        row: tuple[tuple[str, str, str], bytes, int],
+    ) -> LookupFilled:
+        """Store a lookup's pointer while the lease ``token`` holds, and its row if it may.
+
+        ``pointer`` is ``((lease, waiters, ready), pointer_key, pk, ttl)``, ``row`` is
+        ``((entry_key, lease, tombstone), entry, ttl)``; see ``scripts.LOOKUP_FILL``.
+        """
+        (lease, waiters, ready), pointer_key, pk, pointer_ttl = pointer
+        (entry_key, row_lease, tombstone), entry, entry_ttl = row
+        reply = self.script(
+            scripts.LOOKUP_FILL,
+            [lease, pointer_key, waiters, ready, entry_key, row_lease, tombstone],
+            [token, pk, pointer_ttl, entry, entry_ttl],
+        )
+        return LookupFilled(reply)
+
     def release(self, fills: Sequence[tuple[str, str, str]], token: str) -> None:
         """Give back the leases ``token`` holds among ``fills`` and wake their waiters."""
         self.execute([(scripts.RELEASE, list(fill), [token]) for fill in fills])
@@ -292,23 +336,25 @@ class RedisTransport:
     def write_end(
         self,
         version_key: str,
-        keys: tuple[str, str, str, str],
+        keys: tuple[str, str, str, str, str],
         token: str,
         epoch: bytes,
         contended: bool,
         value: bytes,
         ttl: int,
+        tombstone_ms: int = 0,
     ) -> bool:
         """Finish a write after commit: store ``value`` if uncontended, else delete the entry.
 
-        ``keys`` are the row's in-flight set, epoch, entry and lease keys. If Redis cannot
-        be reached the entry's deletion is kept for replay, as for ``delete``.
+        ``keys`` are the row's in-flight set, epoch, entry, lease and tombstone keys; a
+        deletion sets the tombstone for ``tombstone_ms`` (none if 0). If Redis cannot be
+        reached the entry's deletion is kept for replay, as for ``delete``.
         """
-        args = [token, epoch, "1" if contended else "0", value, ttl]
+        args = [token, epoch, "1" if contended else "0", value, ttl, tombstone_ms]
         try:
             return bool(self.script(scripts.WRITE_END, list(keys), args))
         except CacheUnavailable:
-            self.replay.keep(version_key, keys[2:])
+            self.replay.keep(version_key, keys[2:4])
             raise
 
     def write_abort(self, inflight_key: str, token: str) -> None:
@@ -317,10 +363,26 @@ class RedisTransport:
 
     # -- invalidation ----------------------------------------------------------------------
 
-    def delete(self, version_key: str, keys: Sequence[str]) -> None:
-        """Delete ``keys`` (one model's); kept for replay if Redis cannot be reached."""
+    def delete(
+        self,
+        version_key: str,
+        keys: Sequence[str],
+        *,
+        tombstones: Sequence[str] = (),
+        tombstone_ms: int = 0,
+    ) -> None:
+        """Delete ``keys`` (one model's); kept for replay if Redis cannot be reached.
+
+        ``tombstones`` are set first (``SET PX tombstone_ms``), in the same round trip:
+        Redis runs a pipeline's plain commands in order, so a script that runs between
+        them and the deletion already sees them. A replay deletes ``keys`` only: it comes
+        after ``FAILURE_COOLDOWN``, later than the fills that may have read the rows
+        before the invalidation failed (they store only while their lease holds).
+        """
+        ops: list[Op] = [("SET", key, "1", "PX", tombstone_ms) for key in tombstones]
+        ops.append(("DEL", *keys))
         try:
-            self._call(self._client.delete, *keys)
+            self.execute(ops)
         except CacheUnavailable:
             self.replay.keep(version_key, keys)
             raise

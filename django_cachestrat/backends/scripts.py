@@ -50,6 +50,14 @@ class Waited(enum.IntEnum):
     TAKE_OVER = 2  #: nobody holds the lease any more: take it
 
 
+class LookupFilled(enum.IntEnum):
+    """What ``LOOKUP_FILL`` stored."""
+
+    NOTHING = 0  #: the pointer's lease was no longer ours
+    POINTER = 1  #: the pointer; the row was kept out (a tombstone, a lease or an entry)
+    BOTH = 2  #: the pointer and the row's entry
+
+
 class Recorded(enum.IntEnum):
     """What ``RECORD`` did with a write-behind write."""
 
@@ -129,6 +137,34 @@ return {0}
 """,
 )
 
+# KEYS: the pointer's lease, the pointer, its waiters and ready list, then the row's entry,
+# lease and tombstone. This one spans a lookup value's keys and its row's (two hash tags;
+# see the README on Redis Cluster). A lookup filler read the row by value under the
+# pointer's lease, so it could not take the row's lease first. It stores the pointer while
+# its lease holds, as FILL does; and with it the row, unless the row's tombstone is there
+# (an invalidation came, maybe after the read: the tombstone outlives the lease, so one
+# set after the read is still there), another reader holds the row's lease (it fills the
+# row), or an entry is there (a write-through store or another fill: kept). Either way,
+# the readers waiting for the pointer are woken.
+# ARGV: token, pk, pointer TTL, entry, entry TTL.
+LOOKUP_FILL = _script(
+    "lookup_fill",
+    """
+local stored = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+  redis.call('DEL', KEYS[1])
+  stored = 1
+  if redis.call('EXISTS', KEYS[7], KEYS[6], KEYS[5]) == 0 then
+    redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5])
+    stored = 2
+  end
+end
+"""
+    + _wake(3, 4)
+    + "return stored",
+)
+
 # A write-through save announces itself before its commit: it joins the set of writes in
 # flight (each with a deadline, so a writer that died or rolled back drops out by itself)
 # and takes the next epoch. The epoch starts from the clock, never from 1, so a writer
@@ -149,9 +185,11 @@ return {epoch, redis.call('ZCARD', KEYS[1])}
 """,
 )
 
-# After commit: store the saved row only when no other write of the row overlapped this
-# one (none in flight when it began, none begun since). Otherwise the commit order is
-# unknown, so delete the entry and let the next read fill from the database.
+# KEYS: in-flight set, epoch, entry, lease, tombstone. After commit: store the saved row
+# only when no other write of the row overlapped this one (none in flight when it began,
+# none begun since). Otherwise the commit order is unknown, so delete the entry and let
+# the next read fill from the database; a drop leaves the row's tombstone for ARGV[6] ms
+# (none if '0'), as every invalidation does.
 WRITE_END = _script(
     "write_end",
     """
@@ -161,6 +199,7 @@ if ARGV[3] == '0' and redis.call('GET', KEYS[2]) == ARGV[2] then
   redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
   return 1
 end
+if ARGV[6] ~= '0' then redis.call('SET', KEYS[5], '1', 'PX', ARGV[6]) end
 redis.call('DEL', KEYS[3])
 return 0
 """,

@@ -2,8 +2,10 @@
 
 Read hit: one ``MGET`` of the model's version and the rows' entries, decode, done.
 Read miss: take a lease per missed row, read the database once, store each row only if its
-lease still holds (an invalidation in between deletes the lease). Reads inside a
-transaction that wrote the model, and reads while Redis is down, go to the database.
+lease still holds (an invalidation in between deletes the lease). A cold lookup reads the
+row by value once, under its pointer's lease, and stores the row with the pointer unless
+the row's tombstone says an invalidation may have come since. Reads inside a transaction
+that wrote the model, and reads while Redis is down, go to the database.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import random
 import secrets
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -29,7 +32,7 @@ from django_cachestrat import (
     transactions,
 )
 from django_cachestrat.backends import CacheUnavailable
-from django_cachestrat.backends.scripts import Acquired, Waited
+from django_cachestrat.backends.scripts import Acquired, LookupFilled, Waited
 
 
 def _send(signal, model: type[models.Model], count: int) -> None:
@@ -44,6 +47,28 @@ def ttl(opts: options.CacheOptions, cfg: conf.Settings) -> int:
     """
     base = opts.ttl or cfg.DEFAULT_TTL
     return max(1, base - random.randint(0, int(base * cfg.TTL_JITTER)))
+
+
+def _encode_fill(opts, cfg, version: bytes, obj, delta: int, now: int) -> tuple[bytes, int]:
+    """Return the entry of a row read from the database, and its life in Redis (seconds).
+
+    ``delta``: how long the read took (ms); ``now``: the time (ms since the epoch).
+    """
+    fresh = ttl(opts, cfg)
+    expires = now + fresh * 1000 if opts.stale_ttl or opts.early_refresh else 0
+    return codec.encode(opts, version, obj, expires=expires, delta=delta), fresh + opts.grace
+
+
+class _Lookup(NamedTuple):
+    """One ``get_cached(<field>=value)`` read: what its steps share."""
+
+    model: type[models.Model]
+    opts: options.CacheOptions
+    using: str
+    field: models.Field
+    value: object
+    pointer: str  #: the pointer's key: it holds the row's pk, or "-" (no such row)
+    fill_keys: tuple[str, str, str]  #: the pointer's lease, waiters and ready list
 
 
 class Strategy:
@@ -148,75 +173,125 @@ class Strategy:
             return self._lookup_db(model, using, name, value)
         transport = backends.get(cfg.CACHE_ALIAS)
         prefix = cfg.KEY_PREFIX
-        pointer = keys.lookup(prefix, opts.label, field.attname, value)
+        lookup = _Lookup(
+            model,
+            opts,
+            using,
+            field,
+            value,
+            keys.lookup(prefix, opts.label, field.attname, value),
+            keys.lookup_fill(prefix, opts.label, field.attname, value),
+        )
         try:
-            raw = transport.get(pointer)
+            raw = transport.get(lookup.pointer)
         except CacheUnavailable:
             return self._lookup_db(model, using, name, value)
         if raw is not None:
-            found = self._follow(model, opts, using, field, value, raw)
+            found = self._follow(lookup, raw)
             if found is not None:
                 return found
         _send(signals.cache_miss, model, 1)
         if not transactions.may_fill(using):
             return self._lookup_db(model, using, name, value)
-        fill_keys = keys.lookup_fill(prefix, opts.label, field.attname, value)
+        return self._fill_lookup(lookup, transport, raw)
+
+    def _fill_lookup(self, lookup: _Lookup, transport, seen: bytes | None):
+        """Fill a missed pointer, single-flight; ``seen`` is a pointer that led astray."""
+        cfg = conf.settings()
         token = secrets.token_hex(8)
         try:
-            if raw is None:
-                ((status, raw),) = transport.acquire_or_get(
-                    [(pointer, fill_keys[0], None)], token, cfg.LEASE_TIMEOUT
-                )
-            else:  # a pointer that led astray: replace it
-                (held,) = transport.acquire_leases([fill_keys[0]], token, cfg.LEASE_TIMEOUT)
-                status = Acquired.TAKEN if held else Acquired.HELD
+            status, raw, version = transport.acquire_pointer(
+                keys.version(cfg.KEY_PREFIX, lookup.opts.label),
+                lookup.pointer,
+                lookup.fill_keys[0],
+                seen,
+                token,
+                cfg.LEASE_TIMEOUT,
+            )
         except CacheUnavailable:
-            return self._lookup_db(model, using, name, value)
-        if status is Acquired.FILLED:  # another reader filled the pointer since our read
-            found = self._follow(model, opts, using, field, value, raw)
-            return found if found is not None else self._lookup_db(model, using, name, value)
-        held = status is Acquired.TAKEN
-        if not held and cfg.FILL_WAIT:
-            (answer,) = _await(model, transport, cfg, [(pointer, fill_keys)])
-            if isinstance(answer, bytes):
-                found = self._follow(model, opts, using, field, value, answer)
-                if found is not None:
-                    return found
-            return self._lookup_db(model, using, name, value)
-        if not held:
-            return self._lookup_db(model, using, name, value)
+            return self._db_lookup(lookup)
+        if status is Acquired.TAKEN:
+            return self._load_lookup(lookup, transport, token, version)
+        if status is Acquired.HELD:  # another reader fills it: wait for its pointer
+            if not cfg.FILL_WAIT:
+                return self._db_lookup(lookup)
+            (raw,) = _await(lookup.model, transport, cfg, [(lookup.pointer, lookup.fill_keys)])
+            if raw is _TAKE_OVER:  # its filler failed or died: fill it ourselves
+                return self._fill_lookup(lookup, transport, seen)
+        # The pointer (FILLED: another reader filled it since our read), or _TIMEOUT.
+        found = self._follow(lookup, raw) if isinstance(raw, bytes) else None
+        return found if found is not None else self._db_lookup(lookup)
+
+    def _load_lookup(self, lookup: _Lookup, transport, token: str, version: bytes):
+        """Under the pointer's lease, read the row by value; store the pointer and the row.
+
+        One query. The row's entry goes in with the pointer, in one script, unless an
+        invalidation may have come since the read (see ``scripts.LOOKUP_FILL``).
+        """
+        opts = lookup.opts
+        cfg = conf.settings()
+        prefix = cfg.KEY_PREFIX
+        started = time.monotonic()
+        obj = self._read_by_value(lookup, transport, token, self._lookup_db)
+        delta = int((time.monotonic() - started) * 1000)
+        entry, life = _encode_fill(opts, cfg, version, obj, delta, int(time.time() * 1000))
+        row_keys = (
+            keys.entry(prefix, opts.label, opts.fingerprint, obj.pk),
+            keys.lease(prefix, opts.label, obj.pk),
+            keys.gone(prefix, opts.label, obj.pk),
+        )
+        pointer = (lookup.fill_keys, lookup.pointer, str(obj.pk).encode(), ttl(opts, cfg))
         try:
-            obj = self._lookup_db(model, using, name, value)
-        except model.DoesNotExist:
-            stored = (fill_keys, pointer, b"-", cfg.NEGATIVE_TTL)
-            self._store_pointer(transport, token, fill_keys, stored if cfg.NEGATIVE_TTL else None)
+            filled = transport.fill_lookup(token, pointer, (row_keys, entry, life))
+        except CacheUnavailable:
+            return obj
+        if filled is LookupFilled.BOTH:
+            _send(signals.cache_fill, lookup.model, 1)
+        return obj
+
+    def _read_by_value(self, lookup: _Lookup, transport, token: str, read):
+        """Return ``read(model, using, name, value)``, run under the pointer's lease.
+
+        "No such row" is stored as the pointer ``-`` (for ``NEGATIVE_TTL``) and raised; on
+        any other error the lease is given back, so a waiting reader takes over at once.
+        """
+        cfg = conf.settings()
+        try:
+            return read(lookup.model, lookup.using, lookup.field.name, lookup.value)
+        except lookup.model.DoesNotExist:
+            negative = (lookup.fill_keys, lookup.pointer, b"-", cfg.NEGATIVE_TTL)
+            self._store_pointer(
+                transport, token, lookup.fill_keys, negative if cfg.NEGATIVE_TTL else None
+            )
             raise
         except BaseException:
-            self._store_pointer(transport, token, fill_keys, None)
+            self._store_pointer(transport, token, lookup.fill_keys, None)
             raise
-        stored = (fill_keys, pointer, str(obj.pk).encode(), ttl(opts, cfg))
-        self._store_pointer(transport, token, fill_keys, stored)
-        return obj
 
     def _lookup_db(self, model, using, name, value):
         """Read the row whose ``name`` is ``value`` from the database (a lookup miss)."""
         return model._base_manager.db_manager(using).get(**{name: value})
 
-    def _follow(self, model, opts, using, field, value, raw: bytes):
-        """Return the row a pointer leads to if it still has ``value``, else None.
+    def _db_lookup(self, lookup: _Lookup):
+        """Read a lookup's row from the database, filling nothing."""
+        return self._lookup_db(lookup.model, lookup.using, lookup.field.name, lookup.value)
+
+    def _follow(self, lookup: _Lookup, raw: bytes):
+        """Return the row a pointer leads to if it still has the lookup's value, else None.
 
         Raises ``DoesNotExist`` for a cached "no such row".
         """
+        model, field = lookup.model, lookup.field
         if raw == b"-":
             raise model.DoesNotExist(
-                f"{model._meta.object_name} matching {field.name}={value!r} does not exist."
+                f"{model._meta.object_name} matching {field.name}={lookup.value!r} does not exist."
             )
         try:
-            pk = opts.to_pk(raw.decode())
+            pk = lookup.opts.to_pk(raw.decode())
         except (ValueError, UnicodeDecodeError):
             return None
-        obj = self._read(model, opts, using, [pk]).get(pk) if pk is not None else None
-        if obj is not None and getattr(obj, field.attname) == value:
+        obj = self._read(model, lookup.opts, lookup.using, [pk]).get(pk) if pk is not None else None
+        if obj is not None and getattr(obj, field.attname) == lookup.value:
             return obj
         return None
 
@@ -354,7 +429,6 @@ class Strategy:
                 transport.release([keys.fill(prefix, opts.label, pk) for pk in pks], token)
             raise
         delta = int((time.monotonic() - started) * 1000)
-        aging = opts.stale_ttl or opts.early_refresh
         now = int(time.time() * 1000)
         items, unfilled = [], []
         for pk in pks:
@@ -369,10 +443,7 @@ class Strategy:
                 else:
                     unfilled.append(fill_keys)
                 continue
-            fresh = ttl(opts, cfg)
-            expires = now + fresh * 1000 if aging else 0
-            value = codec.encode(opts, version, obj, expires=expires, delta=delta)
-            items.append((fill_keys, entry_key, value, fresh + opts.grace))
+            items.append((fill_keys, entry_key, *_encode_fill(opts, cfg, version, obj, delta, now)))
         try:
             if items:
                 _send(signals.cache_fill, model, sum(transport.fill_many(items, token)))
@@ -394,7 +465,7 @@ class Strategy:
 
     def after_save(self, instance: models.Model, using: str, created: bool, update_fields) -> None:
         """Act after the row is written (``post_save``): cache-aside drops it after commit."""
-        invalidation.rows(type(instance), [instance.pk], using)
+        invalidation.rows(type(instance), [instance.pk], using, created=created)
 
     def pending_rows(self, model: type[models.Model], among=None) -> list:
         """Return the pks of rows (of ``among``, if given) with writes not in the database yet.

@@ -115,6 +115,24 @@ class WriteBehind(Strategy):
             obj = self._with_pending(model, using, [obj.pk], skip).get(obj.pk, obj)
         return _lay_kept({obj.pk: obj}, kept)[obj.pk] if kept else obj
 
+    def _load_lookup(self, lookup, transport, token, version):
+        """Under the pointer's lease, read the row's pk by value; store it, read the row by pk.
+
+        A write-behind row is its view (the database's row plus the writes pending), which
+        the read by pk returns, or fills single-flight: the pointer is all this stores.
+        One ``SELECT`` of the pk, and no write transaction when the row is cached.
+        """
+        pk = self._read_by_value(lookup, transport, token, _select_pk)
+        stored = (
+            lookup.fill_keys,
+            lookup.pointer,
+            str(pk).encode(),
+            ttl(lookup.opts, conf.settings()),
+        )
+        self._store_pointer(transport, token, lookup.fill_keys, stored)
+        obj = self._read(lookup.model, lookup.opts, lookup.using, [pk]).get(pk)
+        return obj if obj is not None else self._db_lookup(lookup)  # deleted since: ask again
+
     def _fill_views(self, model, using, pks) -> dict[object, models.Model]:
         """Read missed rows once, whoever else misses them: single flight, as for entries.
 
@@ -391,7 +409,7 @@ class WriteBehind(Strategy):
                 if not f.primary_key and not codec.computed(instance.__dict__.get(f.attname))
             ]
             self.supersede(model, [(instance.pk, written)], using)
-        invalidation.rows(model, [instance.pk], using)
+        invalidation.rows(model, [instance.pk], using, created=created)
 
     def pending_rows(self, model, among=None) -> list:
         """Return the pks of rows with unflushed writes (none if Redis is unreachable)."""
@@ -500,6 +518,11 @@ class _Deferred:
             current = getattr(obj, name)
             if name not in skip and current is not None:  # NULL + 1: the commit says so
                 setattr(obj, name, current + amount)
+
+
+def _select_pk(model, using, name, value):
+    """Return the pk of the row whose ``name`` is ``value``, from the database."""
+    return model._base_manager.db_manager(using).values_list("pk", flat=True).get(**{name: value})
 
 
 def _saved_fields(opts: options.CacheOptions, update_fields) -> list[models.Field]:

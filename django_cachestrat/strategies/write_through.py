@@ -95,6 +95,7 @@ class WriteThrough(Strategy):
             *keys.writes(prefix, opts.label, pk),
             keys.entry(prefix, opts.label, opts.fingerprint, pk),
             keys.lease(prefix, opts.label, pk),
+            keys.gone(prefix, opts.label, pk),
         )
         try:
             stored = backends.get(cfg.CACHE_ALIAS).write_end(
@@ -105,6 +106,7 @@ class WriteThrough(Strategy):
                 contended,
                 value,
                 life,
+                invalidation.tombstone_ms(cfg) if invalidation.needs_tombstones(model) else 0,
             )
         except CacheUnavailable:
             return
