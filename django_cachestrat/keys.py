@@ -95,10 +95,13 @@ def behind_model(prefix: str, label: str) -> dict[str, str]:
     ``dirty``: rows with unflushed writes, scored by when they may next be claimed;
     ``busy``: rows in a batch being flushed, with the batch id; ``inflight``: batch ids,
     scored by the deadline after which another worker may reclaim them; ``attempts``:
-    failed flushes per row; ``trigger``: set while a size-triggered flush is queued.
+    failed flushes per row; ``trigger``: set while a size-triggered flush is queued;
+    ``first``: for rows whose dirty score no longer says when they were first written (in
+    a batch, or put back with a retry delay), the ms of their oldest unflushed write.
     """
     tag = f"{prefix}:{{{label}}}:wb"
-    return {name: f"{tag}:{name}" for name in ("dirty", "busy", "inflight", "attempts", "trigger")}
+    names = ("dirty", "busy", "inflight", "attempts", "trigger", "first")
+    return {name: f"{tag}:{name}" for name in names}
 
 
 def behind_batch(prefix: str, label: str, batch: str) -> str:

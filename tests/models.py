@@ -100,6 +100,7 @@ class Visit(WriteBehindMixin, models.Model):
     hits = models.IntegerField(default=0)
     label = models.CharField(max_length=20, default="")
     bonus = models.IntegerField(null=True)  # a counter that can be NULL
+    rate = models.DecimalField(max_digits=6, decimal_places=2, null=True)
 
     objects = CachedManager()
 

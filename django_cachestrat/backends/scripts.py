@@ -182,13 +182,15 @@ return v
 
 # -- write-behind: recording writes -----------------------------------------------------------
 
-# KEYS: view, pending fields, pending deltas, dirty set, version, lease, trigger. This one
-# spans a row and its model (the dirty set, the version): see the README on Redis Cluster.
+# KEYS: view, pending fields, pending deltas, dirty set, version, lease, trigger, busy,
+# first. This one spans a row and its model (the dirty set, the version): see the README
+# on Redis Cluster.
 # ARGV: pk, now (ms), full ('1'/'0'), initial version, nf, nf (name, value) pairs, nd,
 # nd (name, amount) pairs, BATCH_SIZE, trigger hold (ms), ns, ns names.
 # The ns names are fields written to the database directly since the row's pending
 # writes (a save, an update): their pending writes are dropped first, and the view's
-# value of them is not trusted. With no field and no delta, that is all it does. One
+# value of them is not trusted. With no field and no delta, that is all it does (and a row
+# left with nothing unflushed, in no batch, forgets when it was first written). One
 # HMGET reads what the view holds of every field named, so a save costs about ten
 # commands however wide the row.
 RECORD = _script(
@@ -207,7 +209,10 @@ if ns > 0 then
   redis.call('HDEL', fields, unpack(names))
   redis.call('HDEL', deltas, unpack(names))
   if nf == 0 and nd == 0 then
-    if redis.call('EXISTS', fields, deltas) == 0 then redis.call('ZREM', dirty, ARGV[1]) end
+    if redis.call('EXISTS', fields, deltas) == 0 then
+      redis.call('ZREM', dirty, ARGV[1])
+      if redis.call('HEXISTS', KEYS[8], ARGV[1]) == 0 then redis.call('HDEL', KEYS[9], ARGV[1]) end
+    end
     return 0
   end
 end
@@ -267,13 +272,15 @@ return 0
 """,
 )
 
-# KEYS: the row's view, pending fields and deltas, the model's dirty set. The row was
-# deleted: forget its view and its unflushed writes.
+# KEYS: the row's view, pending fields and deltas, the model's dirty set, busy hash and
+# first hash. The row was deleted: forget its view and its unflushed writes (a batch in
+# flight still holds some: then it keeps when they were first written).
 DISCARD = _script(
     "discard",
     """
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
+if redis.call('HEXISTS', KEYS[5], ARGV[1]) == 0 then redis.call('HDEL', KEYS[6], ARGV[1]) end
 return 1
 """,
 )
@@ -354,18 +361,21 @@ return {0}
 # -- write-behind: the flush queue ------------------------------------------------------------
 # These span the model's queue keys and its rows' pending keys: one script per batch.
 
-# KEYS: inflight, busy, dirty, members, then per pk: fields, deltas, batch fields, batch
-# deltas. ARGV: batch id, deadline (ms), pks. Moves each claimable row's pending writes
-# into the batch and marks it busy.
+# KEYS: inflight, busy, dirty, members, first, then per pk: fields, deltas, batch fields,
+# batch deltas. ARGV: batch id, deadline (ms), pks. Moves each claimable row's pending
+# writes into the batch and marks it busy. Out of the dirty set, a row's score (when it
+# was first written) goes to the first hash, where a requeued row's older one is kept.
 CLAIM = _script(
     "claim",
     """
-local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local inflight, busy, dirty, members, first = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local claimed = {}
 for j = 1, #ARGV - 2 do
   local pk = ARGV[j + 2]
-  local k = 4 + (j - 1) * 4
-  if redis.call('ZSCORE', dirty, pk) and redis.call('HEXISTS', busy, pk) == 0 then
+  local k = 5 + (j - 1) * 4
+  local since = redis.call('ZSCORE', dirty, pk)
+  if since and redis.call('HEXISTS', busy, pk) == 0 then
+    redis.call('HSETNX', first, pk, since)
     for m = 1, 2 do
       if redis.call('EXISTS', KEYS[k + m]) == 1 then
         redis.call('RENAME', KEYS[k + m], KEYS[k + m + 2])
@@ -394,17 +404,20 @@ return redis.call('SMEMBERS', KEYS[2])
 """,
 )
 
-# KEYS: inflight, busy, dirty, members, then per pk: batch fields, batch deltas, view.
-# Forget rows of a batch that are in the database; unpin their views.
+# KEYS: inflight, busy, dirty, members, first, then per pk: batch fields, batch deltas,
+# view. Forget rows of a batch that are in the database; unpin their views. A row's writes
+# since the claim are in the dirty set, scored by when they were made: its first entry,
+# the batch's, goes.
 ACK = _script(
     "ack",
     """
-local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local inflight, busy, dirty, members, first = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 for j = 1, #ARGV - 2 do
   local pk = ARGV[j + 2]
-  local k = 4 + (j - 1) * 3
+  local k = 5 + (j - 1) * 3
   redis.call('DEL', KEYS[k + 1], KEYS[k + 2])
   redis.call('HDEL', busy, pk)
+  redis.call('HDEL', first, pk)
   redis.call('SREM', members, pk)
   if not redis.call('ZSCORE', dirty, pk) then
     if redis.call('HDEL', KEYS[k + 3], '__p') == 1 then
@@ -418,14 +431,15 @@ return 1
 )
 
 # KEYS as CLAIM's. Put a batch's rows back as pending, under any writes recorded since the
-# claim: newer field values win, deltas add up. Claimable again from ARGV[2] (ms).
+# claim: newer field values win, deltas add up. Claimable again from ARGV[2] (ms); the
+# dirty score is then that time, so the first hash keeps when the row was first written.
 REQUEUE = _script(
     "requeue",
     """
 local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 for j = 1, #ARGV - 2 do
   local pk = ARGV[j + 2]
-  local k = 4 + (j - 1) * 4
+  local k = 5 + (j - 1) * 4
   local inc = redis.call('HGETALL', KEYS[k + 4])
   for i = 1, #inc, 2 do
     -- A value saved since the claim already includes this increment.

@@ -83,6 +83,8 @@ class PendingWrites(ModelState):
             self.version_key(),
             row["lease"],
             self.queue["trigger"],
+            self.queue["busy"],
+            self.queue["first"],
         ]
         return scripts.RECORD, script_keys, args
 
@@ -91,7 +93,14 @@ class PendingWrites(ModelState):
         row = self.row(pk)
         self.transport.script(
             scripts.DISCARD,
-            [row["view"], row["fields"], row["deltas"], self.queue["dirty"]],
+            [
+                row["view"],
+                row["fields"],
+                row["deltas"],
+                self.queue["dirty"],
+                self.queue["busy"],
+                self.queue["first"],
+            ],
             [member(pk)],
         )
 

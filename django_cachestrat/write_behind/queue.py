@@ -93,7 +93,7 @@ class Queue(ModelState):
     def _batch_keys(self, batch_id: str, pks: Iterable[Any], *, pending=False) -> list[str]:
         q = self.queue
         members = keys.behind_batch(self.prefix, self.opts.label, batch_id)
-        script_keys = [q["inflight"], q["busy"], q["dirty"], members]
+        script_keys = [q["inflight"], q["busy"], q["dirty"], members, q["first"]]
         for pk in pks if pending else ():
             row = self.row(pk)
             script_keys += [row["fields"], row["deltas"], *self.batch_row(pk, batch_id)]
