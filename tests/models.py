@@ -108,6 +108,32 @@ class Visit(WriteBehindMixin, models.Model):
         base_manager_name = "objects"
 
 
+class Gauge(WriteBehindMixin, models.Model):
+    """Write-behind with a value the database fills in on insert (``db_default``)."""
+
+    level = models.IntegerField(db_default=7)
+    reading = models.IntegerField(default=0)
+
+    objects = CachedManager()
+
+    class Meta:
+        base_manager_name = "objects"
+
+
+class Doubled(WriteBehindMixin, models.Model):
+    """Write-behind with a column the database computes (a generated field)."""
+
+    base = models.IntegerField(default=1)
+    twice = models.GeneratedField(
+        expression=models.F("base") * 2, output_field=models.IntegerField(), db_persist=True
+    )
+
+    objects = CachedManager()
+
+    class Meta:
+        base_manager_name = "objects"
+
+
 class Headline(CacheAsideMixin, models.Model):
     """Served stale for a minute while one reader refreshes it."""
 

@@ -315,6 +315,34 @@ end
     + "return stored",
 )
 
+# KEYS: view, lease, version, pending fields, pending deltas. ARGV: ttl, initial version,
+# then (name, value) pairs. After a new row's insert commits: store its view, unless one as
+# new is there (pinned by a write-behind write, or filled under the current version by a
+# reader since the commit) or the row has pending writes (a read rebuilds the view with
+# them). The lease goes either way, as an invalidation's does: a reader that took it
+# before the commit may have read "no such row", and must not store that.
+VIEW_STORE = _script(
+    "view_store",
+    """
+local version = redis.call('GET', KEYS[3])
+if not version then
+  version = ARGV[2]
+  redis.call('SET', KEYS[3], version)
+end
+redis.call('DEL', KEYS[2])
+local held = redis.call('HMGET', KEYS[1], '__p', '__v')
+if held[1] == '1' or held[2] == version then return 0 end
+redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[4], KEYS[5]) > 0 then return 0 end
+local values = {unpack(ARGV, 3)}
+values[#values + 1] = '__v'
+values[#values + 1] = version
+redis.call('HSET', KEYS[1], unpack(values))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+""",
+)
+
 # A view is usable when it has pending writes (pinned), or was filled under the model's
 # current version: as a row (__v) or as "no such row" (__n, for NEGATIVE_TTL).
 _USABLE = """
