@@ -219,7 +219,7 @@ def test_when_a_row_was_first_written_is_forgotten_once_it_is_flushed(settings, 
     assert raw_redis.hlen(first) == 3
     # Put back with a delay (as after a failure), then the rows' writes all superseded
     # by a direct write, or deleted: nothing left, so nothing kept.
-    Queue(PageStats).requeue(batch.id, [r.pk for r in rows], 60)
+    Queue(PageStats).requeue(batch, [r.pk for r in rows], 60)
     assert raw_redis.hlen(first) == 3
     PageStats.objects.filter(pk=rows[0].pk).update(views=0)
     rows[1].delete()
@@ -234,7 +234,7 @@ def test_when_a_row_was_first_written_is_forgotten_once_it_is_flushed(settings, 
     tick()
     PageStats.objects.increment_behind(rows[2].pk, views=1)
     written = time.time()
-    Queue(PageStats).ack(batch.id, [rows[2].pk], 60)  # as a worker that wrote the batch
+    Queue(PageStats).ack(batch, [rows[2].pk], 60)  # as a worker that wrote the batch
 
     (row,) = inspect.inspect([PageStats]).rows
     assert abs(row.since.timestamp() - written) < 0.5

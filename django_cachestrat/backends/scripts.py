@@ -432,16 +432,25 @@ return redis.call('SMEMBERS', KEYS[2])
 """,
 )
 
+# Whether the caller's claim of batch ARGV[1] (its deadline, ARGV[3]) is still the batch's:
+# a worker that stalled past its deadline while another reclaimed the batch is not its
+# owner any more (see queue.py).
+_OWNED = """
+local claim = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not claim or tonumber(claim) ~= tonumber(ARGV[3]) then return 0 end
+"""
+
 # KEYS: inflight, busy, dirty, members, first, then per pk: batch fields, batch deltas,
-# view. Forget rows of a batch that are in the database; unpin their views. A row's writes
-# since the claim are in the dirty set, scored by when they were made: its first entry,
-# the batch's, goes.
+# view. ARGV: batch id, ttl, claim deadline, pks. Forget rows of a batch that are in the
+# database; unpin their views. A row's writes since the claim are in the dirty set, scored
+# by when they were made: its first entry, the batch's, goes. 0 if the claim is not ours.
 ACK = _script(
     "ack",
-    """
+    _OWNED
+    + """
 local inflight, busy, dirty, members, first = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-for j = 1, #ARGV - 2 do
-  local pk = ARGV[j + 2]
+for j = 1, #ARGV - 3 do
+  local pk = ARGV[j + 3]
   local k = 5 + (j - 1) * 3
   redis.call('DEL', KEYS[k + 1], KEYS[k + 2])
   redis.call('HDEL', busy, pk)
@@ -458,15 +467,17 @@ return 1
 """,
 )
 
-# KEYS as CLAIM's. Put a batch's rows back as pending, under any writes recorded since the
-# claim: newer field values win, deltas add up. Claimable again from ARGV[2] (ms); the
-# dirty score is then that time, so the first hash keeps when the row was first written.
+# KEYS as CLAIM's; ARGV: batch id, when, claim deadline, pks. Put a batch's rows back as
+# pending, under any writes recorded since the claim: newer field values win, deltas add
+# up. Claimable again from ARGV[2] (ms); the dirty score is then that time, so the first
+# hash keeps when the row was first written. 0 if the claim is not ours.
 REQUEUE = _script(
     "requeue",
-    """
+    _OWNED
+    + """
 local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-for j = 1, #ARGV - 2 do
-  local pk = ARGV[j + 2]
+for j = 1, #ARGV - 3 do
+  local pk = ARGV[j + 3]
   local k = 5 + (j - 1) * 4
   local inc = redis.call('HGETALL', KEYS[k + 4])
   for i = 1, #inc, 2 do
