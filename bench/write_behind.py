@@ -200,6 +200,8 @@ class Behind:
             f"{FLOOR}:version",
             f"{tag}:lease",
             f"{FLOOR}:trigger",
+            f"{FLOOR}:busy",
+            f"{FLOOR}:first",
         ]
 
     def floor_save(self, i: int):
@@ -214,13 +216,13 @@ class Behind:
         for name, value in self.floor_fields:
             args += [name, str(self.floor_count + i).encode() if name == "count" else value]
         args += [0, *TRIGGER_ARGS]
-        return self.client.evalsha(self.record_sha, 7, *self._floor_keys(n), *args)
+        return self.client.evalsha(self.record_sha, 9, *self._floor_keys(n), *args)
 
     def floor_increment(self, i: int):
         n = HOT + i % HOT
         return self.client.evalsha(
             self.record_sha,
-            7,
+            9,
             *self._floor_keys(n),
             n,
             int(time.time() * 1000),
@@ -770,7 +772,7 @@ def profile(b: Behind) -> None:
         n = i % HOT
         pipe.evalsha(
             b.record_sha,
-            7,
+            9,
             *b._floor_keys(n),
             n,
             int(time.time() * 1000),

@@ -108,10 +108,12 @@ def behind_model(prefix: str, label: str) -> dict[str, str]:
     scored by the deadline after which another worker may reclaim them; ``attempts``:
     failed flushes per row; ``trigger``: set while a size-triggered flush is queued;
     ``cuts``: the pending writes set aside by direct writes not known to be committed
-    (``pk|token|batch``), scored by when the flusher settles them if nobody did.
+    (``pk|token|batch``), scored by when the flusher settles them if nobody did;
+    ``first``: for rows whose dirty score no longer says when they were first written (in
+    a batch, or put back with a retry delay), the ms of their oldest unflushed write.
     """
     tag = f"{prefix}:{{{label}}}:wb"
-    names = ("dirty", "busy", "inflight", "attempts", "trigger", "cuts")
+    names = ("dirty", "busy", "inflight", "attempts", "trigger", "cuts", "first")
     return {name: f"{tag}:{name}" for name in names}
 
 

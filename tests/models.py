@@ -100,6 +100,33 @@ class Visit(WriteBehindMixin, models.Model):
     hits = models.IntegerField(default=0)
     label = models.CharField(max_length=20, default="")
     bonus = models.IntegerField(null=True)  # a counter that can be NULL
+    rate = models.DecimalField(max_digits=6, decimal_places=2, null=True)
+
+    objects = CachedManager()
+
+    class Meta:
+        base_manager_name = "objects"
+
+
+class Gauge(WriteBehindMixin, models.Model):
+    """Write-behind with a value the database fills in on insert (``db_default``)."""
+
+    level = models.IntegerField(db_default=7)
+    reading = models.IntegerField(default=0)
+
+    objects = CachedManager()
+
+    class Meta:
+        base_manager_name = "objects"
+
+
+class Doubled(WriteBehindMixin, models.Model):
+    """Write-behind with a column the database computes (a generated field)."""
+
+    base = models.IntegerField(default=1)
+    twice = models.GeneratedField(
+        expression=models.F("base") * 2, output_field=models.IntegerField(), db_persist=True
+    )
 
     objects = CachedManager()
 

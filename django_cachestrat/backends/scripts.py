@@ -222,18 +222,19 @@ return v
 
 # -- write-behind: recording writes -----------------------------------------------------------
 
-# KEYS: view, pending fields, pending deltas, dirty set, version, lease, trigger, seen.
-# This one spans a row and its model (the dirty set, the version): see the README on
-# Redis Cluster. ARGV: pk, now (ms), full ('1'/'0'), initial version, nf, nf (name,
-# value) pairs, nd, nd (name, amount) pairs, BATCH_SIZE, trigger hold (ms), ns, ns names,
-# writer id, write number, seen TTL (s).
+# KEYS: view, pending fields, pending deltas, dirty set, version, lease, trigger, seen,
+# busy, first. This one spans a row and its model (the dirty set, the version): see the
+# README on Redis Cluster. ARGV: pk, now (ms), full ('1'/'0'), initial version, nf, nf
+# (name, value) pairs, nd, nd (name, amount) pairs, BATCH_SIZE, trigger hold (ms), ns, ns
+# names, writer id, write number, seen TTL (s).
 # Each writer (a thread) numbers its writes; ``seen`` keeps, per writer, the highest
 # number recorded and a mask of the 30 before it, so a write sent again after its reply
 # timed out (the server may have run it anyway) is recorded once (the IPsec anti-replay
 # window; a writer sends a row one write at a time, so 30 is plenty).
 # The ns names are fields written to the database directly since the row's pending
 # writes (a save, an update): their pending writes are dropped first, and the view's
-# value of them is not trusted. With no field and no delta, that is all it does. One
+# value of them is not trusted. With no field and no delta, that is all it does (and a row
+# left with nothing unflushed, in no batch, forgets when it was first written). One
 # HMGET reads what the view holds of every field named, so a save costs about ten
 # commands however wide the row.
 RECORD = _script(
@@ -273,7 +274,10 @@ if ns > 0 then
   redis.call('HDEL', fields, unpack(names))
   redis.call('HDEL', deltas, unpack(names))
   if nf == 0 and nd == 0 then
-    if redis.call('EXISTS', fields, deltas) == 0 then redis.call('ZREM', dirty, ARGV[1]) end
+    if redis.call('EXISTS', fields, deltas) == 0 then
+      redis.call('ZREM', dirty, ARGV[1])
+      if redis.call('HEXISTS', KEYS[9], ARGV[1]) == 0 then redis.call('HDEL', KEYS[10], ARGV[1]) end
+    end
     seen()
     return 0
   end
@@ -335,13 +339,15 @@ return 0
 """,
 )
 
-# KEYS: the row's view, pending fields and deltas, the model's dirty set. The row was
-# deleted: forget its view and its unflushed writes.
+# KEYS: the row's view, pending fields and deltas, the model's dirty set, busy hash and
+# first hash. The row was deleted: forget its view and its unflushed writes (a batch in
+# flight still holds some: then it keeps when they were first written).
 DISCARD = _script(
     "discard",
     """
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
+if redis.call('HEXISTS', KEYS[5], ARGV[1]) == 0 then redis.call('HDEL', KEYS[6], ARGV[1]) end
 return 1
 """,
 )
@@ -374,6 +380,34 @@ end
 """
     + _wake(3, 4)
     + "return stored",
+)
+
+# KEYS: view, lease, version, pending fields, pending deltas. ARGV: ttl, initial version,
+# then (name, value) pairs. After a new row's insert commits: store its view, unless one as
+# new is there (pinned by a write-behind write, or filled under the current version by a
+# reader since the commit) or the row has pending writes (a read rebuilds the view with
+# them). The lease goes either way, as an invalidation's does: a reader that took it
+# before the commit may have read "no such row", and must not store that.
+VIEW_STORE = _script(
+    "view_store",
+    """
+local version = redis.call('GET', KEYS[3])
+if not version then
+  version = ARGV[2]
+  redis.call('SET', KEYS[3], version)
+end
+redis.call('DEL', KEYS[2])
+local held = redis.call('HMGET', KEYS[1], '__p', '__v')
+if held[1] == '1' or held[2] == version then return 0 end
+redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[4], KEYS[5]) > 0 then return 0 end
+local values = {unpack(ARGV, 3)}
+values[#values + 1] = '__v'
+values[#values + 1] = version
+redis.call('HSET', KEYS[1], unpack(values))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+""",
 )
 
 # A view is usable when it has pending writes (pinned), or was filled under the model's
@@ -422,18 +456,21 @@ return {0}
 # -- write-behind: the flush queue ------------------------------------------------------------
 # These span the model's queue keys and its rows' pending keys: one script per batch.
 
-# KEYS: inflight, busy, dirty, members, then per pk: fields, deltas, batch fields, batch
-# deltas. ARGV: batch id, deadline (ms), pks. Moves each claimable row's pending writes
-# into the batch and marks it busy.
+# KEYS: inflight, busy, dirty, members, first, then per pk: fields, deltas, batch fields,
+# batch deltas. ARGV: batch id, deadline (ms), pks. Moves each claimable row's pending
+# writes into the batch and marks it busy. Out of the dirty set, a row's score (when it
+# was first written) goes to the first hash, where a requeued row's older one is kept.
 CLAIM = _script(
     "claim",
     """
-local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local inflight, busy, dirty, members, first = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local claimed = {}
 for j = 1, #ARGV - 2 do
   local pk = ARGV[j + 2]
-  local k = 4 + (j - 1) * 4
-  if redis.call('ZSCORE', dirty, pk) and redis.call('HEXISTS', busy, pk) == 0 then
+  local k = 5 + (j - 1) * 4
+  local since = redis.call('ZSCORE', dirty, pk)
+  if since and redis.call('HEXISTS', busy, pk) == 0 then
+    redis.call('HSETNX', first, pk, since)
     for m = 1, 2 do
       if redis.call('EXISTS', KEYS[k + m]) == 1 then
         redis.call('RENAME', KEYS[k + m], KEYS[k + m + 2])
@@ -462,17 +499,29 @@ return redis.call('SMEMBERS', KEYS[2])
 """,
 )
 
-# KEYS: inflight, busy, dirty, members, then per pk: batch fields, batch deltas, view.
-# Forget rows of a batch that are in the database; unpin their views.
+# Whether the caller's claim of batch ARGV[1] (its deadline, ARGV[3]) is still the batch's:
+# a worker that stalled past its deadline while another reclaimed the batch is not its
+# owner any more (see queue.py).
+_OWNED = """
+local claim = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not claim or tonumber(claim) ~= tonumber(ARGV[3]) then return 0 end
+"""
+
+# KEYS: inflight, busy, dirty, members, first, then per pk: batch fields, batch deltas,
+# view. ARGV: batch id, ttl, claim deadline, pks. Forget rows of a batch that are in the
+# database; unpin their views. A row's writes since the claim are in the dirty set, scored
+# by when they were made: its first entry, the batch's, goes. 0 if the claim is not ours.
 ACK = _script(
     "ack",
-    """
-local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-for j = 1, #ARGV - 2 do
-  local pk = ARGV[j + 2]
-  local k = 4 + (j - 1) * 3
+    _OWNED
+    + """
+local inflight, busy, dirty, members, first = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+for j = 1, #ARGV - 3 do
+  local pk = ARGV[j + 3]
+  local k = 5 + (j - 1) * 3
   redis.call('DEL', KEYS[k + 1], KEYS[k + 2])
   redis.call('HDEL', busy, pk)
+  redis.call('HDEL', first, pk)
   redis.call('SREM', members, pk)
   if not redis.call('ZSCORE', dirty, pk) then
     if redis.call('HDEL', KEYS[k + 3], '__p') == 1 then
@@ -485,15 +534,18 @@ return 1
 """,
 )
 
-# KEYS as CLAIM's. Put a batch's rows back as pending, under any writes recorded since the
-# claim: newer field values win, deltas add up. Claimable again from ARGV[2] (ms).
+# KEYS as CLAIM's; ARGV: batch id, when, claim deadline, pks. Put a batch's rows back as
+# pending, under any writes recorded since the claim: newer field values win, deltas add
+# up. Claimable again from ARGV[2] (ms); the dirty score is then that time, so the first
+# hash keeps when the row was first written. 0 if the claim is not ours.
 REQUEUE = _script(
     "requeue",
-    """
+    _OWNED
+    + """
 local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-for j = 1, #ARGV - 2 do
-  local pk = ARGV[j + 2]
-  local k = 4 + (j - 1) * 4
+for j = 1, #ARGV - 3 do
+  local pk = ARGV[j + 3]
+  local k = 5 + (j - 1) * 4
   local inc = redis.call('HGETALL', KEYS[k + 4])
   for i = 1, #inc, 2 do
     -- A value saved since the claim already includes this increment.
@@ -515,14 +567,15 @@ return 1
 
 # -- write-behind: direct writes over pending ones ---------------------------------------------
 
-# KEYS: the row's pending fields and deltas, the model's dirty set, busy hash and cuts, then
-# the cut's fields, deltas, batch fields and batch deltas. ARGV: pk, cut id, deadline
-# (ms), the row's key tag, field names. A direct write of these fields (a save, an update)
-# is about to commit: set their pending writes aside, those not claimed and those in the
-# row's batch in flight (whose keys are built from the row's tag: they share its hash
-# tag), so no flush writes them over it. Settled by CUT_SETTLE: dropped if the direct
-# write committed, put back if it rolled back. Returns its member of the cuts set
-# (``pk|cut id|batch``), or nil if nothing was set aside.
+# KEYS: the row's pending fields and deltas, the model's dirty set, busy hash and cuts, the
+# cut's fields, deltas, batch fields and batch deltas, the model's first-write hash.
+# ARGV: pk, cut id, deadline (ms), the row's key tag, field names.
+# A direct write of these fields (a save, an update) is about to commit: set their pending
+# writes aside, those not claimed and those in the row's batch in flight (whose keys are
+# built from the row's tag: they share its hash tag), so no flush writes them over it.
+# Settled by CUT_SETTLE: dropped if the direct write committed, put back if it rolled
+# back. Returns its member of the cuts set (``pk|cut id|batch``), or nil if nothing was
+# set aside.
 CUT = _script(
     "cut",
     """
@@ -539,8 +592,11 @@ local moved = 0
 for j = 5, #ARGV do
   moved = moved + move(fields, KEYS[6], ARGV[j]) + move(deltas, KEYS[7], ARGV[j])
 end
-if moved > 0 and redis.call('EXISTS', fields, deltas) == 0 then redis.call('ZREM', dirty, pk) end
 local batch = redis.call('HGET', busy, pk)
+if moved > 0 and redis.call('EXISTS', fields, deltas) == 0 then
+  redis.call('ZREM', dirty, pk)
+  if not batch then redis.call('HDEL', KEYS[10], pk) end
+end
 local taken = 0
 if batch then
   local bf = ARGV[4] .. ':wb:' .. batch .. ':fields'

@@ -15,6 +15,7 @@ import logging
 import secrets
 from functools import partial
 
+from django.core.exceptions import ValidationError
 from django.db import connections, models, router, transaction
 from django.db.models import F
 
@@ -395,21 +396,33 @@ class WriteBehind(Strategy):
         return True
 
     def after_save(self, instance, using, created, update_fields) -> None:
-        """After a synchronous save (a new row, ``write_behind=False``): drop the view.
+        """After a synchronous save: store a new row's view, drop an existing row's.
 
-        The save replaces the row's unflushed writes of the fields it wrote (with plain
-        values: a field saved as an expression, ``F("views") + 1``, keeps them). The next
-        read rebuilds the view from the database and the writes still pending.
+        A new row's view is stored once its insert commits, so the next read is a hit,
+        when the instance holds what the database does (see ``_new_view``); else it is
+        dropped. A save of an existing row (``write_behind=False``) replaces the row's
+        unflushed writes of the fields it wrote (with plain values: a field saved as an
+        expression, ``F("views") + 1``, keeps them), and drops the view: the next read
+        rebuilds it from the database and the writes still pending.
         """
         model = type(instance)
-        if not created:
-            written = [
-                f.attname
-                for f in _saved_fields(options.get(model), update_fields)
-                if not f.primary_key and not codec.computed(instance.__dict__.get(f.attname))
-            ]
-            self.supersede(model, [(instance.pk, written)], using)
-        invalidation.rows(model, [instance.pk], using, created=created)
+        if created:
+            values = _new_view(instance)
+            if values is None or len(options.family(model)) > 1:
+                # Parents and children (multi-table inheritance) hold columns of the row
+                # too: dropped first, since commit callbacks run in the order added.
+                invalidation.rows(model, [instance.pk], using, created=True)
+            if values is not None:
+                invalidation.mark_written(model, using)
+                transaction.on_commit(partial(_store_new, model, instance.pk, values), using=using)
+            return
+        written = [
+            f.attname
+            for f in _saved_fields(options.get(model), update_fields)
+            if not f.primary_key and not codec.computed(instance.__dict__.get(f.attname))
+        ]
+        self.supersede(model, [(instance.pk, written)], using)
+        invalidation.rows(model, [instance.pk], using)
 
     def pending_rows(self, model, among=None) -> list:
         """Return the pks of rows with unflushed writes (none if Redis is unreachable)."""
@@ -638,6 +651,46 @@ def _drop_cuts(pending: PendingWrites, cuts) -> None:
             pending.settle(cut, committed=True, keep_batch=False, into_batch=False)
     except CacheUnavailable:
         pass  # the flusher settles them after WRITE_WINDOW, from the committed marker
+
+
+def _new_view(instance: models.Model) -> dict[str, bytes] | None:
+    """Return the view of a row just inserted (encoded values), or None if memory cannot tell it.
+
+    The instance's values are the row's only when each is what the database stores
+    (``codec.as_stored``: no expression, naive datetime or extra decimal places) and none
+    is the database's to compute: a model with a ``db_default`` or a generated field is
+    read back from the database instead.
+    """
+    opts = options.get(type(instance))
+    state = instance.__dict__
+    values = {}
+    try:
+        for field in opts.fields:
+            if field.generated or field.has_db_default() or field.attname not in state:
+                return None
+            # Encoded now: a mutable value (a JSONField's dict) changed in memory before
+            # the commit is not what was inserted.
+            values[field.attname] = codec.encode_value(codec.as_stored(field, state[field.attname]))
+    except (codec.Unstorable, ValidationError, TypeError, ValueError):
+        return None  # a value to_python refuses is not known to be the database's either
+    return values
+
+
+def _store_new(model, pk, values: dict) -> None:
+    """Store a new row's view after its insert committed (or drop it, Redis being down)."""
+    views = Views(model)
+    try:
+        stored = views.store([(pk, values, ttl(options.get(model), conf.settings()))])
+    except CacheUnavailable:
+        row = views.row(pk)
+        try:
+            # Kept by the transport and replayed when Redis answers: a "no such row" of
+            # this pk cached earlier must not outlive the insert.
+            views.transport.delete(views.version_key(), [row["view"], row["lease"]])
+        except CacheUnavailable:
+            pass
+        return
+    _send(signals.cache_fill, model, stored)
 
 
 def _counter_field(model, name: str) -> models.Field:

@@ -11,6 +11,13 @@ its commit (``flusher``), so that second window ends ``VISIBILITY_TIMEOUT`` afte
 claim. ``prune`` deletes markers older than twice that whose batch is no longer in
 flight; markers are listed *before* the batches in flight are read, so a batch claimed in
 between has no marker yet and one acknowledged in between is simply kept until next time.
+
+"No longer in flight" means no worker will write the batch again only because a batch
+leaves flight by its current owner's acknowledgement (or requeue) alone: a worker that
+stalled past its deadline while another reclaimed the batch is refused (``queue``).
+Otherwise its late acknowledgement would take the batch out of flight under the new
+owner, the marker (old: written before the first worker stalled) would be pruned, and the
+new owner, not finding it, would apply the batch a second time.
 """
 
 from __future__ import annotations

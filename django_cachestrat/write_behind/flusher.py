@@ -139,8 +139,8 @@ def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: f
     except (OperationalError, InterfaceError) as exc:
         # The database is unreachable: every row would fail alike. Put it all back.
         logger.error("django_cachestrat: flush of %s failed (%s); retrying later.", opts.label, exc)
-        queue.requeue(batch.id, pks, cfg.RETRY_BACKOFF)
-        report.requeued += len(pks)
+        if _requeue(queue, batch, pks, cfg.RETRY_BACKOFF):
+            report.requeued += len(pks)
         return
     except DatabaseError as exc:
         logger.warning(
@@ -151,7 +151,8 @@ def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: f
         )
         _one_by_one(model, queue, batch, using, report, deadline)
         return
-    queue.ack(batch.id, pks, _ttl(opts, cfg))
+    if not _ack(queue, batch, pks, _ttl(opts, cfg)):
+        return  # its new owner finds the marker, acknowledges it, and reports it
     report.add(opts.label, len(pks))
     if signals.write_behind_flushed.receivers:
         signals.write_behind_flushed.send(sender=model, batch=batch.id, pks=pks, dead_letters=[])
@@ -241,6 +242,30 @@ def settle_open_cuts(model) -> None:
             settle_cuts(model, using, locked)
 
 
+def _ack(queue: Queue, batch: Batch, pks, ttl: int) -> bool:
+    """Acknowledge rows of a batch; False (logged) if another worker reclaimed it since."""
+    if queue.ack(batch, pks, ttl):
+        return True
+    logger.warning(
+        "django_cachestrat: batch %s was reclaimed before this worker acknowledged it; left "
+        "to the worker that reclaimed it.",
+        batch.id,
+    )
+    return False
+
+
+def _requeue(queue: Queue, batch: Batch, pks, delay: float) -> bool:
+    """Requeue rows of a batch; False (logged) if another worker reclaimed it since."""
+    if queue.requeue(batch, pks, delay):
+        return True
+    logger.warning(
+        "django_cachestrat: batch %s was reclaimed before this worker put its rows back; left "
+        "to the worker that reclaimed it.",
+        batch.id,
+    )
+    return False
+
+
 def _before_commit(batch: Batch, deadline: float) -> None:
     if time.monotonic() >= deadline:
         raise ClaimExpired(f"batch {batch.id} outlived its visibility timeout before its commit")
@@ -306,8 +331,8 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
         except (OperationalError, InterfaceError) as exc:
             logger.error("django_cachestrat: flush of %s failed (%s).", opts.label, exc)
             rest = [p for p in batch.rows if p not in done and p not in dead]
-            queue.requeue(batch.id, rest, cfg.RETRY_BACKOFF)
-            report.requeued += len(rest)
+            if _requeue(queue, batch, rest, cfg.RETRY_BACKOFF):
+                report.requeued += len(rest)
             break
         except Exception as exc:  # this row's own fault: integrity, data, missing row
             attempts = queue.failed(pk)
@@ -321,11 +346,10 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
             done.append(pk)
     else:
         for pk, attempts in failed:
-            queue.requeue(batch.id, [pk], cfg.RETRY_BACKOFF * 2 ** (attempts - 1))
-        report.requeued += len(failed)
+            if _requeue(queue, batch, [pk], cfg.RETRY_BACKOFF * 2 ** (attempts - 1)):
+                report.requeued += 1
     finished = done + dead
-    if finished:
-        queue.ack(batch.id, finished, _ttl(opts, cfg))
+    if finished and _ack(queue, batch, finished, _ttl(opts, cfg)):
         queue.finished(finished)
     queue.drop_views(dead)  # they show writes the database will not have
     report.add(opts.label, len(done))

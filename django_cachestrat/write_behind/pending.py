@@ -133,6 +133,8 @@ class PendingWrites(ModelState):
             row["lease"],
             self.queue["trigger"],
             row["seen"],
+            self.queue["busy"],
+            self.queue["first"],
         ]
         return scripts.RECORD, script_keys, args
 
@@ -141,7 +143,14 @@ class PendingWrites(ModelState):
         row = self.row(pk)
         self.transport.script(
             scripts.DISCARD,
-            [row["view"], row["fields"], row["deltas"], self.queue["dirty"]],
+            [
+                row["view"],
+                row["fields"],
+                row["deltas"],
+                self.queue["dirty"],
+                self.queue["busy"],
+                self.queue["first"],
+            ],
             [member(pk)],
         )
 
@@ -237,6 +246,7 @@ class PendingWrites(ModelState):
                         self.queue["busy"],
                         self.queue["cuts"],
                         *self._cut_keys(pk, cut_id),
+                        self.queue["first"],
                     ],
                     [member(pk), cut_id, deadline, self._tag(pk), *names],
                 )

@@ -4,6 +4,12 @@ Flushing is claim -> write -> acknowledge. A claim moves rows' pending hashes in
 batch and marks the rows busy; an acknowledgement deletes the batch. A batch whose worker
 died is reclaimed after the visibility timeout, never lost. While a row is in a batch it
 is not claimed again, so two batches of one row never race in the database.
+
+A claim is the batch's deadline in the in-flight set. Only the worker whose claim it still
+is may acknowledge or requeue the batch: one that stalled past its deadline, while another
+reclaimed the batch, is refused, or it would take the batch out of flight under its new
+owner (whose ``AppliedBatch`` marker could then be pruned before it looks for it), or put
+rows back that the new owner is writing.
 """
 
 from __future__ import annotations
@@ -20,10 +26,15 @@ from django_cachestrat.write_behind.state import ModelState, member
 
 @dataclass
 class Batch:
-    """A claimed batch: its id and, per pk, the pending field values and deltas."""
+    """A claimed batch: its id and, per pk, the pending field values and deltas.
+
+    ``deadline``: the claim's visibility deadline (ms, Redis's clock), which names the
+    claim: ``ack`` and ``requeue`` act only while the batch still has it.
+    """
 
     id: str
     rows: dict[Any, tuple[dict[str, Any], dict[str, int]]] = field(default_factory=dict)
+    deadline: int | None = None
 
 
 class Queue(ModelState):
@@ -46,7 +57,9 @@ class Queue(ModelState):
                 scripts.RECLAIM, [self.queue["inflight"], members_key], [batch_id, now, deadline]
             )
             if members:
-                return self.contents(batch_id, [self.opts.to_pk(m.decode()) for m in members])
+                batch = self.contents(batch_id, [self.opts.to_pk(m.decode()) for m in members])
+                batch.deadline = deadline
+                return batch
         (candidates,) = self.transport.execute(
             [("ZRANGEBYSCORE", self.queue["dirty"], "-inf", now, "LIMIT", 0, limit)]
         )
@@ -61,7 +74,9 @@ class Queue(ModelState):
         )
         if not claimed:
             return None
-        return self.contents(batch_id, [self.opts.to_pk(c.decode()) for c in claimed])
+        batch = self.contents(batch_id, [self.opts.to_pk(c.decode()) for c in claimed])
+        batch.deadline = deadline
+        return batch
 
     def contents(self, batch_id: str, pks: Iterable[Any]) -> Batch:
         """Read what batch ``batch_id`` holds for ``pks``."""
@@ -74,26 +89,35 @@ class Queue(ModelState):
             batch.rows[pk] = decode_writes(replies[2 * n], replies[2 * n + 1])
         return batch
 
-    def ack(self, batch_id: str, pks: Sequence[Any], ttl: int) -> None:
-        """Forget rows ``pks`` of the batch (they are in the database); unpin their views."""
-        script_keys = self._batch_keys(batch_id, ())
-        for pk in pks:
-            script_keys += [*self.batch_row(pk, batch_id), self.row(pk)["view"]]
-        self.transport.script(scripts.ACK, script_keys, [batch_id, ttl, *map(member, pks)])
+    def ack(self, batch: Batch, pks: Sequence[Any], ttl: int) -> bool:
+        """Forget rows ``pks`` of the batch (they are in the database); unpin their views.
 
-    def requeue(self, batch_id: str, pks: Sequence[Any], delay: float) -> None:
-        """Put rows of the batch back as pending, claimable again after ``delay`` seconds."""
+        False, doing nothing, when the claim is no longer ours (the batch was reclaimed).
+        """
+        script_keys = self._batch_keys(batch.id, ())
+        for pk in pks:
+            script_keys += [*self.batch_row(pk, batch.id), self.row(pk)["view"]]
+        args = [batch.id, ttl, batch.deadline, *map(member, pks)]
+        return bool(self.transport.script(scripts.ACK, script_keys, args))
+
+    def requeue(self, batch: Batch, pks: Sequence[Any], delay: float) -> bool:
+        """Put rows of the batch back as pending, claimable again after ``delay`` seconds.
+
+        False, doing nothing, when the claim is no longer ours (the batch was reclaimed).
+        """
         when = self._now_ms() + int(delay * 1000)
-        self.transport.script(
-            scripts.REQUEUE,
-            self._batch_keys(batch_id, pks, pending=True),
-            [batch_id, when, *map(member, pks)],
+        return bool(
+            self.transport.script(
+                scripts.REQUEUE,
+                self._batch_keys(batch.id, pks, pending=True),
+                [batch.id, when, batch.deadline, *map(member, pks)],
+            )
         )
 
     def _batch_keys(self, batch_id: str, pks: Iterable[Any], *, pending=False) -> list[str]:
         q = self.queue
         members = keys.behind_batch(self.prefix, self.opts.label, batch_id)
-        script_keys = [q["inflight"], q["busy"], q["dirty"], members]
+        script_keys = [q["inflight"], q["busy"], q["dirty"], members, q["first"]]
         for pk in pks if pending else ():
             row = self.row(pk)
             script_keys += [row["fields"], row["deltas"], *self.batch_row(pk, batch_id)]
@@ -115,7 +139,10 @@ class Queue(ModelState):
             self.transport.execute([("DEL", *(self.row(pk)["view"] for pk in pks))])
 
     def expire_inflight(self) -> None:
-        """Make every batch in flight reclaimable now (its workers are known to be gone)."""
+        """Make every batch in flight reclaimable now (its workers are known to be gone).
+
+        Their claims end: a worker still running could no longer acknowledge its batch.
+        """
         batches = self.in_flight()
         if batches:
             args = [x for b in batches for x in (0, b)]

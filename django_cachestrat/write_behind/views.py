@@ -1,4 +1,4 @@
-"""A write-behind row's cached view: read it, lease it, wait for it, fill it.
+"""A write-behind row's cached view: read it, lease it, wait for it, fill it, store it.
 
 A view is a Redis hash of encoded field values, plus ``__v`` (the model version it was
 filled under), ``__p`` (pinned: it has unflushed writes, so it has no TTL and survives
@@ -80,6 +80,25 @@ class Views(ModelState):
                 if pinned:
                     args += ["__p", "1"]
             ops.append((scripts.VIEW_FILL, [lease, self.row(pk)["view"], waiters, ready], args))
+        return sum(self.transport.execute(ops))
+
+    def store(self, items: Sequence[tuple[Any, dict[str, bytes], int]]) -> int:
+        """Store the views of new rows whose inserts committed, per ``(pk, encoded, ttl)``.
+
+        ``encoded``: field values as ``codec.encode_value`` made them. Not over a view
+        that is as new (see ``scripts.VIEW_STORE``); each row's lease is deleted, as an
+        invalidation deletes it. One round trip; return how many were stored.
+        """
+        initial = int(self.transport.now() * 1_000_000)
+        version_key = self.version_key()
+        ops = []
+        for pk, encoded, ttl in items:
+            row = self.row(pk)
+            args: list[Any] = [ttl, initial]
+            for name, value in encoded.items():
+                args += [name, value]
+            script_keys = [row["view"], row["lease"], version_key, row["fields"], row["deltas"]]
+            ops.append((scripts.VIEW_STORE, script_keys, args))
         return sum(self.transport.execute(ops))
 
     def release(self, pks: Sequence[Any], token: str) -> None:
