@@ -161,7 +161,7 @@ class Behind:
                 f"views filled before the model's first write-behind write are never hits: "
                 f"re-reading {len(sample)} just-filled rows gave {misses} misses and "
                 f"{before} query(ies); the model had no version key in Redis and the fill "
-                f"stored __v={stored!r} (strategies/write_behind.py _fill_views)"
+                f"stored __v={stored!r} (strategies/write_behind.py _ViewForm.load)"
             )
         self.WB.objects.increment_behind(self.pks[0], hits=0)  # creates the version key
         self.flusher.drain()

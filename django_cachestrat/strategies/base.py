@@ -16,6 +16,7 @@ import random
 import secrets
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import NamedTuple
 
 from django.core.exceptions import ValidationError
@@ -32,12 +33,9 @@ from django_cachestrat import (
     transactions,
 )
 from django_cachestrat.backends import CacheUnavailable
-from django_cachestrat.backends.scripts import Acquired, LookupFilled, Waited
-
-
-def _send(signal, model: type[models.Model], count: int) -> None:
-    if count and signal.receivers:
-        signal.send(sender=model, keys=count)
+from django_cachestrat.backends.scripts import Acquired, LookupFilled
+from django_cachestrat.strategies import reads
+from django_cachestrat.strategies.reads import send
 
 
 def ttl(opts: options.CacheOptions, cfg: conf.Settings) -> int:
@@ -152,8 +150,8 @@ class Strategy:
             self._refresh(model, using, transport, version, stale, early, found)
         if not missing:
             return found
-        _send(signals.cache_miss, model, len(missing))
-        found.update(self._fill(model, using, transport, version, missing, unusable))
+        send(signals.cache_miss, model, len(missing))
+        found.update(reads.fill(Entries(self, model, using, transport, version, unusable), missing))
         return {pk: found[pk] for pk in pks if pk in found}
 
     def _get_by_lookup(self, model, using, name, value):
@@ -190,7 +188,7 @@ class Strategy:
             found = self._follow(lookup, raw)
             if found is not None:
                 return found
-        _send(signals.cache_miss, model, 1)
+        send(signals.cache_miss, model, 1)
         if not transactions.may_fill(using):
             return self._lookup_db(model, using, name, value)
         return self._fill_lookup(lookup, transport, raw)
@@ -215,10 +213,12 @@ class Strategy:
         if status is Acquired.HELD:  # another reader fills it: wait for its pointer
             if not cfg.FILL_WAIT:
                 return self._db_lookup(lookup)
-            (raw,) = _await(lookup.model, transport, cfg, [(lookup.pointer, lookup.fill_keys)])
-            if raw is _TAKE_OVER:  # its filler failed or died: fill it ourselves
+            (raw,) = reads.await_fills(
+                lookup.model, transport, [(lookup.pointer, lookup.fill_keys)], transport.wait_many
+            )
+            if raw is reads.TAKE_OVER:  # its filler failed or died: fill it ourselves
                 return self._fill_lookup(lookup, transport, seen)
-        # The pointer (FILLED: another reader filled it since our read), or _TIMEOUT.
+        # The pointer (FILLED: another reader filled it since our read), or TIMEOUT.
         found = self._follow(lookup, raw) if isinstance(raw, bytes) else None
         return found if found is not None else self._db_lookup(lookup)
 
@@ -246,7 +246,7 @@ class Strategy:
         except CacheUnavailable:
             return obj
         if filled is LookupFilled.BOTH:
-            _send(signals.cache_fill, lookup.model, 1)
+            send(signals.cache_fill, lookup.model, 1)
         return obj
 
     def _read_by_value(self, lookup: _Lookup, transport, token: str, read):
@@ -320,138 +320,14 @@ class Strategy:
             return
         mine = [pk for pk, got in zip(pks, held, strict=True) if got]
         if mine and transactions.may_fill(using):
-            rows = self._load(model, using, transport, version, token, mine)
+            rows = Entries(self, model, using, transport, version).load(mine, token)
             for pk in mine:
                 if pk in rows:
                     found[pk] = rows[pk]
                 else:
                     found.pop(pk, None)
         served_stale = len([pk for pk in stale if pk not in mine])
-        _send(signals.cache_stale, model, served_stale)
-
-    def _fill(self, model, using, transport, version, pks, unusable=None):
-        # Single flight: the reader that gets a row's lease reads the database and fills;
-        # the others wait for its value (woken by it, not polling), take over if its lease
-        # lapses, and read the database themselves after FILL_WAIT at the most.
-        opts = options.get(model)
-        cfg = conf.settings()
-        if not transactions.may_fill(using):
-            return self._from_db(model, using, pks)
-        prefix = cfg.KEY_PREFIX
-        token = secrets.token_hex(8)
-        try:
-            if version is None:
-                version = transport.version(keys.version(prefix, opts.label))
-            # The leases are taken before the database is read: that is what lets an
-            # invalidation after the read cancel the fill.
-            unusable = unusable or {}
-            taken = transport.acquire_or_get(
-                [
-                    (
-                        keys.entry(prefix, opts.label, opts.fingerprint, pk),
-                        keys.lease(prefix, opts.label, pk),
-                        unusable.get(pk),
-                    )
-                    for pk in pks
-                ],
-                token,
-                cfg.LEASE_TIMEOUT,
-            )
-        except CacheUnavailable:
-            return self._from_db(model, using, pks)
-        rows = {}
-        mine, theirs, unusable = [], [], []
-        for pk, (status, value) in zip(pks, taken, strict=True):
-            if status is Acquired.TAKEN:
-                mine.append(pk)
-            elif status is Acquired.HELD:
-                theirs.append(pk)
-            else:
-                entry = codec.decode(opts, value, version, using, model)
-                if entry is None:  # an entry of an older model version, or unreadable
-                    unusable.append(pk)
-                elif entry.obj is not None:  # filled by another reader since our read
-                    rows[pk] = entry.obj
-        if unusable:
-            try:
-                held = transport.acquire_leases(
-                    [keys.lease(prefix, opts.label, pk) for pk in unusable],
-                    token,
-                    cfg.LEASE_TIMEOUT,
-                )
-            except CacheUnavailable:
-                held = [False] * len(unusable)
-            for pk, got in zip(unusable, held, strict=True):
-                (mine if got else theirs).append(pk)
-        if mine:
-            rows.update(self._load(model, using, transport, version, token, mine))
-        if not theirs:
-            return rows
-        if not cfg.FILL_WAIT:
-            rows.update(self._from_db(model, using, theirs))
-            return rows
-        slots = [
-            (
-                keys.entry(prefix, opts.label, opts.fingerprint, pk),
-                keys.fill(prefix, opts.label, pk),
-            )
-            for pk in theirs
-        ]
-        late, take_over = [], []
-        for pk, answer in zip(theirs, _await(model, transport, cfg, slots), strict=True):
-            if answer is _TAKE_OVER:
-                take_over.append(pk)
-            elif answer is _TIMEOUT:
-                late.append(pk)
-            else:
-                entry = codec.decode(opts, answer, version, using, model)
-                if entry is None:
-                    late.append(pk)
-                elif entry.obj is not None:
-                    rows[pk] = entry.obj
-        if take_over:
-            rows.update(self._fill(model, using, transport, version, take_over))
-        if late:
-            rows.update(self._from_db(model, using, late))
-        return rows
-
-    def _load(self, model, using, transport, version, token, pks):
-        """Read ``pks`` from the database under our leases and store what was read."""
-        opts = options.get(model)
-        cfg = conf.settings()
-        prefix = cfg.KEY_PREFIX
-        started = time.monotonic()
-        try:
-            rows = self._from_db(model, using, pks)
-        except BaseException:
-            # Give the leases back so a waiting reader takes over now, not at expiry.
-            with contextlib.suppress(CacheUnavailable):
-                transport.release([keys.fill(prefix, opts.label, pk) for pk in pks], token)
-            raise
-        delta = int((time.monotonic() - started) * 1000)
-        now = int(time.time() * 1000)
-        items, unfilled = [], []
-        for pk in pks:
-            fill_keys = keys.fill(prefix, opts.label, pk)
-            entry_key = keys.entry(prefix, opts.label, opts.fingerprint, pk)
-            obj = rows.get(pk)
-            if obj is None:
-                if cfg.NEGATIVE_TTL:
-                    items.append(
-                        (fill_keys, entry_key, codec.encode_absent(version), cfg.NEGATIVE_TTL)
-                    )
-                else:
-                    unfilled.append(fill_keys)
-                continue
-            items.append((fill_keys, entry_key, *_encode_fill(opts, cfg, version, obj, delta, now)))
-        try:
-            if items:
-                _send(signals.cache_fill, model, sum(transport.fill_many(items, token)))
-            if unfilled:
-                transport.release(unfilled, token)
-        except CacheUnavailable:
-            pass
-        return rows
+        send(signals.cache_stale, model, served_stale)
 
     def _from_db(self, model, using, pks) -> dict[object, models.Model]:
         if not pks:
@@ -490,47 +366,95 @@ class Strategy:
         """Undo what ``before_save`` announced, after ``save()`` raised."""
 
 
-_TAKE_OVER = object()
-_TIMEOUT = object()
-
-
-def _await(model, transport, cfg, slots, check=None) -> list:
-    """Wait for fills others hold.
-
-    Per ``(value_key, fill_keys)`` slot: the value, ``_TAKE_OVER`` (its filler is gone) or
-    ``_TIMEOUT`` (``FILL_WAIT`` passed). ``check(slots)`` looks at the slots (by default
-    ``transport.wait_many``, for entries: the value is their bytes).
-    """
-    check = check or transport.wait_many
-    deadline = time.monotonic() + cfg.FILL_WAIT
-    answers: list = [_TIMEOUT] * len(slots)
-    waiting = list(range(len(slots)))
-    _send(signals.cache_wait, model, len(waiting))
-    try:
-        while waiting:
-            still = []
-            replies = check([slots[i] for i in waiting])
-            for i, (status, value) in zip(waiting, replies, strict=True):
-                if status is Waited.READY:
-                    answers[i] = value
-                elif status is Waited.TAKE_OVER:
-                    answers[i] = _TAKE_OVER
-                else:
-                    still.append(i)
-            waiting = still
-            remaining = deadline - time.monotonic()
-            if waiting and remaining <= 0:
-                _send(signals.cache_wait_timeout, model, len(waiting))
-                break
-            if waiting:
-                transport.block([slots[i][1][2] for i in waiting], remaining)
-    except CacheUnavailable:
-        pass  # what is still waiting reads the database
-    return answers
-
-
 def _xfetch(now: float, entry, beta: float) -> bool:
     # Vattani et al., "Optimal Probabilistic Cache Stampede Prevention" (VLDB 2015):
     # recompute early with a probability that grows as expiry nears, scaled by how long
     # a recomputation takes. 1 - random() is in (0, 1], so the log is defined.
     return now - entry.delta * beta * math.log(1.0 - random.random()) >= entry.expires
+
+
+class Entries(reads.Form):
+    """The read engine's form for rows cached as entries (cache-aside, write-through).
+
+    ``version`` is the model's version as the read saw it (None: not read yet);
+    ``seen``, per pk, the unusable bytes the read found (an older version's, unreadable).
+    """
+
+    def __init__(self, strategy, model, using, transport, version, seen=None):
+        super().__init__(model, using, transport)
+        self.strategy = strategy
+        self.opts = options.get(model)
+        self.version = version
+        self.seen = seen or {}
+        prefix, label = self.cfg.KEY_PREFIX, self.opts.label
+        self._entry = partial(keys.entry, prefix, label, self.opts.fingerprint)
+        self._lease = partial(keys.lease, prefix, label)
+        self._fills = partial(keys.fill, prefix, label)
+
+    def acquire(self, pks, token):
+        """Take leases, unless another reader filled the entry since our read."""
+        if self.version is None:
+            self.version = self.transport.version(
+                keys.version(self.cfg.KEY_PREFIX, self.opts.label)
+            )
+        return self.transport.acquire_or_get(
+            [(self._entry(pk), self._lease(pk), self.seen.get(pk)) for pk in pks],
+            token,
+            self.cfg.LEASE_TIMEOUT,
+        )
+
+    def retake(self, pks, token):
+        """Take the leases of rows whose entry was of an older version, or unreadable."""
+        return self.transport.acquire_leases(map(self._lease, pks), token, self.cfg.LEASE_TIMEOUT)
+
+    def decode(self, pk, raw):
+        """Return the row an entry holds, ``reads.ABSENT``, or None (unusable)."""
+        entry = codec.decode(self.opts, raw, self.version, self.using, self.model)
+        if entry is None:
+            return None
+        return reads.ABSENT if entry.obj is None else entry.obj
+
+    def slots(self, pks):
+        """Return each row's entry key and fill keys."""
+        return [(self._entry(pk), self._fills(pk)) for pk in pks]
+
+    def wait(self, slots):
+        """Check on fills others hold."""
+        return self.transport.wait_many(slots)
+
+    def load(self, pks, token):
+        """Read ``pks`` from the database under our leases and store what was read."""
+        opts, cfg = self.opts, self.cfg
+        started = time.monotonic()
+        try:
+            rows = self.direct(pks)
+        except BaseException:
+            # Give the leases back so a waiting reader takes over now, not at expiry.
+            with contextlib.suppress(CacheUnavailable):
+                self.transport.release([self._fills(pk) for pk in pks], token)
+            raise
+        delta = int((time.monotonic() - started) * 1000)
+        now = int(time.time() * 1000)
+        items, unfilled = [], []
+        for pk in pks:
+            obj = rows.get(pk)
+            if obj is not None:
+                value = _encode_fill(opts, cfg, self.version, obj, delta, now)
+                items.append((self._fills(pk), self._entry(pk), *value))
+            elif cfg.NEGATIVE_TTL:
+                absent = codec.encode_absent(self.version)
+                items.append((self._fills(pk), self._entry(pk), absent, cfg.NEGATIVE_TTL))
+            else:
+                unfilled.append(self._fills(pk))
+        try:
+            if items:
+                send(signals.cache_fill, self.model, sum(self.transport.fill_many(items, token)))
+            if unfilled:
+                self.transport.release(unfilled, token)
+        except CacheUnavailable:
+            pass
+        return rows
+
+    def direct(self, pks):
+        """Read ``pks`` from the database."""
+        return self.strategy._from_db(self.model, self.using, pks)

@@ -21,8 +21,10 @@ from django.db.models import F
 
 from django_cachestrat import codec, conf, invalidation, options, signals, transactions
 from django_cachestrat.backends import CacheUnavailable, WriteUncertain
-from django_cachestrat.backends.scripts import Acquired, Recorded
-from django_cachestrat.strategies.base import _TAKE_OVER, _TIMEOUT, Strategy, _await, _send, ttl
+from django_cachestrat.backends.scripts import Recorded
+from django_cachestrat.strategies import reads
+from django_cachestrat.strategies.base import Strategy, ttl
+from django_cachestrat.strategies.reads import send
 from django_cachestrat.write_behind import applied
 from django_cachestrat.write_behind.pending import NeedsView, NotACounter, PendingWrites, record_all
 from django_cachestrat.write_behind.views import Views
@@ -33,9 +35,6 @@ _UNCERTAIN = (
     "django_cachestrat: Redis did not answer write-behind write(s) of %s (%d), even sent "
     "again; kept, and sent again when it answers (each counts once)."
 )
-
-# What ``_decode`` returns for a view that says "no such row" (``NEGATIVE_TTL``).
-_ABSENT = object()
 
 
 class WriteBehind(Strategy):
@@ -71,22 +70,22 @@ class WriteBehind(Strategy):
             obj = self._decode(opts, pk, view, version, using, model)
             if obj is None:
                 missing.append(pk)
-            elif obj is not _ABSENT:
+            elif obj is not reads.ABSENT:
                 found[pk] = obj
-        _send(signals.cache_hit, model, len(pks) - len(missing))
+        send(signals.cache_hit, model, len(pks) - len(missing))
         if not missing:
             return found
-        _send(signals.cache_miss, model, len(missing))
-        found.update(self._fill_views(model, using, missing))
+        send(signals.cache_miss, model, len(missing))
+        found.update(reads.fill(_ViewForm(self, model, using), missing))
         return {pk: found[pk] for pk in pks if pk in found}
 
     def _decode(self, opts, pk, view, version, using, model):
-        """Return the row a view holds, ``_ABSENT`` for "no such row", or None (unusable)."""
+        """Return the row a view holds, ``reads.ABSENT`` for "no such row", or None (unusable)."""
         if not view:
             return None
         if view.get("__p") != b"1" and (version is None or view.get("__v") != version):
             if version is not None and view.get("__n") == version:
-                return _ABSENT
+                return reads.ABSENT
             return None
         pk_name = opts.pk_field.attname
         try:
@@ -133,94 +132,6 @@ class WriteBehind(Strategy):
         self._store_pointer(transport, token, lookup.fill_keys, stored)
         obj = self._read(lookup.model, lookup.opts, lookup.using, [pk]).get(pk)
         return obj if obj is not None else self._db_lookup(lookup)  # deleted since: ask again
-
-    def _fill_views(self, model, using, pks) -> dict[object, models.Model]:
-        """Read missed rows once, whoever else misses them: single flight, as for entries.
-
-        The reader that takes a row's lease reads it (with its pending writes) and fills
-        its view; the others wait for the view, take over if the lease lapses, and read
-        the database themselves after ``FILL_WAIT`` at the most.
-        """
-        opts = options.get(model)
-        cfg = conf.settings()
-        if not transactions.may_fill(using):
-            return self._with_pending(model, using, pks)
-        views = Views(model)
-        token = secrets.token_hex(8)
-        try:
-            taken = views.acquire(pks, token, cfg.LEASE_TIMEOUT)
-        except CacheUnavailable:
-            return self._with_pending(model, using, pks)
-        rows: dict[object, models.Model] = {}
-        mine, theirs, late = [], [], []
-        fill_version = b"0"
-        for pk, (status, version, view) in zip(pks, taken, strict=True):
-            if status is Acquired.TAKEN:
-                mine.append(pk)
-                fill_version = version
-            elif status is Acquired.HELD:
-                theirs.append(pk)
-            else:  # filled by another reader since our read
-                self._take(rows, late, opts, pk, view, version, using, model)
-        if mine:
-            rows.update(self._load_views(model, using, views, fill_version, token, mine))
-        if theirs and not cfg.FILL_WAIT:
-            late += theirs
-        elif theirs:
-            slots = [(views.row(pk)["view"], views.fill_keys(pk)) for pk in theirs]
-            take_over = []
-            answers = _await(model, views.transport, cfg, slots, check=views.wait)
-            for pk, answer in zip(theirs, answers, strict=True):
-                if answer is _TAKE_OVER:
-                    take_over.append(pk)
-                elif answer is _TIMEOUT:
-                    late.append(pk)
-                else:
-                    version, view = answer
-                    self._take(rows, late, opts, pk, view, version, using, model)
-            if take_over:
-                rows.update(self._fill_views(model, using, take_over))
-        if late:
-            rows.update(self._with_pending(model, using, late))
-        return rows
-
-    def _take(self, rows, late, opts, pk, view, version, using, model) -> None:
-        obj = self._decode(opts, pk, view, version, using, model)
-        if obj is None:
-            late.append(pk)  # unusable after all: read it, fill nothing
-        elif obj is not _ABSENT:
-            rows[pk] = obj
-
-    def _load_views(self, model, using, views, version, token, pks) -> dict[object, models.Model]:
-        """Read ``pks`` (with their pending writes) under our leases and fill their views."""
-        opts = options.get(model)
-        cfg = conf.settings()
-        try:
-            rows, pending = self._overlay(model, using, pks)
-        except BaseException:
-            # Give the leases back so a waiting reader takes over now, not at expiry.
-            with contextlib.suppress(CacheUnavailable):
-                views.release(pks, token)
-            raise
-        if pending is None:  # Redis failed meanwhile: the leases lapse by themselves
-            return rows
-        items, unfilled = [], []
-        for pk in pks:
-            obj = rows.get(pk)
-            if obj is not None:
-                values = {name: obj.__dict__[name] for name in opts.attnames}
-                items.append((pk, values, ttl(opts, cfg), pk in pending))
-            elif cfg.NEGATIVE_TTL:
-                items.append((pk, None, cfg.NEGATIVE_TTL, False))
-            else:
-                unfilled.append(pk)
-        try:
-            _send(signals.cache_fill, model, views.fill(token, items, version))
-            if unfilled:
-                views.release(unfilled, token)
-        except CacheUnavailable:
-            pass
-        return rows
 
     def _with_pending(self, model, using, pks, skip=None) -> dict[object, models.Model]:
         """Read rows from the database with the writes still pending in Redis laid over."""
@@ -365,7 +276,7 @@ class WriteBehind(Strategy):
                 status = pending.record(pk, fields, deltas, full=full)
             except NeedsView:
                 using = router.db_for_read(model)
-                if pk not in self._fill_views(model, using, [pk]):
+                if pk not in reads.fill(_ViewForm(self, model, using), [pk]):
                     raise model.DoesNotExist(
                         f"{model._meta.object_name} pk={pk!r} does not exist."
                     ) from None
@@ -690,7 +601,82 @@ def _store_new(model, pk, values: dict) -> None:
         except CacheUnavailable:
             pass
         return
-    _send(signals.cache_fill, model, stored)
+    send(signals.cache_fill, model, stored)
+
+
+class _ViewForm(reads.Form):
+    """The read engine's form for write-behind rows: views over their pending writes.
+
+    A view is filled from the database plus the writes still pending (including those
+    of a batch in flight that has not committed), under the model version the lease
+    script read.
+    """
+
+    def __init__(self, strategy: WriteBehind, model, using):
+        self.views = Views(model)
+        super().__init__(model, using, self.views.transport)
+        self.strategy = strategy
+        self.opts = options.get(model)
+        self.version = b"0"
+
+    def acquire(self, pks, token):
+        """Take leases, unless a usable view arrived since our read."""
+        taken = self.views.acquire(pks, token, self.cfg.LEASE_TIMEOUT)
+        if taken:
+            self.version = taken[0][1]  # the same for every row: the model's, read in Redis
+        return [(status, (version, view)) for status, version, view in taken]
+
+    def retake(self, pks, token):
+        """Take the leases of rows whose view was there but could not be read."""
+        leases = [self.views.row(pk)["lease"] for pk in pks]
+        return self.transport.acquire_leases(leases, token, self.cfg.LEASE_TIMEOUT)
+
+    def decode(self, pk, raw):
+        """Return the row a view holds, ``reads.ABSENT``, or None (unusable)."""
+        version, view = raw
+        return self.strategy._decode(self.opts, pk, view, version, self.using, self.model)
+
+    def slots(self, pks):
+        """Return each row's view key and fill keys."""
+        return [(self.views.row(pk)["view"], self.views.fill_keys(pk)) for pk in pks]
+
+    def wait(self, slots):
+        """Check on fills others hold."""
+        return self.views.wait(slots)
+
+    def load(self, pks, token):
+        """Read ``pks`` (with their pending writes) under our leases and fill their views."""
+        opts, cfg, views = self.opts, self.cfg, self.views
+        try:
+            rows, pending = self.strategy._overlay(self.model, self.using, pks)
+        except BaseException:
+            # Give the leases back so a waiting reader takes over now, not at expiry.
+            with contextlib.suppress(CacheUnavailable):
+                views.release(pks, token)
+            raise
+        if pending is None:  # Redis failed meanwhile: the leases lapse by themselves
+            return rows
+        items, unfilled = [], []
+        for pk in pks:
+            obj = rows.get(pk)
+            if obj is not None:
+                values = {name: obj.__dict__[name] for name in opts.attnames}
+                items.append((pk, values, ttl(opts, cfg), pk in pending))
+            elif cfg.NEGATIVE_TTL:
+                items.append((pk, None, cfg.NEGATIVE_TTL, False))
+            else:
+                unfilled.append(pk)
+        try:
+            send(signals.cache_fill, self.model, views.fill(token, items, self.version))
+            if unfilled:
+                views.release(unfilled, token)
+        except CacheUnavailable:
+            pass
+        return rows
+
+    def direct(self, pks):
+        """Read ``pks`` from the database with their pending writes laid over."""
+        return self.strategy._with_pending(self.model, self.using, pks)
 
 
 def _counter_field(model, name: str) -> models.Field:
