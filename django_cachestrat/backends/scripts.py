@@ -68,6 +68,42 @@ class Recorded(enum.IntEnum):
     DUPLICATE = 2  #: this write (its writer and number) was recorded already: nothing done
 
 
+def _fill(store: str) -> str:
+    """Lua of a fill (KEYS: lease, value, waiters, ready; ARGV[1]: the filler's token).
+
+    ``store`` stores the value, run only while the filler still holds the lease (an
+    invalidation deletes it, so a reader that read the old row before a write committed
+    can no longer store it); the lease is deleted with it. Either way, the readers
+    waiting for the fill are woken.
+    """
+    return (
+        "local stored = 0\n"
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
+        f"{store}"
+        "  redis.call('DEL', KEYS[1])\n"
+        "  stored = 1\n"
+        "end\n" + _wake(3, 4) + "return stored"
+    )
+
+
+def _waiter(found: str) -> str:
+    """Lua of a reader waiting for another's fill (KEYS: value, lease, waiters, ...).
+
+    ``found`` returns ``{1, ...}`` when the value is there. Else TAKE_OVER if nobody holds
+    the lease any more, else the reader is counted as waiting, in the same step, so no
+    wake-up is missed.
+    """
+    return (
+        found
+        + """
+if redis.call('EXISTS', KEYS[2]) == 0 then return {2} end
+redis.call('INCR', KEYS[3])
+redis.call('EXPIRE', KEYS[3], 30)
+return {0}
+"""
+    )
+
+
 def _wake(waiters: int, ready: int) -> str:
     # Wake the readers waiting for a fill: one token each on the ready list.
     return f"""
@@ -86,19 +122,7 @@ end
 # lease it took before reading the database: an invalidation deletes the lease, so a
 # reader that read the old row before a write committed can no longer store it. Either
 # way, the readers waiting for the fill are woken.
-FILL = _script(
-    "fill",
-    """
-local stored = 0
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-  redis.call('DEL', KEYS[1])
-  stored = 1
-end
-"""
-    + _wake(3, 4)
-    + "return stored",
-)
+FILL = _script("fill", _fill("  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])\n"))
 
 # KEYS: lease, waiters, ready. A filler that failed gives its lease back and wakes the
 # waiters, so one of them takes over at once.
@@ -127,14 +151,12 @@ return {0}
 # as waiting, in the same step, so no wake-up is missed.
 WAIT = _script(
     "wait",
-    """
+    _waiter(
+        """
 local value = redis.call('GET', KEYS[1])
 if value then return {1, value} end
-if redis.call('EXISTS', KEYS[2]) == 0 then return {2} end
-redis.call('INCR', KEYS[3])
-redis.call('EXPIRE', KEYS[3], 30)
-return {0}
-""",
+"""
+    ),
 )
 
 # KEYS: the pointer's lease, the pointer, its waiters and ready list, then the row's entry,
@@ -369,17 +391,12 @@ return out
 # deleted it. Wake the readers waiting for the fill either way.
 VIEW_FILL = _script(
     "view_fill",
-    """
-local stored = 0
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1], KEYS[2])
+    _fill(
+        """  redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[2], unpack(ARGV, 3))
   if ARGV[2] ~= '0' then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
-  stored = 1
-end
 """
-    + _wake(3, 4)
-    + "return stored",
+    ),
 )
 
 # KEYS: view, lease, version, pending fields, pending deltas. ARGV: ttl, initial version,
@@ -442,15 +459,13 @@ return {0, version}
 # waiting in the same step, so no wake-up is missed.
 VIEW_WAIT = _script(
     "view_wait",
-    _USABLE
-    + """
+    _waiter(
+        _USABLE
+        + """
 local version = redis.call('GET', KEYS[4])
 if usable(KEYS[1], version) then return {1, version or '', redis.call('HGETALL', KEYS[1])} end
-if redis.call('EXISTS', KEYS[2]) == 0 then return {2} end
-redis.call('INCR', KEYS[3])
-redis.call('EXPIRE', KEYS[3], 30)
-return {0}
-""",
+"""
+    ),
 )
 
 # -- write-behind: the flush queue ------------------------------------------------------------

@@ -130,11 +130,9 @@ def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: f
     pks = list(batch.rows)
     report.batches += 1
     try:
-        with transaction.atomic(using=using):
-            _write_locked(model, using, queue, batch.id, pks, [batch.id])
-            _before_commit(batch, deadline)
+        _commit(model, using, queue, batch, pks, [batch.id], deadline)
     except ClaimExpired as exc:
-        logger.warning("django_cachestrat: %s; left to the worker that reclaims it.", exc)
+        _gave_up(exc)
         return
     except (OperationalError, InterfaceError) as exc:
         # The database is unreachable: every row would fail alike. Put it all back.
@@ -244,26 +242,37 @@ def settle_open_cuts(model) -> None:
 
 def _ack(queue: Queue, batch: Batch, pks, ttl: int) -> bool:
     """Acknowledge rows of a batch; False (logged) if another worker reclaimed it since."""
-    if queue.ack(batch, pks, ttl):
-        return True
-    logger.warning(
-        "django_cachestrat: batch %s was reclaimed before this worker acknowledged it; left "
-        "to the worker that reclaimed it.",
-        batch.id,
-    )
-    return False
+    return _owned(queue.ack(batch, pks, ttl), batch, "acknowledged it")
 
 
 def _requeue(queue: Queue, batch: Batch, pks, delay: float) -> bool:
     """Requeue rows of a batch; False (logged) if another worker reclaimed it since."""
-    if queue.requeue(batch, pks, delay):
-        return True
-    logger.warning(
-        "django_cachestrat: batch %s was reclaimed before this worker put its rows back; left "
-        "to the worker that reclaimed it.",
-        batch.id,
-    )
-    return False
+    return _owned(queue.requeue(batch, pks, delay), batch, "put its rows back")
+
+
+def _owned(done: bool, batch: Batch, what: str) -> bool:
+    if not done:
+        logger.warning(
+            "django_cachestrat: batch %s was reclaimed before this worker %s; left to the "
+            "worker that reclaimed it.",
+            batch.id,
+            what,
+        )
+    return done
+
+
+def _commit(model, using: str, queue: Queue, batch: Batch, pks, markers, deadline) -> None:
+    """Write rows ``pks`` of a batch in one transaction (see ``_write_locked``).
+
+    Raises ``ClaimExpired`` (rolled back) when the claim's visibility ended first.
+    """
+    with transaction.atomic(using=using):
+        _write_locked(model, using, queue, batch.id, pks, markers)
+        _before_commit(batch, deadline)
+
+
+def _gave_up(exc: ClaimExpired) -> None:
+    logger.warning("django_cachestrat: %s; left to the worker that reclaims it.", exc)
 
 
 def _before_commit(batch: Batch, deadline: float) -> None:
@@ -322,11 +331,9 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
     for pk in batch.rows:
         marker = applied.row_marker(batch.id, pk)
         try:
-            with transaction.atomic(using=using):
-                _write_locked(model, using, queue, batch.id, [pk], [batch.id, marker])
-                _before_commit(batch, deadline)
+            _commit(model, using, queue, batch, [pk], [batch.id, marker], deadline)
         except ClaimExpired as exc:
-            logger.warning("django_cachestrat: %s; left to the worker that reclaims it.", exc)
+            _gave_up(exc)
             break
         except (OperationalError, InterfaceError) as exc:
             logger.error("django_cachestrat: flush of %s failed (%s).", opts.label, exc)
