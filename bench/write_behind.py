@@ -183,6 +183,7 @@ class Behind:
         from django_cachestrat.backends import scripts
 
         self.record_sha = self.client.script_load(scripts.RECORD.source)
+        self.floor_writes = 0
         obj = self.save_objs[0]
         names = [f.attname for f in self.WB._meta.concrete_fields if not f.primary_key]
         self.floor_fields = [(name, codec.encode_value(getattr(obj, name))) for name in names]
@@ -200,9 +201,15 @@ class Behind:
             f"{FLOOR}:version",
             f"{tag}:lease",
             f"{FLOOR}:trigger",
+            f"{tag}:seen",
             f"{FLOOR}:busy",
             f"{FLOOR}:first",
         ]
+
+    def _writer(self) -> tuple:
+        """The writer id, next write number and seen TTL the app's RECORD call ends with."""
+        self.floor_writes += 1
+        return ("bench-floor", self.floor_writes, 300)
 
     def floor_save(self, i: int):
         n = i % HOT
@@ -215,14 +222,14 @@ class Behind:
         ]
         for name, value in self.floor_fields:
             args += [name, str(self.floor_count + i).encode() if name == "count" else value]
-        args += [0, *TRIGGER_ARGS]
-        return self.client.evalsha(self.record_sha, 9, *self._floor_keys(n), *args)
+        args += [0, *TRIGGER_ARGS, *self._writer()]
+        return self.client.evalsha(self.record_sha, 10, *self._floor_keys(n), *args)
 
     def floor_increment(self, i: int):
         n = HOT + i % HOT
         return self.client.evalsha(
             self.record_sha,
-            9,
+            10,
             *self._floor_keys(n),
             n,
             int(time.time() * 1000),
@@ -233,6 +240,7 @@ class Behind:
             "hits",
             1,
             *TRIGGER_ARGS,
+            *self._writer(),
         )
 
     # -- operations, each called with an operation index --
@@ -772,7 +780,7 @@ def profile(b: Behind) -> None:
         n = i % HOT
         pipe.evalsha(
             b.record_sha,
-            9,
+            10,
             *b._floor_keys(n),
             n,
             int(time.time() * 1000),
@@ -783,6 +791,7 @@ def profile(b: Behind) -> None:
             str(b.floor_count + i),
             0,
             *TRIGGER_ARGS,
+            *b._writer(),
         )
         if (i + 1) % per_pipe == 0:
             pipe.execute()

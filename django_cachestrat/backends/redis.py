@@ -160,6 +160,8 @@ class RedisTransport:
         return self.execute([(script, keys, args)])[0]
 
     def _execute(self, ops: Sequence[Op]) -> list:
+        if len(ops) == 1:
+            return [self._send_one(ops[0])]  # a pipeline costs more than it saves here
         replies = self._send(ops, ())
         refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if refused:
@@ -171,6 +173,17 @@ class RedisTransport:
             if isinstance(reply, Exception):
                 raise reply
         return replies
+
+    def _send_one(self, op: Op) -> Any:
+        if not isinstance(op[0], Script):
+            return self._client.execute_command(*op)
+        script, keys, args = op
+        try:
+            return self._client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # Refused, so it did not run: load it and send it again.
+            self._client.script_load(script.source)
+            return self._client.evalsha(script.sha, len(keys), *keys, *args)
 
     def _send(self, ops: Sequence[Op], load: Any) -> list:
         pipe = self._client.pipeline(transaction=False)

@@ -287,7 +287,9 @@ else
 end
 local function seen()
   redis.call('HSET', KEYS[8], writer, last .. ':' .. mask)
-  redis.call('EXPIRE', KEYS[8], ARGV[w0 + 2])
+  -- Set when the writer is new to the row, not at every write (a command saved on the hot
+  -- path): a duplicate only ever follows its original by a stall's length.
+  if not state then redis.call('EXPIRE', KEYS[8], ARGV[w0 + 2]) end
 end
 local void = {}
 if ns > 0 then
