@@ -661,7 +661,7 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
             samples,
             "get_many_cached",
             "in_bulk",
-            0.35,
+            0.33,
             floor="MGET many",
         ),
         Row(
@@ -678,6 +678,13 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
             "plain save",
             1.3,
             floor="plain save + write RTTs",
+        ),
+        Row(
+            "write-through save() vs its floor (plain save + 2 RTTs)",
+            samples,
+            "write-through save",
+            "plain save + write RTTs",
+            1.1,
         ),
         Row(
             "cache-aside save() vs plain save()",

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, models, router, transaction
+from django.db.models import sql
 
 from django_cachestrat import codec, invalidation, options
 
@@ -44,10 +45,16 @@ class CachedQuerySet(models.QuerySet):
         using = self._db or router.db_for_write(self.model, **self._hints)
         if self.query.is_sliced:
             return super().update(**kwargs)  # Django's own error
+        self._not_support_combined_queries("update")
         with transaction.atomic(using=using, savepoint=False):
-            pks = self._lock_pks(using)
-            superseded = self._superseded(using, kwargs, pks)
-            count = super().update(**kwargs)
+            pks = self._update_returning(using, kwargs)
+            if pks is None:  # the database cannot say which rows it updated
+                pks = self._lock_pks(using)
+                superseded = self._superseded(using, kwargs, pks)
+                count = super().update(**kwargs)
+            else:
+                count = len(pks)
+                superseded = self._superseded(using, kwargs, pks, exact=True)
             if superseded:  # first: a view rebuilt after the drop must not include them
                 self.model.cache_strategy.supersede(self.model, superseded, using)
             if len(pks) > self.bulk_row_limit:
@@ -64,12 +71,41 @@ class CachedQuerySet(models.QuerySet):
 
     aupdate.alters_data = True
 
-    def _superseded(self, using: str, values: dict, pks: list) -> list:
+    def _update_returning(self, using: str, values: dict) -> list | None:
+        """Run the update as one ``UPDATE ... RETURNING`` pk, where the database can.
+
+        Return the pks of the rows it updated, or None where it cannot (MySQL and MariaDB
+        have no ``UPDATE ... RETURNING``; an update Django splits over several tables, or
+        orders, goes through Django). No locking ``SELECT`` is needed: the rows returned
+        are the rows updated.
+        """
+        connection = connections[using]
+        if connection.vendor not in ("postgresql", "sqlite"):
+            return None
+        if not connection.features.can_return_columns_from_insert:  # SQLite before 3.35
+            return None
+        query = self.query.chain(sql.UpdateQuery)
+        query.add_update_values(values)
+        if query.related_updates or query.order_by or query.annotations:
+            return None
+        query.clear_select_clause()
+        statement, params = query.get_compiler(using).as_sql()
+        if not statement:
+            return []
+        pk = self.model._meta.pk
+        returning = f"{statement} RETURNING {connection.ops.quote_name(pk.column)}"
+        with transaction.mark_for_rollback_on_error(using=using), connection.cursor() as cursor:
+            cursor.execute(returning, params)
+            rows = cursor.fetchall()
+        self._result_cache = None
+        return [pk.to_python(value) for (value,) in rows]
+
+    def _superseded(self, using: str, values: dict, pks: list, *, exact: bool = False) -> list:
         """Return ``(pk, attnames)`` for the rows with unflushed writes this update replaces.
 
-        Write-behind only; read before the update, which may change what the filter
-        matches. ``pks``: the rows ``_lock_pks`` listed. A value that is an expression
-        (``F("views") + 1``) replaces nothing.
+        Write-behind only. ``pks``: the rows ``_lock_pks`` listed before the update (at
+        most ``bulk_row_limit + 1``), or with ``exact``, every row the update returned. A
+        value that is an expression (``F("views") + 1``) replaces nothing.
         """
         strategy = self.model.cache_strategy
         if not strategy.defers_writes:
@@ -81,7 +117,7 @@ class CachedQuerySet(models.QuerySet):
         ]
         if not names:
             return []
-        if len(pks) <= self.bulk_row_limit:  # every row is listed: ask Redis about those
+        if exact or len(pks) <= self.bulk_row_limit:  # every row is listed: ask Redis
             return [(pk, names) for pk in strategy.pending_rows(self.model, among=pks)]
         # Too many rows to list: ask the database which of the pending rows it updates.
         pending = strategy.pending_rows(self.model)

@@ -236,3 +236,21 @@ def test_reverse_foreign_key_add_drops_the_rows(books):
     assert Book.objects.get_cached(pk=books[0].pk).author_id is None
     author.books.clear()
     assert Book.objects.get_cached(pk=books[1].pk).author_id is None
+
+
+def test_a_queryset_update_is_one_statement_that_returns_its_rows(books, raw_redis):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for book in books[:3]:
+        Book.objects.get_cached(pk=book.pk)
+    with CaptureQueriesContext(connection) as queries:
+        count = Book.objects.filter(pk__in=[b.pk for b in books[:3]]).update(title="one")
+    control = ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE")
+    statements = [q["sql"] for q in queries if not q["sql"].startswith(control)]
+    assert count == 3
+    assert len(statements) == 1, statements  # no locking SELECT of the pks first
+    assert statements[0].startswith("UPDATE") and "RETURNING" in statements[0]
+    assert [entry(raw_redis, Book, b.pk) for b in books[:3]] == [None] * 3
+    assert entry(raw_redis, Book, books[4].pk) is not None  # untouched rows stay
+    assert {Book.objects.get_cached(pk=b.pk).title for b in books[:3]} == {"one"}
