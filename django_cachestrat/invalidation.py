@@ -115,7 +115,9 @@ def _drop_rows(model: type[models.Model], pks: list[object], created: bool = Fal
         doomed, gone = [], []
         for pk in pks:
             doomed.append(keys.entry(prefix, opts.label, opts.fingerprint, pk))
-            doomed.append(keys.lease(prefix, opts.label, pk))
+            lease, _, ready = keys.fill(prefix, opts.label, pk)
+            # The ready list too: what a fill pushed there for its waiters is older.
+            doomed += [lease, ready]
         if not new and needs_tombstones(member):
             gone = [keys.gone(prefix, opts.label, pk) for pk in pks]
         try:

@@ -370,3 +370,69 @@ def test_early_refresh_refreshes_before_expiry(raw_redis, events):
     # Refreshed many times, and never a miss: it never expired.
     assert events("fill", Quote) - fills >= 2
     assert events("miss", Quote) == misses
+
+
+def test_a_waiter_makes_three_round_trips(book, raw_redis, monkeypatch, django_assert_num_queries):
+    """Read, lease (held: counted as a waiter), BLPOP that brings the entry: no WAIT."""
+    from redis.connection import AbstractConnection
+
+    from django_cachestrat import backends
+    from django_cachestrat.backends.scripts import REGISTRY
+
+    for script in REGISTRY.values():  # as in a running app: no SCRIPT LOAD to count
+        raw_redis.script_load(script.source)
+    opts = options.get(Book)
+    backends.get("default").version(keys.version("cstest", opts.label))  # as after any fill
+    invalidate(book)
+    lease, waiters, _ = keys.fill("cstest", opts.label, book.pk)
+    raw_redis.set(lease, "filler", px=10_000)  # another reader fills: this one waits
+    sent, real = [], AbstractConnection.send_packed_command
+    waiter = threading.get_ident()
+
+    def counting(self, command, *args, **kwargs):
+        if threading.get_ident() == waiter:
+            sent.append(command)
+        return real(self, command, *args, **kwargs)
+
+    def fill_when_counted():
+        deadline = time.monotonic() + 5
+        while raw_redis.get(waiters) != b"1" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        entry = codec_entry(Book.objects.get(pk=book.pk))  # what a filler would store
+        backends.get("default").fill_many(
+            [(keys.fill("cstest", opts.label, book.pk), entry_key(book.pk), entry, 60)], "filler"
+        )
+
+    filler = threading.Thread(target=fill_when_counted)
+    filler.start()
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    with django_assert_num_queries(0):
+        assert Book.objects.get_cached(pk=book.pk).title == "hot"
+    monkeypatch.undo()
+    filler.join(10)
+    command = re.compile(rb"\r\n\$\d+\r\n([A-Za-z]+)")
+    names = [command.search(b"".join(c) if isinstance(c, list) else c).group(1) for c in sent]
+    assert names == [b"MGET", b"EVALSHA", b"BLPOP"]
+
+
+def entry_key(pk):
+    opts = options.get(Book)
+    return keys.entry("cstest", opts.label, opts.fingerprint, pk)
+
+
+def codec_entry(obj):
+    from django_cachestrat import backends, codec
+
+    version = backends.get("default").version(keys.version("cstest", options.get(Book).label))
+    return codec.encode(options.get(Book), version, obj)
+
+
+def test_an_invalidation_drops_what_fills_pushed_for_waiters(book, raw_redis):
+    """A value left on a ready list (its waiter gave up) must not outlive a write."""
+    Book.objects.get_cached(pk=book.pk)
+    ready = keys.fill("cstest", options.get(Book).label, book.pk)[2]
+    raw_redis.rpush(ready, raw_redis.get(entry_key(book.pk)))
+    book.title = "changed"
+    book.save()
+    assert raw_redis.exists(ready) == 0
+    assert Book.objects.get_cached(pk=book.pk).title == "changed"

@@ -148,11 +148,14 @@ def test_write_end_after_an_overlap_drops_the_row(raw_redis):
     entry_key = keys.entry("cstest", "tests.author", options.get(Author).fingerprint, 1)
     lease_key = keys.lease("cstest", "tests.author", 1)
     gone_key = keys.gone("cstest", "tests.author", 1)
-    row_keys = (inflight, epoch_key, entry_key, lease_key, gone_key)
+    ready_key = keys.fill("cstest", "tests.author", 1)[2]
+    raw_redis.rpush(ready_key, b"v:old")  # what a fill before these writes pushed
+    row_keys = (inflight, epoch_key, entry_key, lease_key, gone_key, ready_key)
     e1, c1, _ = t.write_begin(version_key, (inflight, epoch_key), "w1", 60)
     e2, c2, _ = t.write_begin(version_key, (inflight, epoch_key), "w2", 60)
     assert (c1, c2) == (False, True)
     assert t.write_end(version_key, row_keys, "w2", e2, c2, b"v:w2", 60, 3000) is False
+    assert raw_redis.exists(ready_key) == 0  # no waiter can pop a value older than the write
     assert t.write_end(version_key, row_keys, "w1", e1, c1, b"v:w1", 60, 3000) is False
     assert raw_redis.get(entry_key) is None
     assert 0 < raw_redis.pttl(gone_key) <= 3000  # a drop leaves the row's tombstone

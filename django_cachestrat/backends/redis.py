@@ -214,15 +214,17 @@ class RedisTransport:
             self.script(scripts.VERSION, [key], [self._now_us(), "1" if bump else "0"])
         )
 
-    def block(self, ready_keys: Sequence[str], timeout: float) -> None:
+    def block(self, ready_keys: Sequence[str], timeout: float) -> tuple[str, bytes] | None:
         """Wait (``BLPOP``) until a filler wakes us or ``timeout`` passes.
 
-        The wait is cut in slices shorter than the connection's socket timeout, so a
-        blocked read is never mistaken for a dead server.
+        Return ``(ready key, what the filler pushed)``, or None when the time is up. The
+        wait is cut in slices shorter than the connection's socket timeout, so a blocked
+        read is never mistaken for a dead server.
         """
         socket_timeout = self._client.connection_pool.connection_kwargs.get("socket_timeout")
         slice_ = min(timeout, 0.5 * socket_timeout if socket_timeout else 1.0)
-        self._call(self._client.blpop, list(ready_keys), max(0.01, slice_))
+        popped = self._call(self._client.blpop, list(ready_keys), max(0.01, slice_))
+        return None if popped is None else (popped[0].decode(), popped[1])
 
     # -- fills of entries ------------------------------------------------------------------
 
@@ -234,19 +236,26 @@ class RedisTransport:
         ]
 
     def acquire_or_get(
-        self, items: Sequence[tuple[str, str, bytes | None]], token: str, timeout: float
+        self,
+        items: Sequence[tuple[str, tuple[str, str, str], bytes | None]],
+        token: str,
+        timeout: float,
+        *,
+        wait: bool = False,
     ) -> list[tuple[Acquired, bytes | None]]:
-        """Take leases, unless a value arrived meanwhile; per ``(value_key, lease_key, seen)``.
+        """Take leases, unless a value arrived; per ``(value_key, fill_keys, seen)``.
 
         ``(FILLED, value)`` if a value other than ``seen`` (what the caller read and could
         not use) is there now, else ``(TAKEN, None)`` if the lease was taken, ``(HELD,
-        None)`` if another reader holds it.
+        None)`` if another reader holds it: with ``wait``, the caller is then counted
+        among its waiters (as ``wait_many`` would count it).
         """
         ms = max(1, int(timeout * 1000))
+        count = "1" if wait else "0"
         replies = self.execute(
             [
-                (scripts.ACQUIRE, [value_key, lease_key], [token, ms, seen or b""])
-                for value_key, lease_key, seen in items
+                (scripts.ACQUIRE, [value_key, lease, waiters], [token, ms, seen or b"", count])
+                for value_key, (lease, waiters, _), seen in items
             ]
         )
         return [(Acquired(r[0]), r[1] if len(r) > 1 else None) for r in replies]
@@ -349,7 +358,7 @@ class RedisTransport:
     def write_end(
         self,
         version_key: str,
-        keys: tuple[str, str, str, str, str],
+        keys: tuple[str, str, str, str, str, str],
         token: str,
         epoch: bytes,
         contended: bool,
@@ -359,7 +368,7 @@ class RedisTransport:
     ) -> bool:
         """Finish a write after commit: store ``value`` if uncontended, else delete the entry.
 
-        ``keys`` are the row's in-flight set, epoch, entry, lease and tombstone keys; a
+        ``keys`` are the row's in-flight set, epoch, entry, lease, tombstone and ready keys; a
         deletion sets the tombstone for ``tombstone_ms`` (none if 0). If Redis cannot be
         reached the entry's deletion is kept for replay, as for ``delete``.
         """
@@ -367,7 +376,7 @@ class RedisTransport:
         try:
             return bool(self.script(scripts.WRITE_END, list(keys), args))
         except CacheUnavailable:
-            self.replay.keep(version_key, keys[2:4])
+            self.replay.keep(version_key, [*keys[2:4], keys[5]])
             raise
 
     def write_abort(self, inflight_key: str, token: str) -> None:

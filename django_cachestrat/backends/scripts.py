@@ -68,21 +68,24 @@ class Recorded(enum.IntEnum):
     DUPLICATE = 2  #: this write (its writer and number) was recorded already: nothing done
 
 
-def _fill(store: str) -> str:
+def _fill(store: str, push: str = "'1'", hold: str = "5") -> str:
     """Lua of a fill (KEYS: lease, value, waiters, ready; ARGV[1]: the filler's token).
 
     ``store`` stores the value, run only while the filler still holds the lease (an
     invalidation deletes it, so a reader that read the old row before a write committed
     can no longer store it); the lease is deleted with it. Either way, the readers
-    waiting for the fill are woken.
+    waiting for the fill are woken: ``push`` (Lua) is what each finds on the ready list,
+    which lives ``hold`` (Lua) seconds.
     """
     return (
         "local stored = 0\n"
+        "local push = '1'\n"
         "if redis.call('GET', KEYS[1]) == ARGV[1] then\n"
         f"{store}"
         "  redis.call('DEL', KEYS[1])\n"
         "  stored = 1\n"
-        "end\n" + _wake(3, 4) + "return stored"
+        f"  push = {push}\n"
+        "end\n" + _wake(3, 4, "push", hold) + "return stored"
     )
 
 
@@ -104,13 +107,14 @@ return {0}
     )
 
 
-def _wake(waiters: int, ready: int) -> str:
-    # Wake the readers waiting for a fill: one token each on the ready list.
+def _wake(waiters: int, ready: int, push: str = "'1'", hold: str = "5") -> str:
+    # Wake the readers waiting for a fill: one item each on the ready list, ``push`` (Lua):
+    # '1' (look again) or the value itself (a waiter then needs no other round trip).
     return f"""
 local waiting = tonumber(redis.call('GET', KEYS[{waiters}]) or '0')
 if waiting > 0 then
-  for i = 1, waiting do redis.call('RPUSH', KEYS[{ready}], '1') end
-  redis.call('EXPIRE', KEYS[{ready}], 5)
+  for i = 1, waiting do redis.call('RPUSH', KEYS[{ready}], {push}) end
+  redis.call('EXPIRE', KEYS[{ready}], {hold})
   redis.call('DEL', KEYS[{waiters}])
 end
 """
@@ -121,8 +125,17 @@ end
 # KEYS: lease, entry, waiters, ready. Fill a missed row only if the caller still holds the
 # lease it took before reading the database: an invalidation deletes the lease, so a
 # reader that read the old row before a write committed can no longer store it. Either
-# way, the readers waiting for the fill are woken.
-FILL = _script("fill", _fill("  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])\n"))
+# way, the readers waiting for the fill are woken: with the entry itself when it was
+# stored. The ready list lives no longer than the entry, and every invalidation and
+# write-through end deletes it, so what a waiter pops was the entry since it began.
+FILL = _script(
+    "fill",
+    _fill(
+        "  redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])\n",
+        push="ARGV[2]",
+        hold="math.min(5, tonumber(ARGV[3]))",
+    ),
+)
 
 # KEYS: lease, waiters, ready. A filler that failed gives its lease back and wakes the
 # waiters, so one of them takes over at once.
@@ -133,15 +146,21 @@ RELEASE = _script(
     + "return 1",
 )
 
-# KEYS: entry, lease. A reader that missed takes the lease, unless a value arrived since
-# its read (another reader filled it): then it gets the value, and reads no database.
-# ARGV[3] is the unusable value the reader saw (an old version's, unreadable), if any.
+# KEYS: entry, lease, waiters. A reader that missed takes the lease, unless a value arrived
+# since its read (another reader filled it): then it gets the value, and reads no
+# database. ARGV[3] is the unusable value the reader saw (an old version's, unreadable),
+# if any; ARGV[4] '1': a reader that finds the lease held will wait, so it is counted
+# among the waiters here (the filler then pushes it the value: one BLPOP, no WAIT).
 ACQUIRE = _script(
     "acquire",
     """
 local value = redis.call('GET', KEYS[1])
 if value and value ~= ARGV[3] then return {2, value} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1} end
+if ARGV[4] == '1' then  -- it will wait: count it now, and it needs no WAIT before BLPOP
+  redis.call('INCR', KEYS[3])
+  redis.call('EXPIRE', KEYS[3], 30)
+end
 return {0}
 """,
 )
@@ -207,7 +226,8 @@ return {epoch, redis.call('ZCARD', KEYS[1])}
 """,
 )
 
-# KEYS: in-flight set, epoch, entry, lease, tombstone. After commit: store the saved row
+# KEYS: in-flight set, epoch, entry, lease, tombstone, ready list (deleted: what a fill
+# pushed there is older than this write). After commit: store the saved row
 # only when no other write of the row overlapped this one (none in flight when it began,
 # none begun since). Otherwise the commit order is unknown, so delete the entry and let
 # the next read fill from the database; a drop leaves the row's tombstone for ARGV[6] ms
@@ -216,7 +236,7 @@ WRITE_END = _script(
     "write_end",
     """
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[4])
+redis.call('DEL', KEYS[4], KEYS[6])
 if ARGV[3] == '0' and redis.call('GET', KEYS[2]) == ARGV[2] then
   redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[5])
   return 1

@@ -386,6 +386,9 @@ class Entries(reads.Form):
         self.opts = options.get(model)
         self.version = version
         self.seen = seen or {}
+        # A reader that finds a lease held is counted as a waiter by the lease script, and
+        # the filler pushes it the entry: a waiter's whole read is three round trips.
+        self.counts_waiters = bool(self.cfg.FILL_WAIT)
         prefix, label = self.cfg.KEY_PREFIX, self.opts.label
         self._entry = partial(keys.entry, prefix, label, self.opts.fingerprint)
         self._lease = partial(keys.lease, prefix, label)
@@ -398,9 +401,10 @@ class Entries(reads.Form):
                 keys.version(self.cfg.KEY_PREFIX, self.opts.label)
             )
         return self.transport.acquire_or_get(
-            [(self._entry(pk), self._lease(pk), self.seen.get(pk)) for pk in pks],
+            [(self._entry(pk), self._fills(pk), self.seen.get(pk)) for pk in pks],
             token,
             self.cfg.LEASE_TIMEOUT,
+            wait=self.counts_waiters,
         )
 
     def retake(self, pks, token):

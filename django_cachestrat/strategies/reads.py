@@ -42,6 +42,9 @@ class Form:
     version); the form alone knows what they mean.
     """
 
+    #: True when ``acquire`` counts a reader that finds the lease held among the waiters.
+    counts_waiters = False
+
     def __init__(self, model: type[models.Model], using: str, transport: Any):
         self.model = model
         self.using = using
@@ -91,11 +94,14 @@ def fill(form: Form, pks: Sequence[Any]) -> dict[Any, models.Model]:
         return form.direct(pks)
     rows: dict[Any, models.Model] = {}
     mine, theirs, unusable = [], [], []
+    counted = set()
     for pk, (status, raw) in zip(pks, taken, strict=True):
         if status is Acquired.TAKEN:
             mine.append(pk)
         elif status is Acquired.HELD:
             theirs.append(pk)
+            if form.counts_waiters:
+                counted.add(pk)
         elif _take(form, rows, pk, raw) is None:  # filled since our read, but unusable
             unusable.append(pk)
     if unusable:
@@ -113,7 +119,13 @@ def fill(form: Form, pks: Sequence[Any]) -> dict[Any, models.Model]:
         rows.update(form.direct(theirs))
         return rows
     late, take_over = [], []
-    answers = await_fills(form.model, form.transport, form.slots(theirs), form.wait)
+    answers = await_fills(
+        form.model,
+        form.transport,
+        form.slots(theirs),
+        form.wait,
+        counted=[pk in counted for pk in theirs],
+    )
     for pk, answer in zip(theirs, answers, strict=True):
         if answer is TAKE_OVER:
             take_over.append(pk)
@@ -134,36 +146,52 @@ def _take(form: Form, rows: dict, pk: Any, raw: Any) -> object | None:
     return obj
 
 
-def await_fills(model, transport, slots: Sequence[tuple], check: Callable) -> list:
+def await_fills(
+    model, transport, slots: Sequence[tuple], check: Callable, counted: Sequence[bool] = ()
+) -> list:
     """Wait for fills others hold.
 
     Per ``(value_key, fill_keys)`` slot: the raw value, ``TAKE_OVER`` (its filler is gone)
     or ``TIMEOUT`` (``FILL_WAIT`` passed). ``check(slots)`` looks at the slots, as
-    ``RedisTransport.wait_many`` does; between looks the reader blocks on the slots'
-    ready lists, which fillers push to.
+    ``RedisTransport.wait_many`` does, and counts the reader as waiting; between looks the
+    reader blocks on the slots' ready lists, which fillers push to: a ``'1'`` (look
+    again), or the value itself. Slots ``counted`` already (by the lease script) are not
+    looked at first: the reader blocks at once.
     """
     deadline = time.monotonic() + conf.settings().FILL_WAIT
     answers: list = [TIMEOUT] * len(slots)
     waiting = list(range(len(slots)))
+    look = [i for i in waiting if not (counted and counted[i])]
+    by_ready = {slot[1][2]: i for i, slot in enumerate(slots)}
     send(signals.cache_wait, model, len(waiting))
     try:
         while waiting:
-            still = []
-            replies = check([slots[i] for i in waiting])
-            for i, (status, value) in zip(waiting, replies, strict=True):
-                if status is Waited.READY:
-                    answers[i] = value
-                elif status is Waited.TAKE_OVER:
-                    answers[i] = TAKE_OVER
-                else:
-                    still.append(i)
-            waiting = still
+            if look:
+                replies = check([slots[i] for i in look])
+                for i, (status, value) in zip(look, replies, strict=True):
+                    if status is Waited.READY:
+                        answers[i] = value
+                    elif status is Waited.TAKE_OVER:
+                        answers[i] = TAKE_OVER
+                done = {i for i in look if answers[i] is not TIMEOUT}
+                waiting = [i for i in waiting if i not in done]
             remaining = deadline - time.monotonic()
             if waiting and remaining <= 0:
                 send(signals.cache_wait_timeout, model, len(waiting))
                 break
-            if waiting:
-                transport.block([slots[i][1][2] for i in waiting], remaining)
+            if not waiting:
+                break
+            popped = transport.block([slots[i][1][2] for i in waiting], remaining)
+            if popped is None:
+                look = list(waiting)  # a slice passed: is a filler gone?
+                continue
+            i = by_ready[popped[0]]
+            if popped[1] != b"1" and i in waiting:
+                answers[i] = popped[1]  # the value itself
+                waiting.remove(i)
+                look = []
+            else:
+                look = [i] if i in waiting else []
     except CacheUnavailable:
         pass  # what is still waiting reads the database
     return answers

@@ -96,6 +96,7 @@ class WriteThrough(Strategy):
             keys.entry(prefix, opts.label, opts.fingerprint, pk),
             keys.lease(prefix, opts.label, pk),
             keys.gone(prefix, opts.label, pk),
+            keys.fill(prefix, opts.label, pk)[2],
         )
         try:
             stored = backends.get(cfg.CACHE_ALIAS).write_end(
