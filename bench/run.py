@@ -522,16 +522,19 @@ class Setup:
             tag = f"bench-floor:{{wt:{obj.pk}}}"
             client.evalsha(
                 end,
-                4,
+                6,
                 f"{tag}:inflight",
                 f"{tag}:epoch",
                 f"{tag}:entry",
                 f"{tag}:lease",
+                f"{tag}:gone",
+                f"{tag}:ready",
                 "token",
                 epochs.pop(obj.pk),
                 "0",
                 value,
                 3600,
+                0,
             )
 
         return before, after
