@@ -11,6 +11,7 @@ import functools
 import hashlib
 import inspect
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import NamedTuple
@@ -149,6 +150,9 @@ class Entry(NamedTuple):
     delta: int
 
 
+_new_entry = tuple.__new__
+
+
 def decode(
     opts: CacheOptions, data: bytes, version: bytes, using: str, cls: type[models.Model]
 ) -> Entry | None:
@@ -159,31 +163,66 @@ def decode(
     Unreadable bytes (corrupted, written by another program, or by another serializer)
     are logged and sent as ``cache_error``; the caller counts them as a miss.
     """
-    parts = data.split(b":", 3)
-    if parts[0] != version:
-        return None
-    try:
-        if len(parts) != 4:
-            raise ValueError("no entry header")
-        _, expires, delta, payload = parts
-        if not payload:
-            return Entry(None, int(expires), int(delta))
-        values = conf.settings().serializer.loads(payload)
-        if len(values) != len(opts.fields):
-            raise ValueError(f"{len(values)} values for {len(opts.fields)} fields")
-        plan = _compact_plan(opts.model)
-        if plan:
-            values = list(values)
-            for i, _, back in plan:
-                values[i] = back(values[i])
-        return Entry(build(cls, opts, using, values), int(expires), int(delta))
-    except Exception as exc:
-        logger.warning(
-            "django_cachestrat: unreadable entry for %s (%s); treated as a miss.", opts.label, exc
-        )
-        if signals.cache_error.receivers:
-            signals.cache_error.send(sender=opts.model, error=exc, model=opts.model)
-        return None
+    return decode_many(opts, [data], version, using, cls)[0]
+
+
+def decode_many(
+    opts: CacheOptions,
+    datas: Sequence[bytes | None],
+    version: bytes,
+    using: str,
+    cls: type[models.Model],
+    *,
+    ages: bool = True,
+) -> list[Entry | None]:
+    """Decode several entries (None where there is none) as ``decode`` does each.
+
+    The hot loop of a read: what is the same for every row is looked up once. With
+    ``ages=False`` (a model that never looks at an entry's age) ``expires`` and ``delta``
+    are left 0.
+    """
+    loads = conf.settings().serializer.loads
+    entry = _new_entry  # tuple.__new__: in C, where Entry(...) runs Python
+    plan = _compact_plan(opts.model)
+    width = len(opts.fields)
+    make = _builder(cls, opts, using)
+    out: list[Entry | None] = []
+    for data in datas:
+        if data is None:
+            out.append(None)
+            continue
+        parts = data.split(b":", 3)
+        if parts[0] != version:
+            out.append(None)
+            continue
+        try:
+            if len(parts) != 4:
+                raise ValueError("no entry header")
+            _, expires, delta, payload = parts
+            if not payload:
+                out.append(entry(Entry, (None, int(expires), int(delta))))
+                continue
+            values = loads(payload)
+            if len(values) != width:
+                raise ValueError(f"{len(values)} values for {width} fields")
+            if plan:
+                values = list(values)
+                for i, _, back in plan:
+                    values[i] = back(values[i])
+            if ages:
+                out.append(entry(Entry, (make(values), int(expires), int(delta))))
+            else:
+                out.append(entry(Entry, (make(values), 0, 0)))
+        except Exception as exc:
+            logger.warning(
+                "django_cachestrat: unreadable entry for %s (%s); treated as a miss.",
+                opts.label,
+                exc,
+            )
+            if signals.cache_error.receivers:
+                signals.cache_error.send(sender=opts.model, error=exc, model=opts.model)
+            out.append(None)
+    return out
 
 
 def encode_absent(version: bytes) -> bytes:
@@ -193,19 +232,30 @@ def encode_absent(version: bytes) -> bytes:
 
 def build(cls: type[models.Model], opts: CacheOptions, using: str, values: tuple):
     """Return the ``cls`` instance of the row ``values``, as ``from_db`` would."""
+    return _builder(cls, opts, using)(values)
+
+
+def _builder(cls: type[models.Model], opts: CacheOptions, using: str):
+    """Return a function that builds ``cls`` instances from rows' values."""
     # Model.__init__ is most of a hit's Python time. When nothing can observe the
     # difference (no pre_init/post_init receivers for the class, no from_db override, no
     # field descriptor that acts on assignment), set the attributes directly, as
     # __init__ would. Django caches "no receivers" per sender and clears that cache on
     # every connect, so a receiver connected later is seen at once.
-    if _silent(pre_init, cls) and _silent(post_init, cls) and _plain(cls):
-        obj = cls.__new__(cls)
-        obj.__dict__.update(zip(opts.attnames, values, strict=True))
+    if not (_silent(pre_init, cls) and _silent(post_init, cls) and _plain(cls)):
+        return functools.partial(cls.from_db, using, None)
+    new, attnames = cls.__new__, opts.attnames
+
+    def make(values):
+        obj = new(cls)
+        # As many values as fields: the callers check it, so no strict zip on the hot path.
+        obj.__dict__.update(zip(attnames, values, strict=False))
         state = obj._state = ModelState()
         state.adding = False
         state.db = using
         return obj
-    return cls.from_db(using, None, values)
+
+    return make
 
 
 def _silent(signal, cls) -> bool:

@@ -30,6 +30,12 @@ def entry(prefix: str, label: str, fp: str, pk: object) -> str:
     return f"{prefix}:{{{label}:{token(pk)}}}:{fp}"
 
 
+def entries(prefix: str, label: str, fp: str, pks) -> list[str]:
+    """Keys of several rows' entries (``entry`` of each; the hot path of a read)."""
+    head, tail = f"{prefix}:{{{label}:", f"}}:{fp}"
+    return [f"{head}{pk}{tail}" if type(pk) is int else head + token(pk) + tail for pk in pks]
+
+
 def lease(prefix: str, label: str, pk: object) -> str:
     """Key of the lease a reader takes before it fills a missed row."""
     return f"{prefix}:{{{label}:{token(pk)}}}:lease"

@@ -258,3 +258,35 @@ def test_a_write_sent_twice_is_recorded_once(raw_redis):
     later = pending._record_op(page.pk, {}, {"views": 1}, False)
     assert transport.execute([later, op], once=True) == [Recorded.RECORDED, Recorded.DUPLICATE]
     assert PageStats.objects.get_cached(pk=page.pk).views == 2
+
+
+def test_a_write_unanswered_after_every_resend_is_kept_and_counted_once():
+    """Replies held back longer than RESENDS allow: the write is kept, never put in the
+    database as well, and sent again (counted once) when Redis answers."""
+    import time
+
+    from django_cachestrat.write_behind import flusher
+    from tests.redis_server import SlowReplies
+
+    server = Server().start()
+    proxy = SlowReplies(server.port)
+    try:
+        with override_settings(
+            CACHES=caches_at(proxy.url, 0.2),
+            CACHESTRAT=cachestrat(FAILURE_COOLDOWN=0.3, RESENDS=1),
+        ):
+            page = PageStats.objects.create(path="/kept")
+            PageStats.objects.increment_behind(page.pk, views=1)  # the script is loaded
+            proxy.hold(1.0)
+            PageStats.objects.increment_behind(page.pk, views=1)  # sent twice, no reply
+            transport = backends.get("default")
+            assert len(transport.kept_writes) == 1
+            assert PageStats.objects.get(pk=page.pk).views == 0  # not written there too
+            time.sleep(1.2)  # the replies come; the breaker's cooldown is over
+            assert PageStats.objects.get_cached(pk=page.pk).views == 2  # sent again first
+            assert len(transport.kept_writes) == 0
+            flusher.drain()
+        assert PageStats.objects.get(pk=page.pk).views == 2
+    finally:
+        proxy.close()
+        server.stop()

@@ -81,3 +81,12 @@ def test_composite_primary_key_is_refused():
             app_label = "tests"
 
     assert any("composite" in p for p in options.errors(Pair))
+
+
+def test_entries_are_the_entry_keys_of_each_pk():
+    import uuid
+
+    pks = [1, "a b", uuid.UUID(int=5), 10**30]
+    assert keys.entries("p", "app.m", "fp", pks) == [
+        keys.entry("p", "app.m", "fp", pk) for pk in pks
+    ]

@@ -350,3 +350,20 @@ def test_a_uuid_primary_key_goes_through_every_step():
     assert [(v.label, v.hits) for v in Visit.objects.order_by("label")] == [("A", 2), ("b", 0)]
     a.delete()
     assert Visit.objects.get_many_cached([a.pk, b.pk]).keys() == {b.pk}
+
+
+def test_a_claim_that_outlived_its_visibility_is_given_up_before_commit(page):
+    import time
+
+    from django_cachestrat.write_behind.flusher import FlushReport, apply
+    from django_cachestrat.write_behind.queue import Queue
+
+    PageStats.objects.increment_behind(page.pk, views=3)
+    queue = Queue(PageStats)
+    batch = queue.claim(10, visibility=3600)
+    apply(PageStats, queue, batch, FlushReport(), deadline=time.monotonic() - 1)
+    assert in_db(page.pk).views == 0  # rolled back: left to the worker that reclaims it
+    assert not AppliedBatch.objects.filter(pk=batch.id).exists()
+    queue.expire_inflight()
+    flusher.flush()
+    assert in_db(page.pk).views == 3  # applied once, by the reclaim

@@ -116,7 +116,7 @@ class Strategy:
         fp = opts.fingerprint
         try:
             version, *entries = transport.mget(
-                [keys.version(prefix, label), *(keys.entry(prefix, label, fp, pk) for pk in pks)]
+                [keys.version(prefix, label), *keys.entries(prefix, label, fp, pks)]
             )
         except CacheUnavailable:
             return self._from_db(model, using, pks)
@@ -127,17 +127,20 @@ class Strategy:
         unusable: dict[object, bytes] = {}
         stale = []
         early = []
-        for pk, data in zip(pks, entries, strict=True):
-            entry = None
-            if data is not None and version is not None:
-                entry = codec.decode(opts, data, version, using, model)
+        decoded = (
+            codec.decode_many(opts, entries, version, using, model, ages=bool(now))
+            if version is not None
+            else [None] * len(pks)
+        )
+        for pk, data, entry in zip(pks, entries, decoded, strict=True):
             if entry is None:
                 missing.append(pk)
                 if data is not None:
                     unusable[pk] = data
                 continue
-            if entry.obj is not None:
-                found[pk] = entry.obj
+            obj = entry[0]
+            if obj is not None:
+                found[pk] = obj
             if now and entry.expires:
                 if now >= entry.expires:
                     stale.append(pk)
