@@ -367,3 +367,20 @@ def test_a_claim_that_outlived_its_visibility_is_given_up_before_commit(page):
     queue.expire_inflight()
     flusher.flush()
     assert in_db(page.pk).views == 3  # applied once, by the reclaim
+
+
+def test_an_upsert_replaces_the_pending_writes_of_the_fields_it_updates(page):
+    PageStats.objects.increment_behind(page.pk, views=5)
+    stats = PageStats.objects.get_cached(pk=page.pk)
+    stats.note = "kept"
+    stats.save()
+    PageStats.objects.bulk_create(
+        [PageStats(path=page.path, views=1)],
+        update_conflicts=True,
+        update_fields=["views"],
+        unique_fields=["path"],
+    )
+    flusher.flush()
+    row = in_db(page.pk)
+    assert (row.views, row.note) == (1, "kept")  # the +5 was older than the upsert
+    assert PageStats.objects.get_cached(pk=page.pk).views == 1
