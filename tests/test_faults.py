@@ -290,3 +290,18 @@ def test_a_write_unanswered_after_every_resend_is_kept_and_counted_once():
     finally:
         proxy.close()
         server.stop()
+
+
+def test_the_breaker_opens_for_its_cooldown_by_its_own_clock():
+    from django_cachestrat.backends.breaker import CircuitBreaker
+
+    now = [100.0]
+    breaker = CircuitBreaker(5.0, clock=lambda: now[0])
+    assert breaker.allows and not breaker.succeeded()
+    assert breaker.failed() is True  # a new episode
+    assert not breaker.allows
+    assert breaker.failed() is False  # the same episode
+    now[0] += 5.0
+    assert breaker.allows  # half-open: the next call is the probe
+    assert breaker.succeeded() is True
+    assert breaker.allows and not breaker.succeeded()

@@ -26,11 +26,6 @@ class CircuitBreaker:
         """True when a call may go to Redis: closed, or open with its cooldown over."""
         return not self._open_until or self._clock() >= self._open_until
 
-    @property
-    def tripped(self) -> bool:
-        """True from a failure until the next success (the cooldown may be over)."""
-        return bool(self._open_until)
-
     def failed(self) -> bool:
         """Open (again) for a cooldown; True when it was closed: a new episode began."""
         with self._lock:
