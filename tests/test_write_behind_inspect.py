@@ -52,7 +52,7 @@ def queue_state(settings):
     stats.note = "bb"
     stats.save()
     batch = Queue(PageStats).claim(10, visibility=3600)
-    assert batch is not None and list(batch.rows) == [claimed.pk]
+    assert batch is not None and batch.pks == [claimed.pk]
     PageStats.objects.increment_behind(claimed.pk, views=1)
     tick()
     # A plain pending row: a save and increments.

@@ -127,7 +127,7 @@ def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: f
     cfg = conf.settings()
     opts = options.get(model)
     using = router.db_for_write(model)
-    pks = list(batch.rows)
+    pks = list(batch.pks)
     report.batches += 1
     try:
         _commit(model, using, queue, batch, pks, [batch.id], deadline)
@@ -328,7 +328,7 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
     cfg = conf.settings()
     opts = options.get(model)
     done, failed, dead = [], [], []
-    for pk in batch.rows:
+    for pk in batch.pks:
         marker = applied.row_marker(batch.id, pk)
         try:
             _commit(model, using, queue, batch, [pk], [batch.id, marker], deadline)
@@ -337,7 +337,7 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
             break
         except (OperationalError, InterfaceError) as exc:
             logger.error("django_cachestrat: flush of %s failed (%s).", opts.label, exc)
-            rest = [p for p in batch.rows if p not in done and p not in dead]
+            rest = [p for p in batch.pks if p not in done and p not in dead]
             if _requeue(queue, batch, rest, cfg.RETRY_BACKOFF):
                 report.requeued += len(rest)
             break

@@ -26,13 +26,16 @@ from django_cachestrat.write_behind.state import ModelState, member
 
 @dataclass
 class Batch:
-    """A claimed batch: its id and, per pk, the pending field values and deltas.
+    """A batch: its id, its pks and, once read (``Queue.contents``), its writes per pk.
 
-    ``deadline``: the claim's visibility deadline (ms, Redis's clock), which names the
-    claim: ``ack`` and ``requeue`` act only while the batch still has it.
+    A claim lists the pks only: the flusher reads the writes under the rows' locks, since
+    a direct write may set some aside after the claim. ``deadline``: the claim's
+    visibility deadline (ms, Redis's clock), which names the claim: ``ack`` and
+    ``requeue`` act only while the batch still has it.
     """
 
     id: str
+    pks: list[Any] = field(default_factory=list)
     rows: dict[Any, tuple[dict[str, Any], dict[str, int]]] = field(default_factory=dict)
     deadline: int | None = None
 
@@ -57,9 +60,8 @@ class Queue(ModelState):
                 scripts.RECLAIM, [self.queue["inflight"], members_key], [batch_id, now, deadline]
             )
             if members:
-                batch = self.contents(batch_id, [self.opts.to_pk(m.decode()) for m in members])
-                batch.deadline = deadline
-                return batch
+                pks = [self.opts.to_pk(m.decode()) for m in members]
+                return Batch(batch_id, pks, deadline=deadline)
         (candidates,) = self.transport.execute(
             [("ZRANGEBYSCORE", self.queue["dirty"], "-inf", now, "LIMIT", 0, limit)]
         )
@@ -74,9 +76,7 @@ class Queue(ModelState):
         )
         if not claimed:
             return None
-        batch = self.contents(batch_id, [self.opts.to_pk(c.decode()) for c in claimed])
-        batch.deadline = deadline
-        return batch
+        return Batch(batch_id, [self.opts.to_pk(c.decode()) for c in claimed], deadline=deadline)
 
     def contents(self, batch_id: str, pks: Iterable[Any]) -> Batch:
         """Read what batch ``batch_id`` holds for ``pks``."""
@@ -84,7 +84,7 @@ class Queue(ModelState):
         replies = self.transport.execute(
             [("HGETALL", key) for pk in pks for key in self.batch_row(pk, batch_id)]
         )
-        batch = Batch(batch_id)
+        batch = Batch(batch_id, pks)
         for n, pk in enumerate(pks):
             batch.rows[pk] = decode_writes(replies[2 * n], replies[2 * n + 1])
         return batch

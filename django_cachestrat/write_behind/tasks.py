@@ -1,9 +1,7 @@
 """Celery tasks: flush write-behind batches, on a schedule and when a batch is ready.
 
-Run a worker and beat for your project as usual; add the schedule with::
-
-    from django_cachestrat.tasks import beat_schedule
-    app.conf.beat_schedule = {**app.conf.beat_schedule, **beat_schedule()}
+Run a worker and beat for your project as usual, and merge ``beat_schedule()`` into your
+Celery app's ``beat_schedule`` (the README shows how).
 
 ``connect()`` (called from ``AppConfig.ready()``) makes a save that fills a batch queue
 a flush at once: the strategy sends ``signals.write_behind_batch_ready``, and only this
