@@ -9,8 +9,11 @@ contains, so the two never collide.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 
 _SAFE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}\Z")
 
@@ -106,8 +109,9 @@ def behind_batch_row(prefix: str, label: str, pk: object, batch: str) -> tuple[s
     return f"{tag}:wb:{batch}:fields", f"{tag}:wb:{batch}:deltas"
 
 
-def behind_model(prefix: str, label: str) -> dict[str, str]:
-    """Keys of a model's write-behind queue (one hash tag).
+@functools.cache
+def behind_model(prefix: str, label: str) -> Mapping[str, str]:
+    """Keys of a model's write-behind queue (one hash tag); built once per model.
 
     ``dirty``: rows with unflushed writes, scored by when they may next be claimed;
     ``busy``: rows in a batch being flushed, with the batch id; ``inflight``: batch ids,
@@ -120,7 +124,8 @@ def behind_model(prefix: str, label: str) -> dict[str, str]:
     """
     tag = f"{prefix}:{{{label}}}:wb"
     names = ("dirty", "busy", "inflight", "attempts", "trigger", "cuts", "first")
-    return {name: f"{tag}:{name}" for name in names}
+    # Read-only: one mapping serves every read and write of the model.
+    return MappingProxyType({name: f"{tag}:{name}" for name in names})
 
 
 def behind_cut(prefix: str, label: str, pk: object, cut: str) -> tuple[str, str, str, str]:
