@@ -203,12 +203,13 @@ class WriteBehind(Strategy):
                     f"The following fields do not exist in {meta.object_name} or are not "
                     f"concrete: {', '.join(sorted(unknown))}."
                 )
+        clean = codec.cleaners(model)
         try:
             fields = {}
             for field in chosen:
                 # As Model.save does: auto_now fields take their value here.
                 value = field.pre_save(instance, False)
-                fields[field.attname] = codec.as_stored(field, value)
+                fields[field.attname] = clean[field.attname](value)
         except codec.Unstorable as exc:
             logger.debug("write-behind save of %s written at once: %s", opts.label, exc)
             return False
@@ -574,6 +575,7 @@ def _new_view(instance: models.Model) -> dict[str, bytes] | None:
     """
     opts = options.get(type(instance))
     state = instance.__dict__
+    clean = codec.cleaners(type(instance))
     values = {}
     try:
         for field in opts.fields:
@@ -581,7 +583,7 @@ def _new_view(instance: models.Model) -> dict[str, bytes] | None:
                 return None
             # Encoded now: a mutable value (a JSONField's dict) changed in memory before
             # the commit is not what was inserted.
-            values[field.attname] = codec.encode_value(codec.as_stored(field, state[field.attname]))
+            values[field.attname] = codec.encode_value(clean[field.attname](state[field.attname]))
     except (codec.Unstorable, ValidationError, TypeError, ValueError):
         return None  # a value to_python refuses is not known to be the database's either
     return values
