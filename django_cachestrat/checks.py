@@ -5,6 +5,9 @@
 - ``cachestrat.E003``: that cache is not a django-redis cache.
 - ``cachestrat.E004``: a cached model's default manager is not a ``CachedManager``.
 - ``cachestrat.E005``: a cached model's ``CacheMeta`` is wrong, or its pk cannot be cached.
+- ``cachestrat.E006``: a cached model inherits from a model that is not cached (multi-table
+  inheritance, or a proxy of an uncached model): writes through that model (its
+  ``save()``, its querysets' ``update()``) change the cached rows without dropping them.
 - ``cachestrat.W001``: a cached model's base manager is not a ``CachedManager``, so updates
   Django makes through it (a reverse foreign key's ``add()``) drop nothing.
 - ``cachestrat.W002``: a write-behind model sets ``stale_ttl`` or ``early_refresh``, which
@@ -101,4 +104,28 @@ def check_models(app_configs=None, **kwargs):
             checks.Error(problem, obj=model, id="cachestrat.E005")
             for problem in options.errors(model)
         )
+        errors.extend(_uncached_ancestors(model))
     return errors
+
+
+def _uncached_ancestors(model) -> list[checks.Error]:
+    meta = model._meta
+    # The models whose tables hold columns of this model's rows, the concrete model of a
+    # proxy included: a write through any of them must reach the cache.
+    tables = [meta.concrete_model] if meta.proxy else []
+    tables += [p for p in meta.concrete_model._meta.all_parents if not p._meta.proxy]
+    return [
+        checks.Error(
+            f"{meta.label} is cached but {parent._meta.label}, whose table holds columns "
+            f"of its rows, is not: a save() or update() through {parent._meta.object_name} "
+            f"leaves {meta.object_name}'s cached rows stale.",
+            hint=(
+                f"Give {parent._meta.object_name} a strategy mixin and a CachedManager too, "
+                f"or do not cache {meta.object_name}."
+            ),
+            obj=model,
+            id="cachestrat.E006",
+        )
+        for parent in tables
+        if not options.is_cached(parent)
+    ]

@@ -15,7 +15,7 @@ import operator
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
 from django.conf import settings as django_settings
@@ -52,8 +52,10 @@ def encode(
     ``stale_ttl`` or ``early_refresh``.
 
     ``clean=True`` runs each value through ``Field.to_python`` first, for instances the
-    user filled in by hand (a ``"5"`` for an IntegerField must come back as ``5``).
-    Raises ``Unstorable`` for deferred fields and expressions such as ``F("n") + 1``.
+    user filled in by hand (a ``"5"`` for an IntegerField must come back as ``5``); it
+    raises ``Unstorable`` where memory cannot tell what the database holds: expressions
+    such as ``F("n") + 1``, generated fields, and the values ``as_stored`` refuses.
+    Deferred fields raise ``Unstorable`` too.
     """
     layout = _layout(opts.model)
     try:
@@ -61,6 +63,10 @@ def encode(
     except KeyError as exc:
         raise Unstorable(f"field {exc.args[0]!r} is deferred") from None
     if clean:
+        if opts.generated:
+            # Django does not read a generated column back after a save: the instance
+            # holds its value from before.
+            raise Unstorable(f"{opts.generated[0]} is generated; its value is the database's")
         values = _clean(layout, values)
     if layout.compact:
         values = list(values)
@@ -105,9 +111,8 @@ def as_stored(field: models.Field, value: object) -> object:
         and isinstance(field, models.DecimalField)
         and field.decimal_places is not None
         and value.is_finite()
-        and value.as_tuple().exponent < -field.decimal_places
     ):
-        raise Unstorable(f"{field.attname} has more decimal places than the column keeps")
+        return _in_places(field, value)
     if isinstance(value, datetime) and django_settings.USE_TZ:
         if timezone.is_naive(value):
             raise Unstorable(f"{field.attname} is a naive datetime; the database makes it aware")
@@ -132,8 +137,27 @@ _UNCHANGED = {
 }
 
 
-def _few_places(least: int, value: Decimal) -> bool:
-    return value.is_finite() and value.as_tuple().exponent >= least
+def _in_places(field: models.DecimalField, value: Decimal) -> Decimal:
+    """Return ``value`` with the column's decimal places, as the database gives it back.
+
+    ``Decimal("1.5")`` in a column of two places comes back as ``Decimal("1.50")``
+    (equal, but printed differently in templates and JSON). More places than the column
+    keeps are rounded by the database, and not alike on every backend: ``Unstorable``.
+    """
+    places = field.decimal_places
+    if value.as_tuple().exponent < -places:
+        raise Unstorable(f"{field.attname} has more decimal places than the column keeps")
+    try:
+        return value.quantize(Decimal(1).scaleb(-places), context=field.context)
+    except InvalidOperation:
+        # More digits than max_digits: the database refuses it, so it is never stored.
+        raise Unstorable(f"{field.attname} has more digits than the column keeps") from None
+
+
+def _fits(exponent: int, digits: int, value: Decimal) -> bool:
+    # NaN and infinities have a str exponent: never equal.
+    shape = value.as_tuple()
+    return shape.exponent == exponent and len(shape.digits) <= digits
 
 
 def _in_utc(value: datetime) -> bool:
@@ -149,9 +173,10 @@ def _shortcut(field: models.Field) -> tuple[type | None, Callable[[object], bool
     """
     converts = _converter(field)
     if converts is models.DecimalField:
-        # No limit (None): the column keeps any number of places.
         places = field.decimal_places
-        return Decimal, functools.partial(_few_places, -places if places is not None else -(10**9))
+        if places is None:  # no limit: the column keeps the value as it is
+            return Decimal, Decimal.is_finite
+        return Decimal, functools.partial(_fits, -places, field.max_digits)
     if converts is models.DateTimeField:
         return datetime, _in_utc
     return _UNCHANGED.get(converts), None

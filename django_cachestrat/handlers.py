@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import partial
 
+from django.apps import apps
 from django.db import models
 from django.db.models import signals
 
@@ -44,7 +45,10 @@ def on_target_pre_delete(model, field, sender, instance, using=None, **kwargs):
     those rows with a plain UPDATE that sends no signal; they are listed before it runs.
     """
     limit = CachedQuerySet.bulk_row_limit
-    pointing = model._base_manager.using(using).filter(**{field.name: instance})
+    # By the value the column holds: ``instance`` may be of a proxy of the field's target,
+    # or of the concrete model of the proxy the field points to.
+    target = getattr(instance, field.target_field.attname)
+    pointing = model._base_manager.using(using).filter(**{field.attname: target})
     pks = list(pointing.values_list("pk", flat=True)[: limit + 1])
     if len(pks) > limit:
         invalidation.model(model, using)
@@ -71,9 +75,23 @@ def connect() -> None:
             if field.many_to_one or field.one_to_one:
                 if field.remote_field.on_delete in _NO_UPDATE or field.remote_field.parent_link:
                     continue
-                signals.pre_delete.connect(
-                    partial(on_target_pre_delete, model, field),
-                    sender=field.related_model,
-                    weak=False,
-                    dispatch_uid=f"cachestrat.set_on_delete.{label}.{field.name}",
-                )
+                # Django sends pre_delete with the class of the instances deleted: the
+                # target's concrete model, or any proxy of it (the field may be declared
+                # to either), so the receiver listens to all of them.
+                receiver = partial(on_target_pre_delete, model, field)
+                for target in _sharing_table(field.related_model):
+                    signals.pre_delete.connect(
+                        receiver,
+                        sender=target,
+                        weak=False,
+                        dispatch_uid=(
+                            f"cachestrat.set_on_delete.{label}.{field.name}."
+                            f"{target._meta.label_lower}"
+                        ),
+                    )
+
+
+def _sharing_table(model: type[models.Model]) -> list[type[models.Model]]:
+    """Return ``model``'s concrete model and every proxy of it."""
+    concrete = model._meta.concrete_model
+    return [m for m in apps.get_models() if m._meta.concrete_model is concrete]

@@ -173,9 +173,11 @@ class CachedQuerySet(models.QuerySet):
     ) -> list[models.Model]:
         """``bulk_create``, then drop the rows it created or updated, after commit.
 
-        With ``update_conflicts=True`` on a database that does not return the pks of the
-        rows it updated, the whole model is dropped (a version bump); on a write-behind
-        model, the rows it updated lose their pending writes of ``update_fields``.
+        Where Django leaves the pks of the objects unset (``ignore_conflicts=True``, or
+        ``update_conflicts=True`` on a database that does not return them), the rows
+        cannot be named, so the whole model is dropped (a version bump): a row it
+        inserted may have been cached as missing. On a write-behind model, the rows an
+        upsert updated lose their pending writes of ``update_fields``.
         """
         options_ = {
             "batch_size": batch_size,
@@ -193,7 +195,7 @@ class CachedQuerySet(models.QuerySet):
             if update_conflicts:
                 attnames = [self.model._meta.get_field(n).attname for n in update_fields or ()]
                 self._supersede(using, [obj for obj in objs if obj.pk is not None], attnames)
-            if update_conflicts and len(pks) < len(objs):
+            if len(pks) < len(objs):
                 invalidation.model(self.model, using)
             else:
                 invalidation.rows(self.model, pks, using, created=not update_conflicts)

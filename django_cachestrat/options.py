@@ -39,6 +39,7 @@ class CacheOptions:
     attnames: tuple[str, ...]
     fingerprint: str
     int_pk: bool = False  # an integer primary key: an int needs no to_python
+    generated: tuple[str, ...] = ()  # generated fields: their values are the database's
 
     @property
     def pk_field(self) -> models.Field:
@@ -197,4 +198,5 @@ def _get(model: type[models.Model]) -> CacheOptions:
         attnames=tuple(f.attname for f in fields),
         fingerprint=_registry[model],
         int_pk=isinstance(meta.pk, models.IntegerField),
+        generated=tuple(f.name for f in fields if f.generated),
     )

@@ -162,3 +162,49 @@ class Quote(CacheAsideMixin, models.Model):
 
     class Meta:
         base_manager_name = "objects"
+
+
+class Invoice(WriteThroughMixin, models.Model):
+    """Write-through with a column the database computes and one it fills in on insert."""
+
+    qty = models.IntegerField(default=1)
+    unit = models.IntegerField(default=3)
+    total = models.GeneratedField(
+        expression=models.F("qty") * models.F("unit"),
+        output_field=models.IntegerField(),
+        db_persist=True,
+    )
+    level = models.IntegerField(db_default=7)
+    amount = models.DecimalField(max_digits=8, decimal_places=2, default=0)
+
+    objects = CachedManager()
+
+    class Meta:
+        base_manager_name = "objects"
+
+
+class Shelf(models.Model):
+    """Not cached: the target of foreign keys Django sets to NULL on delete."""
+
+    label = models.CharField(max_length=20, default="")
+
+
+class ShelfProxy(Shelf):
+    class Meta:
+        proxy = True
+
+
+class Bin(CacheAsideMixin, models.Model):
+    """Foreign keys to a model and to its proxy that a delete of the target changes.
+
+    It keeps Django's default base manager (W001): the delete's UPDATE does not go
+    through a manager at all.
+    """
+
+    shelf = models.ForeignKey(Shelf, models.SET_NULL, null=True, related_name="bins")
+    proxied = models.ForeignKey(ShelfProxy, models.SET_NULL, null=True, related_name="pbins")
+    spare = models.ForeignKey(
+        Shelf, models.SET_DEFAULT, null=True, default=None, related_name="spare_bins"
+    )
+
+    objects = CachedManager()

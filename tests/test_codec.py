@@ -54,6 +54,9 @@ CANDIDATES = [
     Decimal("1.5"),
     Decimal("1.555"),
     Decimal("12.34"),
+    Decimal("12.3"),
+    Decimal("1E+1"),
+    Decimal("123456789.12"),
     Decimal("NaN"),
     Decimal("Infinity"),
     datetime(2024, 5, 1, 12, tzinfo=UTC),
@@ -102,7 +105,7 @@ def test_write_through_save_cleans_values_as_the_database_returns_them():
         name="Ann",
         email="a@example.org",
         age=41,
-        balance=Decimal("2.5"),
+        balance=Decimal("2.50"),
         joined=datetime(2024, 5, 1, 12, tzinfo=UTC),
     )
     opts = options.get(Author)

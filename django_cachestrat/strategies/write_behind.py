@@ -189,6 +189,9 @@ class WriteBehind(Strategy):
         """
         model = type(instance)
         opts = options.get(model)
+        if opts.generated:
+            # A view cannot compute a generated column from the values saved into it.
+            return False
         meta = model._meta
         deferred = instance.get_deferred_fields()
         if update_fields is None and deferred:
@@ -259,7 +262,10 @@ class WriteBehind(Strategy):
                 raise TypeError(f"increment_behind({name}=...) takes an int, not {amount!r}.")
             by_attname[field.attname] = amount
         deltas = by_attname
-        if connections[router.db_for_write(model)].in_atomic_block:
+        if opts.generated:
+            # A view cannot compute a generated column from the counter it increments.
+            self._write_now(model, pk, {}, deltas)
+        elif connections[router.db_for_write(model)].in_atomic_block:
             self._defer(model, pk, {}, deltas, full=False)
         else:
             self._record_or_write(model, pk, {}, deltas, full=False)
@@ -451,9 +457,12 @@ def _select_pk(model, using, name, value):
 
 
 def _saved_fields(opts: options.CacheOptions, update_fields) -> list[models.Field]:
-    """Return the fields a save writes: those ``update_fields`` names, else all but the pk."""
+    """Return the fields a save writes: those ``update_fields`` names, else all but the pk.
+
+    Generated fields are never written (as ``Model.save`` does).
+    """
     if update_fields is None:
-        return [f for f in opts.fields if not f.primary_key]
+        return [f for f in opts.fields if not f.primary_key and not f.generated]
     names = set(update_fields)
     return [f for f in opts.fields if f.name in names or f.attname in names]
 
