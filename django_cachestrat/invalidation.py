@@ -152,12 +152,14 @@ def invalidate(
 
     For writes the app cannot see (raw SQL, other programs). Inside a transaction the row
     is dropped when it commits. ``using`` names the database whose transaction to wait
-    for (default: the router's write database for the model).
+    for (default: the router's write database for the instance, as its ``save()`` would
+    write to; for the model, given a class).
     """
+    hints = {}
     if isinstance(obj, models.Model):
         if pk is not None:
             raise TypeError("invalidate(instance) takes no pk; use invalidate(Model, pk=...)")
-        model_class, pk = type(obj), obj.pk
+        model_class, pk, hints = type(obj), obj.pk, {"instance": obj}
         if pk is None:
             raise ValueError(
                 f"cannot invalidate an unsaved {model_class.__name__} (its pk is None)"
@@ -172,9 +174,8 @@ def invalidate(
     else:
         raise TypeError(f"invalidate() takes a model instance or class, not {type(obj).__name__}")
     _require_cached(model_class)
-    rows(
-        model_class, [options.get(model_class).to_pk(pk)], using or router.db_for_write(model_class)
-    )
+    using = using or router.db_for_write(model_class, **hints)
+    rows(model_class, [options.get(model_class).to_pk(pk)], using)
 
 
 def invalidate_model(model_class: type[models.Model], *, using: str | None = None) -> None:

@@ -1,7 +1,8 @@
 """``CachedManager`` (cached reads) and ``CachedQuerySet`` (bulk writes that invalidate).
 
-``get_cached`` and ``get_many_cached`` live on the manager only, never on a queryset: a
-filtered queryset's rows are not what the cache holds by pk.
+``get_cached`` and ``get_many_cached`` live on the manager, and on the queryset that the
+manager's ``using(alias)`` returns, before anything is chained to it: a filtered queryset's
+rows are not what the cache holds by pk.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class CachedQuerySet(models.QuerySet):
     #: Above this many rows, an ``update()`` drops the whole model (a version bump)
     #: instead of listing the rows.
     bulk_row_limit = 1000
+
+    #: The manager on the queryset's database, on a queryset straight from
+    #: ``CachedManager.using()``; a clone (any chained call) has none.
+    _reader = None
 
     def _is_cached(self) -> bool:
         return options.is_cached(self.model)
@@ -204,6 +209,31 @@ class CachedQuerySet(models.QuerySet):
 
     bulk_create.alters_data = True
 
+    def get_cached(self, **lookup) -> models.Model:
+        """``Model.objects.using(alias).get_cached(...)``: ``get_cached`` on database ``alias``."""
+        return self._by_key("get_cached").get_cached(**lookup)
+
+    def get_many_cached(self, pks: Iterable[object]) -> dict[object, models.Model]:
+        """``Model.objects.using(alias).get_many_cached(...)``, on database ``alias``."""
+        return self._by_key("get_many_cached").get_many_cached(pks)
+
+    async def aget_cached(self, **lookup) -> models.Model:
+        """Async ``get_cached`` on the queryset's database."""
+        return await self._by_key("aget_cached").aget_cached(**lookup)
+
+    async def aget_many_cached(self, pks: Iterable[object]) -> dict[object, models.Model]:
+        """Async ``get_many_cached`` on the queryset's database."""
+        return await self._by_key("aget_many_cached").aget_many_cached(pks)
+
+    def _by_key(self, name: str) -> CachedManager:
+        if self._reader is None:
+            raise TypeError(
+                f"{name}() reads rows by key, not the rows of a queryset: call it on the "
+                f"manager, or right after using(): {self.model.__name__}.objects.{name}(...), "
+                f"{self.model.__name__}.objects.using(alias).{name}(...)."
+            )
+        return self._reader
+
     def _supersede(self, using: str, objs: list, attnames: list[str]) -> None:
         """Tell a write-behind strategy which fields of ``objs`` were written directly.
 
@@ -228,6 +258,12 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):
 
     def _using(self) -> str:
         return self._db or router.db_for_read(self.model, **self._hints)
+
+    def using(self, alias: str | None) -> CachedQuerySet:
+        """Return a queryset on database ``alias``; its ``get_cached`` reads that database."""
+        queryset = self.get_queryset().using(alias)
+        queryset._reader = self.db_manager(alias)
+        return queryset
 
     def get_cached(self, **lookup) -> models.Model:
         """Return one row by ``pk=`` or by a field named in ``CacheMeta.lookups``.
@@ -276,7 +312,9 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):
                 f"increment_behind() is for write-behind models; {self.model._meta.label} "
                 f"is {strategy.name}."
             )
-        strategy.increment(self.model, pk, deltas)
+        # The row's database, as an update() through this manager would write to.
+        using = self._db or router.db_for_write(self.model, **self._hints)
+        strategy.increment(self.model, pk, deltas, using)
 
     async def aget_cached(self, **lookup) -> models.Model:
         """Async ``get_cached``."""

@@ -16,6 +16,7 @@ from typing import ClassVar
 from django.db import router, transaction
 
 from django_cachestrat.strategies import CacheAside, Strategy, WriteBehind, WriteThrough
+from django_cachestrat.strategies.write_behind import flush_alias
 
 
 class CachedModelMixin:
@@ -59,26 +60,32 @@ class WriteBehindMixin(CachedModelMixin):
     cache_strategy: ClassVar[Strategy] = WriteBehind()
 
     def save(self, *args, write_behind: bool = True, **kwargs):
-        """Record the save in Redis when the row exists, else save to the database."""
+        """Record the save in Redis when the row exists, else save to the database.
+
+        Only a save to the database the model's pending writes are flushed to is recorded
+        (``flush_alias``); a save to another one (``using=``, an instance read from
+        another database) is written at once.
+        """
         update_fields = kwargs.get("update_fields")
+        # The database Model.save would write to.
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
         if (
             write_behind
             and not args
             and self.pk is not None
             and not self._state.adding
             and not kwargs.get("force_insert")
-            and kwargs.get("using") in (None, self._state.db)
+            and using == flush_alias(type(self))
         ):
             if update_fields is not None and not update_fields:
                 return  # as Django does: nothing to save
-            if self.cache_strategy.save_behind(self, update_fields):
+            if self.cache_strategy.save_behind(self, update_fields, using):
                 return
         if self.pk is None or self._state.adding:
             super().save(*args, **kwargs)
             return
         # A direct write of an existing row sets its older pending writes aside before it
         # commits, with a marker written in its transaction: one transaction for both.
-        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
         with transaction.atomic(using=using, savepoint=False):
             super().save(*args, **kwargs)
 

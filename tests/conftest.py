@@ -89,14 +89,16 @@ def child_env():
     """Environment for a process a test starts: same Redis, same (test) database."""
     import os
 
-    from django.db import connection
+    from django.db import connection, connections
 
     env = dict(os.environ)
     env["REDIS_URL"] = settings.CACHES["default"]["LOCATION"]
     env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
     if connection.vendor == "postgresql":
         env["PGDATABASE"] = connection.settings_dict["NAME"]
+        env["PGDATABASE_OTHER"] = connections["other"].settings_dict["NAME"]
     else:
+        # The second database's name is made from the first's (tests/settings.py).
         env["CACHESTRAT_TEST_DB_NAME"] = connection.settings_dict["NAME"]
     return env
 

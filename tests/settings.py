@@ -59,6 +59,13 @@ if os.environ.get("CACHESTRAT_TEST_DB", "sqlite") == "postgres":
             },
         }
     }
+    # A second database, for tests of writes and reads on another alias: the same server,
+    # this run's own test database too.
+    DATABASES["other"] = {
+        **DATABASES["default"],
+        "NAME": os.environ.get("PGDATABASE_OTHER", "cachestrat_other"),
+        "TEST": {"NAME": DATABASES["default"]["TEST"]["NAME"] + "_other"},
+    }
 else:
     # A file, not memory: tests with threads and worker processes share the database.
     _db_file = os.environ.get("CACHESTRAT_TEST_DB_NAME") or os.path.join(
@@ -70,7 +77,15 @@ else:
             "NAME": _db_file,
             "TEST": {"NAME": _db_file},
             "OPTIONS": {"timeout": 20},
-        }
+        },
+    }
+    # A second database, for tests of writes and reads on another alias; named after the
+    # first, so a process a test starts (given the first's name) finds it too.
+    _other_file = _db_file + "-other"
+    DATABASES["other"] = {
+        **DATABASES["default"],
+        "NAME": _other_file,
+        "TEST": {"NAME": _other_file},
     }
 
 CACHES = {

@@ -6,6 +6,12 @@ the view, so they see every write at once. A view with unflushed writes is pinne
 TTL) and survives ``invalidate_model``; if it is dropped anyway (an invalidation after a
 synchronous write, an eviction), the next read rebuilds it from the database plus the
 writes still pending, including those of a batch in flight that has not committed.
+
+Pending writes carry no database alias: each model's are flushed to one database,
+``flush_alias(model)``, the router's write database for it. So a write is deferred only
+when it goes to that database; one to another database (an instance read with
+``using()``, ``db_manager()``, a router that routes by instance) is written there at once,
+and leaves the pending writes of the flush database's row alone.
 """
 
 from __future__ import annotations
@@ -35,6 +41,15 @@ _UNCERTAIN = (
     "django_cachestrat: Redis did not answer write-behind write(s) of %s (%d), even sent "
     "again; kept, and sent again when it answers (each counts once)."
 )
+
+
+def flush_alias(model: type[models.Model]) -> str:
+    """Return the database that ``model``'s pending writes are flushed to.
+
+    The router's write database for the model, asked without hints: the flusher has only
+    the model and the pk of a pending write, no instance to route by.
+    """
+    return router.db_for_write(model)
 
 
 class WriteBehind(Strategy):
@@ -181,11 +196,12 @@ class WriteBehind(Strategy):
 
     # -- writes --------------------------------------------------------------------------
 
-    def save_behind(self, instance: models.Model, update_fields) -> bool:
+    def save_behind(self, instance: models.Model, update_fields, using: str) -> bool:
         """Record a save of an existing row in Redis; False if it must go to the database.
 
-        It must when the values are not what the database would store (expressions,
-        naive datetimes, extra decimal places) or Redis cannot be reached.
+        ``using``: the database the save writes to, which must be ``flush_alias(model)``.
+        It must go to the database when the values are not what the database would store
+        (expressions, naive datetimes, extra decimal places) or Redis cannot be reached.
         """
         model = type(instance)
         opts = options.get(model)
@@ -217,16 +233,19 @@ class WriteBehind(Strategy):
             logger.debug("write-behind save of %s written at once: %s", opts.label, exc)
             return False
         full = update_fields is None
-        if connections[router.db_for_write(model)].in_atomic_block:
+        if connections[using].in_atomic_block:
             # Inside a transaction the write is recorded when it commits, and forgotten
             # if it rolls back.
-            self._defer(model, instance.pk, fields, {}, full=full)
+            self._defer(model, instance.pk, fields, {}, full=full, using=using)
             return True
         return self.record(model, instance.pk, fields, {}, full=full)
 
-    def _defer(self, model, pk, fields, deltas, *, full: bool) -> None:
-        """Keep a write for the commit, merged with the transaction's earlier ones of the row."""
-        box = transactions.outbox(router.db_for_write(model), _record_committed)
+    def _defer(self, model, pk, fields, deltas, *, full: bool, using: str) -> None:
+        """Keep a write for the commit, merged with the transaction's earlier ones of the row.
+
+        ``using``: the flush database, whose open transaction the write waits for.
+        """
+        box = transactions.outbox(using, _record_committed)
         key = (model._meta.concrete_model, pk)  # a proxy's writes are its model's
         write = box.get(key)
         if write is None:
@@ -238,9 +257,13 @@ class WriteBehind(Strategy):
         if not self.record(model, pk, fields, deltas, full=full):
             self._write_now(model, pk, fields, deltas)
 
-    def _write_now(self, model, pk, fields, deltas) -> None:
-        """Write ``fields`` and ``deltas`` to the database at once (Redis is unreachable)."""
-        using = router.db_for_write(model)
+    def _write_now(self, model, pk, fields, deltas, using: str | None = None) -> None:
+        """Write ``fields`` and ``deltas`` to the database at once.
+
+        When Redis is unreachable (to the flush database), or for an increment of a row in
+        another database (``using``).
+        """
+        using = using or flush_alias(model)
         values = dict(fields)
         for name, amount in deltas.items():
             values[name] = fields[name] + amount if name in fields else F(name) + amount
@@ -249,8 +272,12 @@ class WriteBehind(Strategy):
             raise model.DoesNotExist(f"{model._meta.object_name} pk={pk!r} does not exist.")
         invalidation.rows(model, [pk], using)
 
-    def increment(self, model, pk, deltas: dict[str, int]) -> None:
-        """Add ``deltas`` to the row's counters, in Redis now and in the database later."""
+    def increment(self, model, pk, deltas: dict[str, int], using: str | None = None) -> None:
+        """Add ``deltas`` to the row's counters, in Redis now and in the database later.
+
+        ``using``: the database of the row (default: ``flush_alias(model)``). In another
+        database than the flush one, the row is updated there at once (an ``F()`` update).
+        """
         opts = options.get(model)
         pk = opts.to_pk(pk)
         if not deltas:
@@ -262,11 +289,13 @@ class WriteBehind(Strategy):
                 raise TypeError(f"increment_behind({name}=...) takes an int, not {amount!r}.")
             by_attname[field.attname] = amount
         deltas = by_attname
-        if opts.generated:
-            # A view cannot compute a generated column from the counter it increments.
-            self._write_now(model, pk, {}, deltas)
-        elif connections[router.db_for_write(model)].in_atomic_block:
-            self._defer(model, pk, {}, deltas, full=False)
+        target = flush_alias(model)
+        if opts.generated or (using is not None and using != target):
+            # A view cannot compute a generated column from the counter it increments,
+            # and a pending write would be flushed to the flush database, not this one.
+            self._write_now(model, pk, {}, deltas, using)
+        elif connections[target].in_atomic_block:
+            self._defer(model, pk, {}, deltas, full=False, using=target)
         else:
             self._record_or_write(model, pk, {}, deltas, full=False)
 
@@ -282,7 +311,9 @@ class WriteBehind(Strategy):
             try:
                 status = pending.record(pk, fields, deltas, full=full)
             except NeedsView:
-                using = router.db_for_read(model)
+                # The view a write merges into is the row it will be flushed to: read from
+                # the flush database, not from a replica that may lag behind it.
+                using = flush_alias(model)
                 if pk not in reads.fill(_ViewForm(self, model, using), [pk]):
                     raise model.DoesNotExist(
                         f"{model._meta.object_name} pk={pk!r} does not exist."
@@ -361,7 +392,9 @@ class WriteBehind(Strategy):
         expression (``F("views") + 1``) must not be listed: it keeps the pending writes.
         """
         items = [(pk, list(names)) for pk, names in items if names]
-        if not items:
+        if not items or using != flush_alias(model):
+            # The pending writes are the flush database's: a write to another database
+            # replaces none of them.
             return
         atomic = connections[using].in_atomic_block
         if atomic:
@@ -395,16 +428,22 @@ class WriteBehind(Strategy):
         transaction.on_commit(partial(_drop_cuts, pending, cuts), using=using)
 
     def after_delete(self, instance, using) -> None:
-        """Discard the row's pending writes, then drop it after commit."""
-        try:
-            PendingWrites(type(instance)).discard(instance.pk)
-        except CacheUnavailable:
-            logger.error(
-                "django_cachestrat: Redis is unreachable; pending writes of deleted %s pk=%r "
-                "will be dead-lettered when flushed.",
-                options.get(type(instance)).label,
-                instance.pk,
-            )
+        """Discard the row's pending writes, then drop it after commit.
+
+        The pending writes are the flush database's row's: a delete in another database
+        leaves them (and drops the view only).
+        """
+        model = type(instance)
+        if using == flush_alias(model):
+            try:
+                PendingWrites(model).discard(instance.pk)
+            except CacheUnavailable:
+                logger.error(
+                    "django_cachestrat: Redis is unreachable; pending writes of deleted %s "
+                    "pk=%r will be dead-lettered when flushed.",
+                    options.get(model).label,
+                    instance.pk,
+                )
         super().after_delete(instance, using)
 
 
@@ -476,7 +515,7 @@ def _kept_writes(model, pks) -> dict[object, list[_Deferred]]:
         return {}
     concrete = model._meta.concrete_model
     kept: dict[object, list[_Deferred]] = {}
-    for items in transactions.kept(router.db_for_write(model), _record_committed):
+    for items in transactions.kept(flush_alias(model), _record_committed):
         for pk in pks:
             write = items.get((concrete, pk))
             if write is not None:

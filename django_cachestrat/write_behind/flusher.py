@@ -8,6 +8,11 @@ one by one (each with its own marker): the good ones are written, a failing one 
 back with a growing delay and, after ``MAX_RETRIES`` failures, moved to ``DeadLetter``. A
 database that is down fails every row alike: then the whole batch goes back, uncounted,
 to be tried again later.
+
+A model's batches are written to ``flush_alias(model)``, its router's write database, with
+their markers; the write-behind saves of rows in any other database were written there at
+once. Dead letters go to the ``DeadLetter`` model's own database, where the management
+commands list them.
 """
 
 from __future__ import annotations
@@ -24,13 +29,13 @@ from django.db import (
     OperationalError,
     connections,
     models,
-    router,
     transaction,
 )
 
 from django_cachestrat import conf, options, signals
 from django_cachestrat.backends import CacheUnavailable
 from django_cachestrat.models import DeadLetter
+from django_cachestrat.strategies.write_behind import flush_alias
 from django_cachestrat.write_behind import applied
 from django_cachestrat.write_behind.pending import PendingWrites
 from django_cachestrat.write_behind.queue import Batch, Queue
@@ -110,7 +115,7 @@ def prune() -> int:
         return batches | {cut.marker for model in everyone for cut in PendingWrites(model).cuts()}
 
     pruned = 0
-    for using in {router.db_for_write(model) for model in everyone}:
+    for using in {flush_alias(model) for model in everyone}:
         try:
             pruned += applied.prune(using, cfg.VISIBILITY_TIMEOUT, in_flight)
         except CacheUnavailable:
@@ -126,7 +131,7 @@ def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: f
     """
     cfg = conf.settings()
     opts = options.get(model)
-    using = router.db_for_write(model)
+    using = flush_alias(model)
     pks = list(batch.pks)
     report.batches += 1
     try:
@@ -232,7 +237,7 @@ def settle_open_cuts(model) -> None:
         return
     if not cuts:
         return
-    using = router.db_for_write(model)
+    using = flush_alias(model)
     pks = list(dict.fromkeys(cut.pk for cut in cuts))
     with transaction.atomic(using=using):
         locked = _lock_rows(model, using, pks, skip_locked=True)
@@ -345,7 +350,7 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
             attempts = queue.failed(pk)
             if attempts >= cfg.MAX_RETRIES:
                 fields, deltas = queue.contents(batch.id, [pk]).rows[pk]  # as last written
-                _dead_letter(opts, using, pk, fields, deltas, exc, attempts)
+                _dead_letter(opts, pk, fields, deltas, exc, attempts)
                 dead.append(pk)
             else:
                 failed.append((pk, attempts))
@@ -365,8 +370,10 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
         signals.write_behind_flushed.send(sender=model, batch=batch.id, pks=done, dead_letters=dead)
 
 
-def _dead_letter(opts, using, pk, fields, deltas, exc, attempts) -> None:
-    DeadLetter.objects.using(using).create(
+def _dead_letter(opts, pk, fields, deltas, exc, attempts) -> None:
+    # Not in the batch's transaction (it failed): in DeadLetter's own database, which the
+    # commands that list, retry and discard dead letters read.
+    DeadLetter.objects.create(
         model=opts.label,
         object_pk=str(pk),
         fields=pickle.dumps(fields),
