@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def entry_key(model, pk):
     opts = options.get(model)
-    return keys.entry("cstest", opts.label, opts.fingerprint, pk)
+    return keys.entry("cstest", opts.label, pk)
 
 
 @pytest.fixture
@@ -246,7 +246,8 @@ def test_keys_for_any_pk_value(name, raw_redis, django_assert_num_queries):
 def test_corrupted_bytes_are_a_logged_miss(book, raw_redis, events, caplog):
     Book.objects.get_cached(pk=book.pk)
     version = raw_redis.get(keys.version("cstest", "tests.book"))
-    for junk in [b"garbage", version + b":0:0:not pickle", version + b":0:0:\x80\x05K\x01.", b""]:
+    head = b"%s:%s:0:0:" % (options.get(Book).fingerprint.encode(), version)
+    for junk in [b"garbage", head + b"not pickle", head + b"\x80\x05K\x01.", b""]:
         raw_redis.set(entry_key(Book, book.pk), junk)
         with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
             assert Book.objects.get_cached(pk=book.pk).title == "Dune"
@@ -261,7 +262,8 @@ def test_wrong_number_of_values_is_a_miss(book, raw_redis, events):
 
     Book.objects.get_cached(pk=book.pk)
     version = raw_redis.get(keys.version("cstest", "tests.book"))
-    raw_redis.set(entry_key(Book, book.pk), version + b":0:0:" + pickle.dumps((1, 2)))
+    head = b"%s:%s:0:0:" % (options.get(Book).fingerprint.encode(), version)
+    raw_redis.set(entry_key(Book, book.pk), head + pickle.dumps((1, 2)))
     assert Book.objects.get_cached(pk=book.pk).title == "Dune"
     assert events("error", Book) == 1
 
