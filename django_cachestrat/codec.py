@@ -76,6 +76,10 @@ def encode(
     return header + conf.settings().serializer.dumps(values)
 
 
+#: A fingerprint's size: 6 bytes, 12 hex digits (what ``_HEADER`` expects).
+_FP_BYTES = 6
+
+
 def fingerprint(model: type[models.Model]) -> str:
     """Return a short hash of what makes ``model``'s entries readable.
 
@@ -88,7 +92,7 @@ def fingerprint(model: type[models.Model]) -> str:
         CODEC_FORMAT,
         *(f"{f.attname}:{f.column}:{f.get_internal_type()}" for f in model._meta.concrete_fields),
     ]
-    return hashlib.blake2b("|".join(schema).encode(), digest_size=6).hexdigest()
+    return hashlib.blake2b("|".join(schema).encode(), digest_size=_FP_BYTES).hexdigest()
 
 
 def computed(value: object) -> bool:
@@ -366,7 +370,7 @@ def decode_many(
 
 # What every entry starts with, whatever its schema and version: ``fingerprint:version:
 # expires:delta:``. Matched only when the fast compare failed, so never on a hit.
-_HEADER = re.compile(rb"[0-9a-f]{1,64}:[0-9]+:[0-9]+:[0-9]+:")
+_HEADER = re.compile(rb"[0-9a-f]{%d}:[0-9]+:[0-9]+:[0-9]+:" % (2 * _FP_BYTES))
 
 
 def _unreadable(opts: CacheOptions, exc: Exception) -> None:

@@ -257,6 +257,32 @@ def test_corrupted_bytes_are_a_logged_miss(book, raw_redis, events, caplog):
     assert Book.objects.get_cached(pk=book.pk).title == "Dune"
 
 
+def test_foreign_bytes_are_a_logged_miss_and_other_versions_or_schemas_a_silent_one(
+    book, raw_redis, events, caplog
+):
+    Book.objects.get_cached(pk=book.pk)
+    key = entry_key(Book, book.pk)
+    good = raw_redis.get(key)
+    fp, version, rest = good.split(b":", 2)
+    older = b"%d" % (int(version) - 1)
+    # An older version's entry (invalidate_model) and another schema's (a deploy): no error.
+    for other in [b":".join([fp, older, rest]), b":".join([b"0123456789ab", version, rest])]:
+        raw_redis.set(key, other)
+        with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
+            assert Book.objects.get_cached(pk=book.pk).title == "Dune"
+        assert raw_redis.get(key) == good  # refilled
+    assert events("error", Book) == 0
+    assert "unreadable entry" not in caplog.text
+    # Bytes that are no entry at all: each is logged and sent as cache_error.
+    junk = [b"garbage", b"", b"1:2:3", version + b":0:0:" + rest, b"zz:" + version + b":0:0:"]
+    for n, data in enumerate(junk, 1):
+        raw_redis.set(key, data)
+        with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
+            assert Book.objects.get_cached(pk=book.pk).title == "Dune"
+        assert events("error", Book) == n
+    assert "no entry header" in caplog.text
+
+
 def test_wrong_number_of_values_is_a_miss(book, raw_redis, events):
     import pickle
 

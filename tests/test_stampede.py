@@ -309,9 +309,7 @@ def _age(raw_redis, model, pk, *, expires_in_ms, delta_ms=0):
     key = keys.entry("cstest", opts.label, pk)
     fp, version, _, _, payload = raw_redis.get(key).split(b":", 4)
     expires = int(time.time() * 1000) + expires_in_ms
-    raw_redis.set(
-        key, b"%s:%s:%d:%d:%s" % (fp, version, expires, delta_ms, payload), keepttl=True
-    )
+    raw_redis.set(key, b"%s:%s:%d:%d:%s" % (fp, version, expires, delta_ms, payload), keepttl=True)
 
 
 def test_stale_rows_are_served_while_one_reader_refreshes(raw_redis, monkeypatch, events):
