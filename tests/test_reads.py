@@ -262,15 +262,14 @@ def test_foreign_bytes_are_a_logged_miss_and_other_versions_or_schemas_a_silent_
 ):
     Book.objects.get_cached(pk=book.pk)
     key = entry_key(Book, book.pk)
-    good = raw_redis.get(key)
-    fp, version, rest = good.split(b":", 2)
+    fp, version, rest = raw_redis.get(key).split(b":", 2)
     older = b"%d" % (int(version) - 1)
     # An older version's entry (invalidate_model) and another schema's (a deploy): no error.
     for other in [b":".join([fp, older, rest]), b":".join([b"0123456789ab", version, rest])]:
         raw_redis.set(key, other)
         with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
             assert Book.objects.get_cached(pk=book.pk).title == "Dune"
-        assert raw_redis.get(key) == good  # refilled
+        assert raw_redis.get(key).startswith(b"%s:%s:" % (fp, version))  # refilled
     assert events("error", Book) == 0
     assert "unreadable entry" not in caplog.text
     # Bytes that are no entry at all: each is logged and sent as cache_error.

@@ -379,7 +379,8 @@ class Entries(reads.Form):
     """The read engine's form for rows cached as entries (cache-aside, write-through).
 
     ``version`` is the model's version as the read saw it (None: not read yet);
-    ``seen``, per pk, the unusable bytes the read found (an older version's, unreadable).
+    ``seen``, per pk, the unusable bytes the read found (an older version's, another
+    schema's, unreadable).
     """
 
     def __init__(self, strategy, model, using, transport, version, seen=None):
