@@ -432,9 +432,7 @@ class Setup:
         self.wt = self.WT.objects
         self.wt_pks = wt_pks = self.pks[self.WT]
         opts = options.get(self.WT)
-        self.entry_keys = [
-            keys.entry(cfg.KEY_PREFIX, opts.label, opts.fingerprint, pk) for pk in wt_pks
-        ]
+        self.entry_keys = [keys.entry(cfg.KEY_PREFIX, opts.label, pk) for pk in wt_pks]
         self.version_key = keys.version(cfg.KEY_PREFIX, opts.label)
         if self.client.get(self.entry_keys[0]) is None:
             raise RuntimeError(f"no entry under {self.entry_keys[0]!r}: the key layout changed")
@@ -735,8 +733,9 @@ def print_summary(missed: list[str], section: str = "") -> list[str]:
 
 def lean_reader(b: Setup):
     """A lean reader of the same design and entry format (MGET of version + entries, the
-    ``version:pickle`` entry, an instance per row), without the app's checks, signals and
-    fallbacks: a bound on what the app's read path could cost. Returns ``(get, get_many)``.
+    ``fingerprint:version:expires:fill ms:pickle`` entry, an instance per row), without
+    the app's checks, signals and fallbacks: a bound on what the app's read path could
+    cost. Returns ``(get, get_many)``.
 
     Builds instances without ``Model.__init__`` (so only for models with no ``pre_init``
     or ``post_init`` receivers, which the bench's models have not).
@@ -764,14 +763,14 @@ def lean_reader(b: Setup):
         state.adding, state.db = False, "default"
         return obj
 
+    fp = opts.fingerprint.encode()
+
     def get_many(pks):
-        version, *entries = mget(
-            [version_key, *(keys.entry(prefix, opts.label, opts.fingerprint, pk) for pk in pks)]
-        )
+        version, *entries = mget([version_key, *(keys.entry(prefix, opts.label, pk) for pk in pks)])
         found = {}
         for pk, data in zip(pks, entries, strict=True):
-            tag, _, _, payload = data.split(b":", 3)  # version:expires:fill ms:values
-            if tag == version:
+            mark, tag, _, _, payload = data.split(b":", 4)  # fp:version:expires:fill ms:values
+            if mark == fp and tag == version:
                 values = list(loads(payload))
                 for i, _, back in plan:  # the compact datetimes and Decimals
                     values[i] = back(values[i])

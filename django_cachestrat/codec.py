@@ -1,8 +1,12 @@
 """Cache entries <-> model instances.
 
-An entry is ``<model version>:<serialized field values>``. The version tag lets
-``invalidate_model`` retire every row at once; the values are the row's concrete fields in
-model order, rebuilt with ``Model.from_db`` as if the database had returned them.
+An entry is ``<fingerprint>:<model version>:<expires>:<delta>:<serialized field values>``.
+The fingerprint names the schema that wrote it: a row has one key whatever the schema, so
+during a rolling deploy processes of two schemas share it, and each reads only its own
+schema's entries (another's is a miss, silently: it is a deploy, not an error). The
+version tag lets ``invalidate_model`` retire every row at once; the values are the row's
+concrete fields in model order, rebuilt with ``Model.from_db`` as if the database had
+returned them.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import inspect
 import logging
 import operator
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
@@ -46,7 +51,7 @@ def encode(
     expires: int = 0,
     delta: int = 0,
 ) -> bytes:
-    """Return the entry bytes of ``instance``: ``version:expires:delta:values``.
+    """Return the entry bytes of ``instance``: ``fingerprint:version:expires:delta:values``.
 
     ``expires`` (ms since the epoch) and ``delta`` (ms the fill took) serve models with
     ``stale_ttl`` or ``early_refresh``.
@@ -73,21 +78,27 @@ def encode(
         for i, out, _ in layout.compact:
             values[i] = out(values[i])
         values = tuple(values)
-    header = b"%s:%d:%d:" % (version, expires, delta)
+    header = b"%s:%s:%d:%d:" % (opts.fingerprint.encode(), version, expires, delta)
     return header + conf.settings().serializer.dumps(values)
+
+
+#: A fingerprint's size: 6 bytes, 12 hex digits (what ``_HEADER`` expects).
+_FP_BYTES = 6
 
 
 def fingerprint(model: type[models.Model]) -> str:
     """Return a short hash of what makes ``model``'s entries readable.
 
     This codec's format and the model's concrete fields (names, columns, types): after a
-    deploy that changes either, old entries are under other keys, so they are misses.
+    deploy that changes either, entries and views written before it are misses. It is
+    written into every entry and view (``encode``, ``views``), never into keys, so that
+    both schemas' processes reach the same keys.
     """
     schema = [
         CODEC_FORMAT,
         *(f"{f.attname}:{f.column}:{f.get_internal_type()}" for f in model._meta.concrete_fields),
     ]
-    return hashlib.blake2b("|".join(schema).encode(), digest_size=6).hexdigest()
+    return hashlib.blake2b("|".join(schema).encode(), digest_size=_FP_BYTES).hexdigest()
 
 
 def computed(value: object) -> bool:
@@ -315,8 +326,10 @@ def decode(
 
     ``cls`` is the model asked for: the cached model itself or one of its proxies.
 
-    Unreadable bytes (corrupted, written by another program, or by another serializer)
-    are logged and sent as ``cache_error``; the caller counts them as a miss.
+    An entry of an older model version (``invalidate_model``) or of another schema's
+    fingerprint (a deploy) is a silent miss. Unreadable bytes (no entry header, corrupted,
+    written by another program, or by another serializer) are logged and sent as
+    ``cache_error``; the caller counts them as a miss too.
     """
     return decode_many(opts, [data], version, using, cls)[0]
 
@@ -341,19 +354,25 @@ def decode_many(
     plan = _compact_plan(opts.model)
     width = len(opts.fields)
     make = _builder(cls, opts, using)
+    # This schema's entries of this version start with these bytes: one compare a row.
+    head = b"%s:%s:" % (opts.fingerprint.encode(), version)
     out: list[Entry | None] = []
     for data in datas:
         if data is None:
             out.append(None)
             continue
-        parts = data.split(b":", 3)
-        if parts[0] != version:
+        if not data.startswith(head):
+            # Another schema's entry (a deploy) or an older version's: a plain miss. Bytes
+            # that are no entry at all are not: they are reported.
+            if not _HEADER.match(data):
+                _unreadable(opts, ValueError("no entry header"))
             out.append(None)
             continue
         try:
-            if len(parts) != 4:
+            parts = data.split(b":", 4)
+            if len(parts) != 5:
                 raise ValueError("no entry header")
-            _, expires, delta, payload = parts
+            _, _, expires, delta, payload = parts
             if not payload:
                 out.append(entry(Entry, (None, int(expires), int(delta))))
                 continue
@@ -369,20 +388,28 @@ def decode_many(
             else:
                 out.append(entry(Entry, (make(values), 0, 0)))
         except Exception as exc:
-            logger.warning(
-                "django_cachestrat: unreadable entry for %s (%s); treated as a miss.",
-                opts.label,
-                exc,
-            )
-            if signals.cache_error.receivers:
-                signals.cache_error.send(sender=opts.model, error=exc, model=opts.model)
+            _unreadable(opts, exc)
             out.append(None)
     return out
 
 
-def encode_absent(version: bytes) -> bytes:
+# What every entry starts with, whatever its schema and version: ``fingerprint:version:
+# expires:delta:``. Matched only when the fast compare failed, so never on a hit.
+_HEADER = re.compile(rb"[0-9a-f]{%d}:[0-9]+:[0-9]+:[0-9]+:" % (2 * _FP_BYTES))
+
+
+def _unreadable(opts: CacheOptions, exc: Exception) -> None:
+    """Log bytes under an entry key that cannot be read, and send ``cache_error``."""
+    logger.warning(
+        "django_cachestrat: unreadable entry for %s (%s); treated as a miss.", opts.label, exc
+    )
+    if signals.cache_error.receivers:
+        signals.cache_error.send(sender=opts.model, error=exc, model=opts.model)
+
+
+def encode_absent(opts: CacheOptions, version: bytes) -> bytes:
     """Return the entry bytes that say the row does not exist (negative caching)."""
-    return version + b":0:0:"
+    return b"%s:%s:0:0:" % (opts.fingerprint.encode(), version)
 
 
 def build(cls: type[models.Model], opts: CacheOptions, using: str, values: tuple):
@@ -437,8 +464,8 @@ def _plain(cls: type[models.Model]) -> bool:
 # the epoch and a str they cost a fraction of that. Only values of the field's own type
 # are converted, and the converted types never occur in such a field otherwise, so the
 # way back is unambiguous. Any change here must change CODEC_FORMAT, which is part of the
-# key fingerprint, so entries in an older layout are misses.
-CODEC_FORMAT = "codec-3"
+# schema fingerprint, so entries in an older layout are misses.
+CODEC_FORMAT = "codec-4"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _ZERO = timedelta(0)

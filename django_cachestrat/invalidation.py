@@ -114,7 +114,8 @@ def _drop_rows(model: type[models.Model], pks: list[object], created: bool = Fal
         new = created and (member is concrete or concrete in member._meta.all_parents)
         doomed, gone = [], []
         for pk in pks:
-            doomed.append(keys.entry(prefix, opts.label, opts.fingerprint, pk))
+            # One entry key a row, whatever schema wrote it (see keys.entry).
+            doomed.append(keys.entry(prefix, opts.label, pk))
             lease, _, ready = keys.fill(prefix, opts.label, pk)
             # The ready list too: what a fill pushed there for its waiters is older.
             doomed += [lease, ready]

@@ -28,14 +28,19 @@ def token(value: object) -> str:
     return "#" + hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
-def entry(prefix: str, label: str, fp: str, pk: object) -> str:
-    """Key of a row's cached field values; the schema fingerprint makes old layouts misses."""
-    return f"{prefix}:{{{label}:{token(pk)}}}:{fp}"
+def entry(prefix: str, label: str, pk: object) -> str:
+    """Key of a row's cached field values.
+
+    One key per row, whatever the schema: processes of two schemas side by side (a
+    rolling deploy) invalidate and store the same key. The schema's fingerprint is in
+    the value (``codec``), so an entry of another schema is a miss.
+    """
+    return f"{prefix}:{{{label}:{token(pk)}}}:entry"
 
 
-def entries(prefix: str, label: str, fp: str, pks) -> list[str]:
+def entries(prefix: str, label: str, pks) -> list[str]:
     """Keys of several rows' entries (``entry`` of each; the hot path of a read)."""
-    head, tail = f"{prefix}:{{{label}:", f"}}:{fp}"
+    head, tail = f"{prefix}:{{{label}:", "}:entry"
     return [f"{head}{pk}{tail}" if type(pk) is int else head + token(pk) + tail for pk in pks]
 
 
@@ -85,17 +90,18 @@ def version(prefix: str, label: str) -> str:
     return f"{prefix}:{{{label}}}:version"
 
 
-def behind_row(prefix: str, label: str, fp: str, pk: object) -> dict[str, str]:
+def behind_row(prefix: str, label: str, pk: object) -> dict[str, str]:
     """Keys of one write-behind row (one hash tag): its view, and its pending fields and deltas.
 
     The view is the row's entry key, holding a hash of encoded field values (so saves
-    merge into it and counters increment in it on the server); invalidation deletes it
-    as it deletes any entry. ``seen``: per writer, the writes recorded lately, so a write
-    sent again after a timeout counts once.
+    merge into it and counters increment in it on the server) and the fingerprint of
+    the schema that wrote it; invalidation deletes it as it deletes any entry. ``seen``:
+    per writer, the writes recorded lately, so a write sent again after a timeout counts
+    once.
     """
     tag = f"{prefix}:{{{label}:{token(pk)}}}"
     return {
-        "view": entry(prefix, label, fp, pk),
+        "view": entry(prefix, label, pk),
         "fields": f"{tag}:wb:fields",
         "deltas": f"{tag}:wb:deltas",
         "lease": f"{tag}:lease",

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def entry(raw_redis, model, pk):
     opts = options.get(model)
-    return raw_redis.get(keys.entry("cstest", opts.label, opts.fingerprint, pk))
+    return raw_redis.get(keys.entry("cstest", opts.label, pk))
 
 
 @pytest.fixture

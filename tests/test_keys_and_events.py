@@ -26,15 +26,13 @@ def test_plain_values_stay_readable_and_unsafe_ones_are_hashed():
 def test_a_rows_keys_share_one_hash_tag():
     pk = "any {value}: with spaces"
     tags = {
-        hash_tag(keys.entry("p", "app.model", "fp", pk)),
+        hash_tag(keys.entry("p", "app.model", pk)),
         hash_tag(keys.lease("p", "app.model", pk)),
         hash_tag(keys.gone("p", "app.model", pk)),
         *(hash_tag(k) for k in keys.writes("p", "app.model", pk)),
     }
     assert len(tags) == 1
-    assert hash_tag(keys.entry("p", "app.model", "fp", 1)) != hash_tag(
-        keys.entry("p", "app.model", "fp", 2)
-    )
+    assert hash_tag(keys.entry("p", "app.model", 1)) != hash_tag(keys.entry("p", "app.model", 2))
     assert hash_tag(keys.version("p", "app.model")) == "app.model"
 
 
@@ -87,6 +85,4 @@ def test_entries_are_the_entry_keys_of_each_pk():
     import uuid
 
     pks = [1, "a b", uuid.UUID(int=5), 10**30]
-    assert keys.entries("p", "app.m", "fp", pks) == [
-        keys.entry("p", "app.m", "fp", pk) for pk in pks
-    ]
+    assert keys.entries("p", "app.m", pks) == [keys.entry("p", "app.m", pk) for pk in pks]

@@ -59,12 +59,12 @@ def twins(model, raw_redis, default, other):
 def cached(raw_redis, model, pk):
     """Whether the row has an entry (or a write-behind view) in Redis."""
     opts = options.get(model)
-    return bool(raw_redis.exists(keys.entry("cstest", opts.label, opts.fingerprint, pk)))
+    return bool(raw_redis.exists(keys.entry("cstest", opts.label, pk)))
 
 
 def entry(raw_redis, model, pk):
     opts = options.get(model)
-    return raw_redis.get(keys.entry("cstest", opts.label, opts.fingerprint, pk))
+    return raw_redis.get(keys.entry("cstest", opts.label, pk))
 
 
 def text_in(using, model, pk):

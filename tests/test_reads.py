@@ -17,7 +17,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def entry_key(model, pk):
     opts = options.get(model)
-    return keys.entry("cstest", opts.label, opts.fingerprint, pk)
+    return keys.entry("cstest", opts.label, pk)
 
 
 @pytest.fixture
@@ -246,7 +246,8 @@ def test_keys_for_any_pk_value(name, raw_redis, django_assert_num_queries):
 def test_corrupted_bytes_are_a_logged_miss(book, raw_redis, events, caplog):
     Book.objects.get_cached(pk=book.pk)
     version = raw_redis.get(keys.version("cstest", "tests.book"))
-    for junk in [b"garbage", version + b":0:0:not pickle", version + b":0:0:\x80\x05K\x01.", b""]:
+    head = b"%s:%s:0:0:" % (options.get(Book).fingerprint.encode(), version)
+    for junk in [b"garbage", head + b"not pickle", head + b"\x80\x05K\x01.", b""]:
         raw_redis.set(entry_key(Book, book.pk), junk)
         with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
             assert Book.objects.get_cached(pk=book.pk).title == "Dune"
@@ -256,12 +257,38 @@ def test_corrupted_bytes_are_a_logged_miss(book, raw_redis, events, caplog):
     assert Book.objects.get_cached(pk=book.pk).title == "Dune"
 
 
+def test_foreign_bytes_are_a_logged_miss_and_other_versions_or_schemas_a_silent_one(
+    book, raw_redis, events, caplog
+):
+    Book.objects.get_cached(pk=book.pk)
+    key = entry_key(Book, book.pk)
+    fp, version, rest = raw_redis.get(key).split(b":", 2)
+    older = b"%d" % (int(version) - 1)
+    # An older version's entry (invalidate_model) and another schema's (a deploy): no error.
+    for other in [b":".join([fp, older, rest]), b":".join([b"0123456789ab", version, rest])]:
+        raw_redis.set(key, other)
+        with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
+            assert Book.objects.get_cached(pk=book.pk).title == "Dune"
+        assert raw_redis.get(key).startswith(b"%s:%s:" % (fp, version))  # refilled
+    assert events("error", Book) == 0
+    assert "unreadable entry" not in caplog.text
+    # Bytes that are no entry at all: each is logged and sent as cache_error.
+    junk = [b"garbage", b"", b"1:2:3", version + b":0:0:" + rest, b"zz:" + version + b":0:0:"]
+    for n, data in enumerate(junk, 1):
+        raw_redis.set(key, data)
+        with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
+            assert Book.objects.get_cached(pk=book.pk).title == "Dune"
+        assert events("error", Book) == n
+    assert "no entry header" in caplog.text
+
+
 def test_wrong_number_of_values_is_a_miss(book, raw_redis, events):
     import pickle
 
     Book.objects.get_cached(pk=book.pk)
     version = raw_redis.get(keys.version("cstest", "tests.book"))
-    raw_redis.set(entry_key(Book, book.pk), version + b":0:0:" + pickle.dumps((1, 2)))
+    head = b"%s:%s:0:0:" % (options.get(Book).fingerprint.encode(), version)
+    raw_redis.set(entry_key(Book, book.pk), head + pickle.dumps((1, 2)))
     assert Book.objects.get_cached(pk=book.pk).title == "Dune"
     assert events("error", Book) == 1
 

@@ -27,7 +27,7 @@ class Rollback(Exception):
 
 def view_key(model, pk):
     opts = options.get(model)
-    return keys.entry("cstest", opts.label, opts.fingerprint, pk)
+    return keys.entry("cstest", opts.label, pk)
 
 
 def test_a_new_row_is_a_hit_at_once(django_assert_num_queries, events):

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def entry(raw_redis, model, pk):
     opts = options.get(model)
-    return raw_redis.get(keys.entry("cstest", opts.label, opts.fingerprint, pk))
+    return raw_redis.get(keys.entry("cstest", opts.label, pk))
 
 
 def test_write_through_create_and_update_are_hits(django_assert_num_queries, events):
@@ -145,7 +145,7 @@ def test_write_end_after_an_overlap_drops_the_row(raw_redis):
     t = backends.get("default")
     version_key = keys.version("cstest", "tests.author")
     inflight, epoch_key = keys.writes("cstest", "tests.author", 1)
-    entry_key = keys.entry("cstest", "tests.author", options.get(Author).fingerprint, 1)
+    entry_key = keys.entry("cstest", "tests.author", 1)
     lease_key = keys.lease("cstest", "tests.author", 1)
     gone_key = keys.gone("cstest", "tests.author", 1)
     ready_key = keys.fill("cstest", "tests.author", 1)[2]

@@ -148,9 +148,10 @@ RELEASE = _script(
 
 # KEYS: entry, lease, waiters. A reader that missed takes the lease, unless a value arrived
 # since its read (another reader filled it): then it gets the value, and reads no
-# database. ARGV[3] is the unusable value the reader saw (an old version's, unreadable),
-# if any; ARGV[4] '1': a reader that finds the lease held will wait, so it is counted
-# among the waiters here (the filler then pushes it the value: one BLPOP, no WAIT).
+# database. ARGV[3] is the unusable value the reader saw (an old version's, another
+# schema's, unreadable), if any; ARGV[4] '1': a reader that finds the lease held will
+# wait, so it is counted among the waiters here (the filler then pushes it the value: one
+# BLPOP, no WAIT).
 ACQUIRE = _script(
     "acquire",
     """
@@ -268,7 +269,7 @@ return v
 # busy, first. This one spans a row and its model (the dirty set, the version): see the
 # README on Redis Cluster. ARGV: pk, now (ms), full ('1'/'0'), initial version, nf, nf
 # (name, value) pairs, nd, nd (name, amount) pairs, BATCH_SIZE, trigger hold (ms), ns, ns
-# names, writer id, write number, seen TTL (s).
+# names, writer id, write number, seen TTL (s), the writer's schema fingerprint.
 # Each writer (a thread) numbers its writes; ``seen`` keeps, per writer, the highest
 # number recorded and a mask of the 30 before it, so a write sent again after its reply
 # timed out (the server may have run it anyway) is recorded once (the IPsec anti-replay
@@ -278,7 +279,9 @@ return v
 # value of them is not trusted. With no field and no delta, that is all it does (and a row
 # left with nothing unflushed, in no batch, forgets when it was first written). One
 # HMGET reads what the view holds of every field named, so a save costs about ten
-# commands however wide the row.
+# commands however wide the row. A view written by another schema (its __f, during a
+# rolling deploy) is no view: a write never merges into values it cannot read, and a
+# full save replaces it.
 RECORD = _script(
     "record",
     """
@@ -289,7 +292,7 @@ local nd = tonumber(ARGV[d0 - 1])
 local s0 = d0 + 2 * nd + 2
 local ns = tonumber(ARGV[s0])
 local w0 = s0 + ns + 1
-local writer, number = ARGV[w0], tonumber(ARGV[w0 + 1])
+local writer, number, fp = ARGV[w0], tonumber(ARGV[w0 + 1]), ARGV[w0 + 3]
 local last, mask = 0, 0
 local state = redis.call('HGET', KEYS[8], writer)
 if state then
@@ -331,18 +334,18 @@ if not version then
   version = ARGV[4]
   redis.call('SET', KEYS[5], version)
 end
-local names = {'__p', '__v'}
+local names = {'__p', '__v', '__f'}
 for j = 1, nf do names[#names + 1] = ARGV[4 + 2 * j] end
 for j = 0, nd - 1 do names[#names + 1] = ARGV[d0 + 2 * j] end
 local held = redis.call('HMGET', view, unpack(names))
-local valid = held[1] == '1' or held[2] == version
+local valid = held[3] == fp and (held[1] == '1' or held[2] == version)
 if not valid and ARGV[3] ~= '1' then return -1 end
 local saved = {}
 for j = 1, nf do saved[ARGV[4 + 2 * j]] = ARGV[5 + 2 * j] end
 -- An increment adds to the value saved with it, else to the view's.
 for j = 1, nd do
   local name = ARGV[d0 + 2 * (j - 1)]
-  local current = saved[name] or (valid and held[2 + nf + j])
+  local current = saved[name] or (valid and held[3 + nf + j])
   if not current or not tonumber(current) then return -2 end
 end
 if not valid then redis.call('DEL', view) end
@@ -351,7 +354,7 @@ if not valid then redis.call('DEL', view) end
 local set, changed = {}, {}
 for j = 1, nf do
   local name, value = ARGV[4 + 2 * j], ARGV[5 + 2 * j]
-  if not valid or void[name] or held[2 + j] ~= value then
+  if not valid or void[name] or held[3 + j] ~= value then
     set[#set + 1] = name
     set[#set + 1] = value
     changed[#changed + 1] = name
@@ -365,6 +368,8 @@ set[#set + 1] = '__p'
 set[#set + 1] = '1'
 set[#set + 1] = '__v'
 set[#set + 1] = version
+set[#set + 1] = '__f'
+set[#set + 1] = fp
 redis.call('HSET', view, unpack(set))
 for j = 0, nd - 1 do
   redis.call('HINCRBY', view, ARGV[d0 + 2 * j], ARGV[d0 + 2 * j + 1])
@@ -408,9 +413,11 @@ return out
 """,
 )
 
-# KEYS: lease, view, waiters, ready. Store a view read from the database only if the
-# caller's lease (taken before the read) still holds: a write or an invalidation since
-# deleted it. Wake the readers waiting for the fill either way.
+# KEYS: lease, view, waiters, ready. ARGV: token, TTL ('0': none), then the view's (name,
+# value) pairs, its __v and __f among them. Store a view read from the database only if
+# the caller's lease (taken before the read) still holds: a write or an invalidation since
+# deleted it. It replaces whatever is there (another schema's view too). Wake the readers
+# waiting for the fill either way.
 VIEW_FILL = _script(
     "view_fill",
     _fill(
@@ -422,11 +429,12 @@ VIEW_FILL = _script(
 )
 
 # KEYS: view, lease, version, pending fields, pending deltas. ARGV: ttl, initial version,
-# then (name, value) pairs. After a new row's insert commits: store its view, unless one as
-# new is there (pinned by a write-behind write, or filled under the current version by a
-# reader since the commit) or the row has pending writes (a read rebuilds the view with
-# them). The lease goes either way, as an invalidation's does: a reader that took it
-# before the commit may have read "no such row", and must not store that.
+# the schema fingerprint, then (name, value) pairs. After a new row's insert commits: store
+# its view, unless one as new of this schema is there (pinned by a write-behind write, or
+# filled under the current version by a reader since the commit) or the row has pending
+# writes (a read rebuilds the view with them). The lease goes either way, as an
+# invalidation's does: a reader that took it before the commit may have read "no such
+# row", and must not store that.
 VIEW_STORE = _script(
     "view_store",
     """
@@ -436,31 +444,37 @@ if not version then
   redis.call('SET', KEYS[3], version)
 end
 redis.call('DEL', KEYS[2])
-local held = redis.call('HMGET', KEYS[1], '__p', '__v')
-if held[1] == '1' or held[2] == version then return 0 end
+local held = redis.call('HMGET', KEYS[1], '__p', '__v', '__f')
+if held[3] == ARGV[3] and (held[1] == '1' or held[2] == version) then return 0 end
 redis.call('DEL', KEYS[1])
 if redis.call('EXISTS', KEYS[4], KEYS[5]) > 0 then return 0 end
-local values = {unpack(ARGV, 3)}
+local values = {unpack(ARGV, 4)}
 values[#values + 1] = '__v'
 values[#values + 1] = version
+values[#values + 1] = '__f'
+values[#values + 1] = ARGV[3]
 redis.call('HSET', KEYS[1], unpack(values))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """,
 )
 
-# A view is usable when it has pending writes (pinned), or was filled under the model's
-# current version: as a row (__v) or as "no such row" (__n, for NEGATIVE_TTL).
+# A view is usable when the reader's schema wrote it (__f: its fingerprint) and it has
+# pending writes (pinned), or was filled under the model's current version: as a row
+# (__v) or as "no such row" (__n, for NEGATIVE_TTL). Another schema's view (a rolling
+# deploy) is a miss: the reader fills its own over it.
 _USABLE = """
-local function usable(view, version)
-  local h = redis.call('HMGET', view, '__p', '__v', '__n')
+local function usable(view, version, fp)
+  local h = redis.call('HMGET', view, '__p', '__v', '__n', '__f')
+  if h[4] ~= fp then return false end
   return h[1] == '1' or (version and (h[2] == version or h[3] == version))
 end
 """
 
-# KEYS: view, lease, version. A reader that missed takes the row's lease, unless a usable
-# view arrived since its read (another reader filled it). The version is created if
-# missing, as RECORD does, and returned: the fill is tagged with it.
+# KEYS: view, lease, version. ARGV: token, lease ms, initial version, schema fingerprint.
+# A reader that missed takes the row's lease, unless a usable view arrived since its read
+# (another reader filled it). The version is created if missing, as RECORD does, and
+# returned: the fill is tagged with it.
 VIEW_ACQUIRE = _script(
     "view_acquire",
     _USABLE
@@ -470,22 +484,25 @@ if not version then
   version = ARGV[3]
   redis.call('SET', KEYS[3], version)
 end
-if usable(KEYS[1], version) then return {2, version, redis.call('HGETALL', KEYS[1])} end
+if usable(KEYS[1], version, ARGV[4]) then return {2, version, redis.call('HGETALL', KEYS[1])} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, version} end
 return {0, version}
 """,
 )
 
-# KEYS: view, lease, waiters, version. A reader waiting for another's fill: the view if it
-# is there, TAKE_OVER if nobody holds the lease any more, else count the reader as
-# waiting in the same step, so no wake-up is missed.
+# KEYS: view, lease, waiters, version; ARGV: the schema fingerprint. A reader waiting for
+# another's fill: the view if it is there (and of its schema), TAKE_OVER if nobody holds
+# the lease any more, else count the reader as waiting in the same step, so no wake-up is
+# missed.
 VIEW_WAIT = _script(
     "view_wait",
     _waiter(
         _USABLE
         + """
 local version = redis.call('GET', KEYS[4])
-if usable(KEYS[1], version) then return {1, version or '', redis.call('HGETALL', KEYS[1])} end
+if usable(KEYS[1], version, ARGV[1]) then
+  return {1, version or '', redis.call('HGETALL', KEYS[1])}
+end
 """
     ),
 )

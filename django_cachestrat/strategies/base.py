@@ -113,10 +113,9 @@ class Strategy:
         transport = backends.get(cfg.CACHE_ALIAS)
         prefix = cfg.KEY_PREFIX
         label = opts.label
-        fp = opts.fingerprint
         try:
             version, *entries = transport.mget(
-                [keys.version(prefix, label), *keys.entries(prefix, label, fp, pks)]
+                [keys.version(prefix, label), *keys.entries(prefix, label, pks)]
             )
         except CacheUnavailable:
             return self._from_db(model, using, pks)
@@ -239,7 +238,7 @@ class Strategy:
         delta = int((time.monotonic() - started) * 1000)
         entry, life = _encode_fill(opts, cfg, version, obj, delta, int(time.time() * 1000))
         row_keys = (
-            keys.entry(prefix, opts.label, opts.fingerprint, obj.pk),
+            keys.entry(prefix, opts.label, obj.pk),
             keys.lease(prefix, opts.label, obj.pk),
             keys.gone(prefix, opts.label, obj.pk),
         )
@@ -380,7 +379,8 @@ class Entries(reads.Form):
     """The read engine's form for rows cached as entries (cache-aside, write-through).
 
     ``version`` is the model's version as the read saw it (None: not read yet);
-    ``seen``, per pk, the unusable bytes the read found (an older version's, unreadable).
+    ``seen``, per pk, the unusable bytes the read found (an older version's, another
+    schema's, unreadable).
     """
 
     def __init__(self, strategy, model, using, transport, version, seen=None):
@@ -393,7 +393,7 @@ class Entries(reads.Form):
         # the filler pushes it the entry: a waiter's whole read is three round trips.
         self.counts_waiters = bool(self.cfg.FILL_WAIT)
         prefix, label = self.cfg.KEY_PREFIX, self.opts.label
-        self._entry = partial(keys.entry, prefix, label, self.opts.fingerprint)
+        self._entry = partial(keys.entry, prefix, label)
         self._lease = partial(keys.lease, prefix, label)
         self._fills = partial(keys.fill, prefix, label)
 
@@ -449,7 +449,7 @@ class Entries(reads.Form):
                 value = _encode_fill(opts, cfg, self.version, obj, delta, now)
                 items.append((self._fills(pk), self._entry(pk), *value))
             elif cfg.NEGATIVE_TTL:
-                absent = codec.encode_absent(self.version)
+                absent = codec.encode_absent(opts, self.version)
                 items.append((self._fills(pk), self._entry(pk), absent, cfg.NEGATIVE_TTL))
             else:
                 unfilled.append(self._fills(pk))

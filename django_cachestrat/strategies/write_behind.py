@@ -95,8 +95,11 @@ class WriteBehind(Strategy):
         return {pk: found[pk] for pk in pks if pk in found}
 
     def _decode(self, opts, pk, view, version, using, model):
-        """Return the row a view holds, ``reads.ABSENT`` for "no such row", or None (unusable)."""
-        if not view:
+        """Return the row a view holds, ``reads.ABSENT`` for "no such row", or None (unusable).
+
+        Another schema's view (a rolling deploy) is a silent miss: the fill replaces it.
+        """
+        if not view or view.get("__f") != opts.fingerprint.encode():
             return None
         if view.get("__p") != b"1" and (version is None or view.get("__v") != version):
             if version is not None and view.get("__n") == version:
@@ -109,7 +112,7 @@ class WriteBehind(Strategy):
                 pk if name == pk_name else codec.decode_value(view[name]) for name in opts.attnames
             )
         except KeyError:
-            return None  # a partial view (written by an older schema): a miss
+            return None  # a partial view: a miss
         except Exception as exc:
             logger.warning("django_cachestrat: unreadable view for %s (%s).", opts.label, exc)
             if signals.cache_error.receivers:
@@ -178,6 +181,7 @@ class WriteBehind(Strategy):
                 return rows, None
             markers = {m for stack in layers.values() for layer in stack for m in layer.markers}
             done = applied.applied(using, markers)
+        known = set(options.get(model).attnames)
         for pk, stack in layers.items():
             obj = rows.get(pk)
             if obj is None:
@@ -186,11 +190,13 @@ class WriteBehind(Strategy):
             for markers_, fields, deltas in stack:
                 if any(marker in done for marker in markers_):
                     continue  # in the database already, or void
+                # A field this schema does not have was written by a process of another
+                # (a rolling deploy): its flush deals with it; this row has no place for it.
                 for name, value in fields.items():
-                    if name not in void:
+                    if name not in void and name in known:
                         setattr(obj, name, value)
                 for name, amount in deltas.items():
-                    if name not in void:
+                    if name not in void and name in known:
                         setattr(obj, name, getattr(obj, name) + amount)
         return rows, layers
 

@@ -93,7 +93,7 @@ class WriteThrough(Strategy):
         prefix = cfg.KEY_PREFIX
         row_keys = (
             *keys.writes(prefix, opts.label, pk),
-            keys.entry(prefix, opts.label, opts.fingerprint, pk),
+            keys.entry(prefix, opts.label, pk),
             keys.lease(prefix, opts.label, pk),
             keys.gone(prefix, opts.label, pk),
             keys.fill(prefix, opts.label, pk)[2],

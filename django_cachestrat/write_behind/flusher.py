@@ -7,7 +7,9 @@ worker whose claim outlived ``VISIBILITY_TIMEOUT`` before its commit gives the b
 one by one (each with its own marker): the good ones are written, a failing one is put
 back with a growing delay and, after ``MAX_RETRIES`` failures, moved to ``DeadLetter``. A
 database that is down fails every row alike: then the whole batch goes back, uncounted,
-to be tried again later.
+to be tried again later. Writes of fields this process's model does not have (recorded
+by a process of another schema, during a rolling deploy) are set aside as a dead letter
+in the batch's transaction, logged, and the rest of the row is written.
 
 A model's batches are written to ``flush_alias(model)``, its router's write database, with
 their markers; the write-behind saves of rows in any other database were written there at
@@ -45,6 +47,10 @@ logger = logging.getLogger("django_cachestrat")
 
 class RowMissing(DatabaseError):
     """The row a pending write is for is not in the database (deleted by another path)."""
+
+
+class UnknownFields(Exception):
+    """Pending writes name fields this process's model does not have (another schema's)."""
 
 
 class ClaimExpired(DatabaseError):
@@ -135,7 +141,7 @@ def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: f
     pks = list(batch.pks)
     report.batches += 1
     try:
-        _commit(model, using, queue, batch, pks, [batch.id], deadline)
+        foreign = _commit(model, using, queue, batch, pks, [batch.id], deadline)
     except ClaimExpired as exc:
         _gave_up(exc)
         return
@@ -156,25 +162,70 @@ def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: f
         return
     if not _ack(queue, batch, pks, _ttl(opts, cfg)):
         return  # its new owner finds the marker, acknowledges it, and reports it
+    queue.drop_views(foreign)  # they show writes the database does not have
     report.add(opts.label, len(pks))
+    report.dead_letters += len(foreign)
     if signals.write_behind_flushed.receivers:
-        signals.write_behind_flushed.send(sender=model, batch=batch.id, pks=pks, dead_letters=[])
+        signals.write_behind_flushed.send(
+            sender=model, batch=batch.id, pks=pks, dead_letters=foreign
+        )
 
 
-def _write_locked(model, using: str, queue: Queue, batch_id: str, pks: list, markers: list):
+def _write_locked(model, using: str, queue: Queue, batch_id: str, pks: list, markers: list) -> list:
     """In the open transaction, write rows ``pks`` of a batch unless ``markers`` say it's done.
 
     The rows are locked first; then every direct write that set some of their pending
     writes aside has ended (it wrote the row, holding its lock, before it set them
     aside), so each is settled for certain, and the batch is read again: what a direct
     write committed since the claim is no longer in it. The last marker is written.
+    Return the pks of rows whose writes of unknown fields were dead-lettered
+    (``_set_foreign_aside``).
     """
     _lock_rows(model, using, pks)
     settle_cuts(model, using, pks, batch_id)
     if applied.applied(using, markers):
-        return
-    _write(model, using, queue.contents(batch_id, pks).rows)
+        return []
+    rows = queue.contents(batch_id, pks).rows
+    foreign = _set_foreign_aside(model, using, rows)
+    _write(model, using, rows)
     applied.mark(using, markers[-1])
+    return foreign
+
+
+def _set_foreign_aside(model, using: str, rows: dict) -> list:
+    """Take writes of fields ``model`` does not have out of ``rows``, into dead letters.
+
+    A process of another schema recorded them (a rolling deploy that adds or removes a
+    field). This process cannot write them, and they must not be lost silently nor
+    block the row's other writes: they are kept as a dead letter naming the fields, in
+    the batch's transaction (so once, with the batch) unless a router puts dead letters
+    in another database, to be retried by a process that has them
+    (``cachestrat_write_behind retry``) or discarded. Return the rows' pks.
+    """
+    known = {f.attname for f in model._meta.concrete_fields}
+    opts = options.get(model)
+    foreign = []
+    for pk, (fields, deltas) in rows.items():
+        unknown = (set(fields) | set(deltas)) - known
+        if not unknown:
+            continue
+        names = ", ".join(sorted(unknown))
+        error = UnknownFields(
+            f"{opts.label} has no field {names} in this process's schema (written by a "
+            "process with another schema: a deploy?); the row's other writes were flushed"
+        )
+        aside = {n: fields.pop(n) for n in unknown if n in fields}
+        added = {n: deltas.pop(n) for n in unknown if n in deltas}
+        _keep_dead(opts, pk, aside, added, error, 0)
+        logger.warning(
+            "django_cachestrat: %s pk=%r: writes of %s, which this process's model does not "
+            "have, moved to dead letters; the row's other writes are flushed.",
+            opts.label,
+            pk,
+            names,
+        )
+        foreign.append(pk)
+    return foreign
 
 
 def _lock_rows(model, using: str, pks: list, *, skip_locked: bool = False) -> list:
@@ -266,14 +317,16 @@ def _owned(done: bool, batch: Batch, what: str) -> bool:
     return done
 
 
-def _commit(model, using: str, queue: Queue, batch: Batch, pks, markers, deadline) -> None:
+def _commit(model, using: str, queue: Queue, batch: Batch, pks, markers, deadline) -> list:
     """Write rows ``pks`` of a batch in one transaction (see ``_write_locked``).
 
-    Raises ``ClaimExpired`` (rolled back) when the claim's visibility ended first.
+    Return what ``_write_locked`` does. Raises ``ClaimExpired`` (rolled back) when the
+    claim's visibility ended first.
     """
     with transaction.atomic(using=using):
-        _write_locked(model, using, queue, batch.id, pks, markers)
+        foreign = _write_locked(model, using, queue, batch.id, pks, markers)
         _before_commit(batch, deadline)
+    return foreign
 
 
 def _gave_up(exc: ClaimExpired) -> None:
@@ -332,11 +385,11 @@ def _write(model, using: str, rows: dict) -> None:
 def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> None:
     cfg = conf.settings()
     opts = options.get(model)
-    done, failed, dead = [], [], []
+    done, failed, dead, foreign = [], [], [], []
     for pk in batch.pks:
         marker = applied.row_marker(batch.id, pk)
         try:
-            _commit(model, using, queue, batch, [pk], [batch.id, marker], deadline)
+            partly = _commit(model, using, queue, batch, [pk], [batch.id, marker], deadline)
         except ClaimExpired as exc:
             _gave_up(exc)
             break
@@ -356,6 +409,7 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
                 failed.append((pk, attempts))
         else:
             done.append(pk)
+            foreign += partly
     else:
         for pk, attempts in failed:
             if _requeue(queue, batch, [pk], cfg.RETRY_BACKOFF * 2 ** (attempts - 1)):
@@ -363,6 +417,7 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
     finished = done + dead
     if finished and _ack(queue, batch, finished, _ttl(opts, cfg)):
         queue.finished(finished)
+    dead += foreign  # written, but for the writes of fields this schema does not have
     queue.drop_views(dead)  # they show writes the database will not have
     report.add(opts.label, len(done))
     report.dead_letters += len(dead)
@@ -371,8 +426,23 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
 
 
 def _dead_letter(opts, pk, fields, deltas, exc, attempts) -> None:
-    # Not in the batch's transaction (it failed): in DeadLetter's own database, which the
-    # commands that list, retry and discard dead letters read.
+    # Not in the batch's transaction (it failed).
+    _keep_dead(opts, pk, fields, deltas, exc, attempts)
+    logger.error(
+        "django_cachestrat: %s pk=%r failed %d times (%s); moved to dead letters.",
+        opts.label,
+        pk,
+        attempts,
+        exc,
+    )
+
+
+def _keep_dead(opts, pk, fields, deltas, exc, attempts) -> None:
+    """Write a row's pending writes to the ``DeadLetter`` table, with ``exc`` as the reason.
+
+    In ``DeadLetter``'s own database, which the commands that list, retry and discard
+    dead letters read; inside an open transaction of that database, as part of it.
+    """
     DeadLetter.objects.create(
         model=opts.label,
         object_pk=str(pk),
@@ -380,13 +450,6 @@ def _dead_letter(opts, pk, fields, deltas, exc, attempts) -> None:
         deltas=deltas,
         error=f"{type(exc).__name__}: {exc}",
         attempts=attempts,
-    )
-    logger.error(
-        "django_cachestrat: %s pk=%r failed %d times (%s); moved to dead letters.",
-        opts.label,
-        pk,
-        attempts,
-        exc,
     )
 
 

@@ -123,7 +123,7 @@ class PendingWrites(ModelState):
             args += [name, int(amount)]
         args += [self.cfg.BATCH_SIZE, max(1, int(self.cfg.FLUSH_INTERVAL * 1000))]
         superseded = list(superseded)
-        args += [len(superseded), *superseded, *_next_write(), SEEN_TTL]
+        args += [len(superseded), *superseded, *_next_write(), SEEN_TTL, self.opts.fingerprint]
         script_keys = [
             row["view"],
             row["fields"],

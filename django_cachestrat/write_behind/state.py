@@ -36,7 +36,7 @@ class ModelState:
 
     def row(self, pk: Any) -> dict[str, str]:
         """Return the keys of row ``pk``: view, fields, deltas, lease."""
-        return keys.behind_row(self.prefix, self.opts.label, self.opts.fingerprint, pk)
+        return keys.behind_row(self.prefix, self.opts.label, pk)
 
     def batch_row(self, pk: Any, batch_id: str) -> tuple[str, str]:
         """Return the keys of row ``pk``'s fields and deltas in batch ``batch_id``."""

@@ -1,8 +1,10 @@
 """A write-behind row's cached view: read it, lease it, wait for it, fill it, store it.
 
-A view is a Redis hash of encoded field values, plus ``__v`` (the model version it was
-filled under), ``__p`` (pinned: it has unflushed writes, so it has no TTL and survives
-``invalidate_model``) and ``__n`` ("no such row", for ``NEGATIVE_TTL``).
+A view is a Redis hash of encoded field values, plus ``__f`` (the fingerprint of the schema
+that wrote it: another schema's view, during a rolling deploy, is no view to this process),
+``__v`` (the model version it was filled under), ``__p`` (pinned: it has unflushed writes,
+so it has no TTL and survives ``invalidate_model``) and ``__n`` ("no such row", for
+``NEGATIVE_TTL``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,13 @@ class Views(ModelState):
         initial = int(self.transport.now() * 1_000_000)
         ms = max(1, int(timeout * 1000))
         version_key = self.version_key()
+        fp = self.opts.fingerprint
         ops = [
-            (scripts.VIEW_ACQUIRE, [row["view"], row["lease"], version_key], [token, ms, initial])
+            (
+                scripts.VIEW_ACQUIRE,
+                [row["view"], row["lease"], version_key],
+                [token, ms, initial, fp],
+            )
             for row in map(self.row, pks)
         ]
         return [
@@ -53,7 +60,7 @@ class Views(ModelState):
         """
         version_key = self.version_key()
         ops = [
-            (scripts.VIEW_WAIT, [view, lease, waiters, version_key], [])
+            (scripts.VIEW_WAIT, [view, lease, waiters, version_key], [self.opts.fingerprint])
             for view, (lease, waiters, _) in slots
         ]
         return [
@@ -68,11 +75,12 @@ class Views(ModelState):
         One round trip; waiters are woken. Return how many views were stored.
         """
         ops = []
+        fp = self.opts.fingerprint
         for pk, values, ttl, pinned in items:
             lease, waiters, ready = self.fill_keys(pk)
-            args: list[Any] = [token, 0 if pinned else ttl]
+            args: list[Any] = [token, 0 if pinned else ttl, "__f", fp]
             if values is None:
-                args += ["__a", "1", "__n", version]
+                args += ["__n", version]
             else:
                 for name, value in values.items():
                     args += [name, codec.encode_value(value)]
@@ -94,7 +102,7 @@ class Views(ModelState):
         ops = []
         for pk, encoded, ttl in items:
             row = self.row(pk)
-            args: list[Any] = [ttl, initial]
+            args: list[Any] = [ttl, initial, self.opts.fingerprint]
             for name, value in encoded.items():
                 args += [name, value]
             script_keys = [row["view"], row["lease"], version_key, row["fields"], row["deltas"]]
