@@ -69,8 +69,8 @@ def encode(
         raise Unstorable(f"field {exc.args[0]!r} is deferred") from None
     if clean:
         if opts.generated:
-            # Django does not read a generated column back after a save: the instance
-            # holds its value from before.
+            # Django 5.2 does not read a generated column back after a save: the
+            # instance may hold its value from before.
             raise Unstorable(f"{opts.generated[0]} is generated; its value is the database's")
         values = _clean(layout, values)
     if layout.compact:

@@ -5,9 +5,11 @@ import secrets
 import warnings
 from decimal import Decimal
 
+import django
 import pytest
 from django.db import transaction
 from django.db.models import Value
+from django.db.models.expressions import Combinable
 from django.test import override_settings
 
 from django_cachestrat import keys, options
@@ -99,8 +101,11 @@ def test_values_the_database_would_change_are_not_stored(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # Django's naive datetime warning
         obj = model.objects.create(**values)
-    assert not raw_redis.exists(view_key(model, obj.pk))
-    with django_assert_num_queries(1):  # the database's values, read once
+    # Django 6 reads an expression's value back on insert (RETURNING), so the row may be
+    # stored; before, and for the other cases, memory cannot tell it.
+    stored = django.VERSION >= (6,) and isinstance(values.get("views"), Combinable)
+    assert raw_redis.exists(view_key(model, obj.pk)) == stored
+    with django_assert_num_queries(0 if stored else 1):  # the database's values, read once
         got = model.objects.get_cached(pk=obj.pk)
     assert {name: getattr(got, name) for name in expected} == expected
     with django_assert_num_queries(0):

@@ -2,6 +2,7 @@ import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import django
 import pytest
 from django.db import IntegrityError
 from django.db.models import F
@@ -47,7 +48,10 @@ def test_write_through_with_an_expression_drops_the_row(raw_redis):
     a = Author.objects.create(name="Ann", email="ann@example.org", age=1)
     a.age = F("age") + 1
     a.save()
-    assert entry(raw_redis, Author, a.pk) is None
+    if django.VERSION < (6,):
+        # Django 6 reads an expression's value back (RETURNING); before, only the
+        # database knows it.
+        assert entry(raw_redis, Author, a.pk) is None
     assert Author.objects.get_cached(pk=a.pk).age == 2
 
 
