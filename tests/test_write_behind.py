@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from django_cachestrat.models import AppliedBatch, DeadLetter
@@ -88,6 +88,21 @@ def test_new_rows_and_forced_saves_are_synchronous(django_assert_num_queries):
     stats.save(write_behind=False)
     assert in_db(stats.pk).views == 4
     assert PageStats.objects.get_cached(pk=stats.pk).views == 4
+
+
+def test_a_delete_that_rolls_back_keeps_the_pending_writes(page):
+    PageStats.objects.increment_behind(page.pk, views=5)
+    stats = PageStats.objects.get_cached(pk=page.pk)
+    stats.note = "kept"
+    stats.save()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        PageStats.objects.get(pk=page.pk).delete()
+        raise RuntimeError("undo")
+    assert PageStats.objects.get_cached(pk=page.pk).views == 5
+    flusher.flush()
+    row = in_db(page.pk)
+    assert (row.views, row.note) == (5, "kept")
+    assert DeadLetter.objects.count() == 0
 
 
 def test_delete_discards_pending_writes(page):

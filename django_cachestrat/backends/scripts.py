@@ -388,19 +388,6 @@ return 0
 """,
 )
 
-# KEYS: the row's view, pending fields and deltas, the model's dirty set, busy hash and
-# first hash. The row was deleted: forget its view and its unflushed writes (a batch in
-# flight still holds some: then it keeps when they were first written).
-DISCARD = _script(
-    "discard",
-    """
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[1])
-if redis.call('HEXISTS', KEYS[5], ARGV[1]) == 0 then redis.call('HDEL', KEYS[6], ARGV[1]) end
-return 1
-""",
-)
-
 # -- write-behind: views ------------------------------------------------------------------------
 
 # KEYS: the model's version, then views. The version and every view, in one step.

@@ -434,22 +434,16 @@ class WriteBehind(Strategy):
         transaction.on_commit(partial(_drop_cuts, pending, cuts), using=using)
 
     def after_delete(self, instance, using) -> None:
-        """Discard the row's pending writes, then drop it after commit.
+        """Set the row's pending writes aside, then drop the row after commit.
 
-        The pending writes are the flush database's row's: a delete in another database
-        leaves them (and drops the view only).
+        What is set aside is dropped once the delete commits, and put back if it rolls
+        back (Django deletes in a transaction): a delete that did not happen loses no
+        write. The pending writes are the flush database's row's: a delete in another
+        database leaves them (and drops the view only).
         """
         model = type(instance)
-        if using == flush_alias(model):
-            try:
-                PendingWrites(model).discard(instance.pk)
-            except CacheUnavailable:
-                logger.error(
-                    "django_cachestrat: Redis is unreachable; pending writes of deleted %s "
-                    "pk=%r will be dead-lettered when flushed.",
-                    options.get(model).label,
-                    instance.pk,
-                )
+        names = [f.attname for f in options.get(model).fields if not f.primary_key]
+        self.supersede(model, [(instance.pk, names)], using)
         super().after_delete(instance, using)
 
 

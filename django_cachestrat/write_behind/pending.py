@@ -138,22 +138,6 @@ class PendingWrites(ModelState):
         ]
         return scripts.RECORD, script_keys, args
 
-    def discard(self, pk: Any) -> None:
-        """Forget the row's unflushed writes and its view (it was deleted)."""
-        row = self.row(pk)
-        self.transport.script(
-            scripts.DISCARD,
-            [
-                row["view"],
-                row["fields"],
-                row["deltas"],
-                self.queue["dirty"],
-                self.queue["busy"],
-                self.queue["first"],
-            ],
-            [member(pk)],
-        )
-
     def pending_pks(self, among: Sequence[Any] | None = None) -> list[Any]:
         """Return the pks of rows with unflushed writes, claimed or not.
 
