@@ -281,3 +281,20 @@ def test_dead_letters_go_where_the_commands_read_them(settings, capsys):
     )
     call_command("cachestrat_write_behind")
     assert "1 dead letter(s)" in capsys.readouterr().out
+
+
+@override_settings(DATABASE_ROUTERS=[OtherIsThePrimary()])
+def test_a_view_with_pending_writes_is_filled_from_the_write_database(raw_redis):
+    # The pending writes will be flushed to the primary ("other"), and a flush of the row
+    # must wait for the fill: the row is read there, locked (a replica could not lock it).
+    pk = make(PageStats, "other", "p").pk
+    PageStats.objects.using("other").filter(pk=pk).update(views=5)
+    make(PageStats, "default", "stale", pk=pk)  # the replica's copy, lagging
+    PageStats.objects.increment_behind(pk, likes=2)
+    opts = options.get(PageStats)
+    raw_redis.delete(keys.entry("cstest", opts.label, pk))  # the view evicted, writes kept
+    got = PageStats.objects.get_cached(pk=pk)
+    assert (got.views, got.note, got.likes) == (5, "p", 2)
+    flusher.flush()
+    got = PageStats.objects.using("other").get(pk=pk)
+    assert (got.views, got.note, got.likes) == (5, "p", 2)

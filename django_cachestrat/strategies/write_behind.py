@@ -167,9 +167,13 @@ class WriteBehind(Strategy):
             layers = pending.layers(pks)
         except CacheUnavailable:
             return self._from_db(model, using, pks), None
-        base = model._base_manager.using(using)
         if not layers:
-            return base.in_bulk(pks), layers
+            return model._base_manager.using(using).in_bulk(pks), layers
+        # Rows with pending writes are read from the database the writes are flushed to,
+        # where the lock below makes a flush of them wait (a read replica could neither
+        # lock them nor hold what the pending writes are laid over).
+        using = flush_alias(model)
+        base = model._base_manager.using(using)
         with transaction.atomic(using=using):
             # The rows first, locked (on SQLite, the read lock of the transaction), then
             # the writes again: a flush of these rows now waits for us, so what Redis
