@@ -541,7 +541,7 @@ class Setup:
 def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
     from django_redis import get_redis_connection
 
-    from django_cachestrat import conf
+    from django_cachestrat import conf, stats
 
     header(args, redis_url, started)
     missed = {}
@@ -562,6 +562,8 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
             print()
             missed["stampede"] = stampede.run_section(args, started)
     finally:
+        # Sent now, while the server runs: not at exit, once the benchmark has stopped it.
+        stats.flush()
         if not started:  # leave a shared server as we found it
             client = get_redis_connection("default")
             clear_redis(client, conf.settings().KEY_PREFIX, owned=False)
