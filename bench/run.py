@@ -541,7 +541,7 @@ class Setup:
 def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
     from django_redis import get_redis_connection
 
-    from django_cachestrat import conf
+    from django_cachestrat import conf, stats
 
     header(args, redis_url, started)
     missed = {}
@@ -562,6 +562,8 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
             print()
             missed["stampede"] = stampede.run_section(args, started)
     finally:
+        # Sent now, while the server runs: not at exit, once the benchmark has stopped it.
+        stats.flush()
         if not started:  # leave a shared server as we found it
             client = get_redis_connection("default")
             clear_redis(client, conf.settings().KEY_PREFIX, owned=False)
@@ -580,9 +582,15 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     goals missed."""
     from django.db import connection
 
+    from django_cachestrat import conf, stats
+
     size = b.size
+    cfg = conf.settings()
 
     # -- what one operation costs in round trips and queries --
+    # Statistics off while counting: their sender thread's round trip is not an operation's.
+    stats.flush()
+    cfg.STATS = False
     counter = RedisCounter(b.client)
     counts = {
         "get_cached(pk=) hit": counter.per_op(lambda: b.get_cached(0)),
@@ -601,8 +609,24 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
         f"{'PASS' if one_trip else 'MISS  <<<'}"
     )
     print()
+    cfg.STATS = True
+
+    def counting(on: bool):
+        # The same attribute write in both variants, so only the counting differs.
+        def get(i):
+            cfg.STATS = on
+            return b.get_cached(i)
+
+        return get
 
     t0 = time.perf_counter()
+    counted = interleaved(
+        {"stats on": counting(True), "stats off": counting(False)},
+        args.rounds,
+        args.point_batch,
+        warmup=500,
+    )
+    cfg.STATS = True
     point = interleaved(
         {
             "get_cached": b.get_cached,
@@ -639,8 +663,9 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     last = b.write_objs[b.WT][-1]
     assert b.WT.objects.get_cached(pk=last.pk).count == last.count, "write-through did not store"
 
-    samples = {**point, **bulk, **writes}
+    samples = {**counted, **point, **bulk, **writes}
     rows = [
+        Row("get_cached hit, statistics on vs off", samples, "stats on", "stats off", 1.03),
         Row(
             "get_cached(pk=) hit vs Redis GET (floor)",
             samples,
@@ -703,6 +728,8 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     print_table(rows)
     print(
         f"""
+  statistics on vs off: get_cached hits with CACHESTRAT["STATS"] True vs False, interleaved
+    (on: counted in process, sent by the background thread once a second).
   ours / base: get_cached = WriteThroughItem.objects.get_cached(pk=); GET = redis-py GET of
     that row's entry key on the same pool; ORM get = WriteThroughItem.objects.get(pk=);
     get_many_cached / in_bulk / MGET: {size} pks, MGET of the version key + {size} entry keys;

@@ -7,7 +7,8 @@ The public names, and nothing else::
         invalidate, invalidate_model,
     )
 
-Events are in ``django_cachestrat.signals``.
+Events are in ``django_cachestrat.signals``; statistics in ``django_cachestrat.stats``
+(``from django_cachestrat import stats``, once the apps are loaded).
 """
 
 from django_cachestrat.invalidation import invalidate, invalidate_model

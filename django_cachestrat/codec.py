@@ -33,6 +33,7 @@ from django.dispatch.dispatcher import NO_RECEIVERS
 from django.utils import timezone
 
 from django_cachestrat import conf, signals
+from django_cachestrat.counters import recorder
 from django_cachestrat.options import CacheOptions
 
 logger = logging.getLogger("django_cachestrat")
@@ -403,6 +404,7 @@ def _unreadable(opts: CacheOptions, exc: Exception) -> None:
     logger.warning(
         "django_cachestrat: unreadable entry for %s (%s); treated as a miss.", opts.label, exc
     )
+    recorder.count(opts.label, recorder.ERRORS, 1)
     if signals.cache_error.receivers:
         signals.cache_error.send(sender=opts.model, error=exc, model=opts.model)
 

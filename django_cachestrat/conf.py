@@ -74,6 +74,22 @@ KEYS: dict[str, _Key] = {
     "RETRY_BACKOFF": _Key(
         1.0, (int, float), "seconds before a failed row is retried, doubled each time"
     ),
+    "STATS": _Key(True, (bool,), "False counts nothing and sends no statistics to Redis", None),
+    "STATS_INTERVAL": _Key(
+        1.0,
+        (int, float),
+        "seconds between sends of a process's counters to Redis (a killed process loses "
+        "at most this much)",
+    ),
+    "STATS_RETENTION": _Key(
+        1440, (int,), "minutes of per-minute statistics buckets kept in Redis (24 h)"
+    ),
+    "STATS_TOKEN": _Key(
+        "",
+        (str,),
+        "a bearer token that lets a scraper read the statistics views without a login; empty: none",
+        None,
+    ),
 }
 
 
@@ -111,7 +127,9 @@ class Settings:
         self.serializer = serializer_class()
         if not 0 <= self.TTL_JITTER < 1:
             raise ImproperlyConfigured("CACHESTRAT['TTL_JITTER'] must be in [0, 1).")
-        for name in ("BATCH_SIZE", "MAX_RETRIES"):
+        if self.STATS_INTERVAL <= 0:
+            raise ImproperlyConfigured("CACHESTRAT['STATS_INTERVAL'] must be > 0.")
+        for name in ("BATCH_SIZE", "MAX_RETRIES", "STATS_RETENTION"):
             if getattr(self, name) < 1:
                 raise ImproperlyConfigured(f"CACHESTRAT[{name!r}] must be >= 1.")
 

@@ -19,6 +19,7 @@ from django.db import models, router, transaction
 
 from django_cachestrat import backends, conf, keys, options, signals, transactions
 from django_cachestrat.backends import CacheUnavailable
+from django_cachestrat.counters import recorder
 
 #: How much longer than a fill's lease a row's tombstone lives, in ms.
 TOMBSTONE_MARGIN_MS = 1000
@@ -130,6 +131,7 @@ def _drop_rows(model: type[models.Model], pks: list[object], created: bool = Fal
             )
         except CacheUnavailable:
             pass  # kept by the transport and replayed when Redis answers
+        recorder.count(opts.label, recorder.INVALIDATIONS, len(pks))
         if signals.cache_invalidate.receivers:
             signals.cache_invalidate.send(sender=member, pks=pks)
 
@@ -142,6 +144,7 @@ def _drop_model(model: type[models.Model]) -> None:
             transport.bump(keys.version(cfg.KEY_PREFIX, options.get(member).label))
         except CacheUnavailable:
             pass  # kept by the transport and replayed when Redis answers
+        recorder.count(options.get(member).label, recorder.MODEL_INVALIDATIONS, 1)
         if signals.cache_invalidate.receivers:
             signals.cache_invalidate.send(sender=member, pks=None)
 

@@ -151,3 +151,22 @@ def behind_row_tag(prefix: str, label: str, pk: object) -> str:
 def behind_batch(prefix: str, label: str, batch: str) -> str:
     """Key of the set of pks in batch ``batch``."""
     return f"{prefix}:{{{label}}}:wb:batch:{batch}"
+
+
+def stats(prefix: str) -> Mapping[str, str]:
+    """Keys of the statistics every process adds to (one hash tag, ``{stats}``).
+
+    ``total``: a hash of counters since the last reset, fields ``<app.model>|<counter>``
+    plus ``|since`` (when counting began, epoch seconds); ``census``: the last count of
+    entries and bytes per model (JSON, short-lived); ``minute``: the prefix of the
+    per-minute hashes (``stats_minute``).
+    """
+    tag = f"{prefix}:{{stats}}"
+    return MappingProxyType(
+        {"total": f"{tag}:total", "census": f"{tag}:census", "minute": f"{tag}:m"}
+    )
+
+
+def stats_minute(prefix: str, minute: int) -> str:
+    """Key of the hash of counters added during ``minute`` (epoch seconds // 60)."""
+    return f"{prefix}:{{stats}}:m:{minute}"

@@ -36,6 +36,12 @@ class DeadLetter(models.Model):
     class Meta:
         ordering = ["created_at"]
         verbose_name = "write-behind dead letter"
+        # The app's own permissions live here, on a model it always has: reading the
+        # statistics (the JSON and Prometheus views, the dashboard) and acting on the cache.
+        permissions = [
+            ("view_cache_stats", "Can view cache statistics"),
+            ("manage_cache", "Can invalidate caches, flush write-behind, reset statistics"),
+        ]
 
     def __str__(self):
         return f"{self.model} pk={self.object_pk}"

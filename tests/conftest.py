@@ -153,14 +153,21 @@ def row_updates(queries) -> list[str]:
 
 @pytest.fixture
 def sends(monkeypatch):
-    """What this process sends to Redis, one item a send: one send is one round trip."""
+    """What the test's thread sends to Redis, one item a send: one send is one round trip.
+
+    Only that thread's: the statistics sender thread sends on its own schedule.
+    """
+    import threading
+
     from redis.connection import AbstractConnection
 
     sent = []
     real = AbstractConnection.send_packed_command
+    mine = threading.get_ident()
 
     def counting(self, command, *args, **kwargs):
-        sent.append(command)
+        if threading.get_ident() == mine:
+            sent.append(command)
         return real(self, command, *args, **kwargs)
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)

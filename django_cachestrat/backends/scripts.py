@@ -684,3 +684,21 @@ redis.call('DEL', KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 return 1
 """,
 )
+
+# Statistics: add one process's counters of one minute to the totals and to that
+# minute's bucket. KEYS: the totals hash, the minute's hash. ARGV: the bucket's life in
+# seconds, the time counting began (kept if the totals have one), then field, amount
+# pairs. Keys of the ``{stats}`` hash tag only.
+STATS_ADD = _script(
+    "STATS_ADD",
+    """
+redis.call('HSETNX', KEYS[1], '|since', ARGV[2])
+for i = 3, #ARGV, 2 do
+  local n = tonumber(ARGV[i + 1])
+  redis.call('HINCRBY', KEYS[1], ARGV[i], n)
+  redis.call('HINCRBY', KEYS[2], ARGV[i], n)
+end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+return 1
+""",
+)

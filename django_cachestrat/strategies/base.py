@@ -34,6 +34,8 @@ from django_cachestrat import (
 )
 from django_cachestrat.backends import CacheUnavailable
 from django_cachestrat.backends.scripts import Acquired, LookupFilled
+from django_cachestrat.counters import recorder
+from django_cachestrat.counters.recorder import count
 from django_cachestrat.strategies import reads
 from django_cachestrat.strategies.reads import send
 
@@ -118,6 +120,7 @@ class Strategy:
                 [keys.version(prefix, label), *keys.entries(prefix, label, pks)]
             )
         except CacheUnavailable:
+            count(label, recorder.DEGRADED_READS, len(pks))
             return self._from_db(model, using, pks)
         # Only models with stale_ttl or early_refresh look at an entry's age.
         now = time.time() * 1000 if opts.stale_ttl or opts.early_refresh else 0
@@ -146,8 +149,13 @@ class Strategy:
                 elif opts.early_refresh and _xfetch(now, entry, opts.early_refresh):
                     early.append(pk)
         hits = len(pks) - len(missing)
-        if hits and signals.cache_hit.receivers:
-            signals.cache_hit.send(sender=model, keys=hits)
+        if hits:
+            # Counted in process, sent later: no Redis call (``counters.recorder``).
+            count(label, recorder.HITS, hits)
+            if len(found) < hits:  # cached "no such row" answers
+                count(label, recorder.NEGATIVE_HITS, hits - len(found))
+            if signals.cache_hit.receivers:
+                signals.cache_hit.send(sender=model, keys=hits)
         if stale or early:
             self._refresh(model, using, transport, version, stale, early, found)
         if not missing:
@@ -185,6 +193,7 @@ class Strategy:
         try:
             raw = transport.get(lookup.pointer)
         except CacheUnavailable:
+            count(opts.label, recorder.DEGRADED_READS, 1)
             return self._lookup_db(model, using, name, value)
         if raw is not None:
             found = self._follow(lookup, raw)
@@ -285,6 +294,9 @@ class Strategy:
         """
         model, field = lookup.model, lookup.field
         if raw == b"-":
+            # Answered by the cache: a hit for the statistics (no ``cache_hit`` is sent).
+            count(lookup.opts.label, recorder.HITS, 1)
+            count(lookup.opts.label, recorder.NEGATIVE_HITS, 1)
             raise model.DoesNotExist(
                 f"{model._meta.object_name} matching {field.name}={lookup.value!r} does not exist."
             )
@@ -330,6 +342,7 @@ class Strategy:
                     found.pop(pk, None)
         served_stale = len([pk for pk in stale if pk not in mine])
         send(signals.cache_stale, model, served_stale)
+        count(opts.label, recorder.EARLY_REFRESHES, len([pk for pk in early if pk in mine]))
 
     def _from_db(self, model, using, pks) -> dict[object, models.Model]:
         if not pks:

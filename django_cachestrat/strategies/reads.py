@@ -21,6 +21,7 @@ from django.db import models
 from django_cachestrat import conf, signals, transactions
 from django_cachestrat.backends import CacheUnavailable
 from django_cachestrat.backends.scripts import Acquired, Waited
+from django_cachestrat.counters import recorder
 
 #: What ``Form.decode`` returns for a cached "no such row" (``NEGATIVE_TTL``).
 ABSENT = object()
@@ -29,10 +30,26 @@ TAKE_OVER = object()
 TIMEOUT = object()
 
 
+#: The statistics counter each row event adds to (``counters.recorder``).
+_COUNTERS = {
+    signals.cache_hit: recorder.HITS,
+    signals.cache_miss: recorder.MISSES,
+    signals.cache_fill: recorder.FILLS,
+    signals.cache_wait: recorder.LEASE_WAITS,
+    signals.cache_wait_timeout: recorder.WAIT_TIMEOUTS,
+    signals.cache_stale: recorder.STALE_SERVES,
+}
+
+
 def send(signal, model: type[models.Model], count: int) -> None:
-    """Send ``signal`` for ``count`` rows, only when someone listens."""
-    if count and signal.receivers:
-        signal.send(sender=model, keys=count)
+    """Count ``count`` rows in the statistics; send ``signal`` for them when someone listens.
+
+    Counted under the concrete model, whose entries a proxy shares.
+    """
+    if count:
+        recorder.count(model._meta.concrete_model._meta.label_lower, _COUNTERS[signal], count)
+        if signal.receivers:
+            signal.send(sender=model, keys=count)
 
 
 class Form:

@@ -28,6 +28,7 @@ from django.db.models import F
 from django_cachestrat import codec, conf, invalidation, options, signals, transactions
 from django_cachestrat.backends import CacheUnavailable, WriteUncertain
 from django_cachestrat.backends.scripts import Recorded
+from django_cachestrat.counters import recorder
 from django_cachestrat.strategies import reads
 from django_cachestrat.strategies.base import Strategy, ttl
 from django_cachestrat.strategies.reads import send
@@ -78,6 +79,7 @@ class WriteBehind(Strategy):
         try:
             version, views = Views(model).read(pks)
         except CacheUnavailable:
+            recorder.count(opts.label, recorder.DEGRADED_READS, len(pks))
             return self._from_db(model, using, pks)
         found: dict[object, models.Model] = {}
         missing = []
@@ -87,7 +89,10 @@ class WriteBehind(Strategy):
                 missing.append(pk)
             elif obj is not reads.ABSENT:
                 found[pk] = obj
-        send(signals.cache_hit, model, len(pks) - len(missing))
+        hits = len(pks) - len(missing)
+        send(signals.cache_hit, model, hits)
+        if len(found) < hits:  # cached "no such row" answers
+            recorder.count(opts.label, recorder.NEGATIVE_HITS, hits - len(found))
         if not missing:
             return found
         send(signals.cache_miss, model, len(missing))
@@ -115,6 +120,7 @@ class WriteBehind(Strategy):
             return None  # a partial view: a miss
         except Exception as exc:
             logger.warning("django_cachestrat: unreadable view for %s (%s).", opts.label, exc)
+            recorder.count(opts.label, recorder.ERRORS, 1)
             if signals.cache_error.receivers:
                 signals.cache_error.send(sender=model, error=exc, model=model)
             return None
@@ -350,6 +356,7 @@ class WriteBehind(Strategy):
                 pk,
             )
             return False
+        recorder.count(options.get(model).label, recorder.BEHIND_WRITES, 1)
         if status is Recorded.FLUSH_NOW:
             signals.write_behind_batch_ready.send(sender=model)
         return True
@@ -578,6 +585,8 @@ def _record_committed(writes: dict) -> None:
     to_flush = set()
     for ((model, pk), w), outcome in zip(items, outcomes, strict=True):
         strategy = model.cache_strategy
+        if isinstance(outcome, Recorded):
+            recorder.count(options.get(model).label, recorder.BEHIND_WRITES, 1)
         try:
             if isinstance(outcome, NotACounter):
                 logger.warning(

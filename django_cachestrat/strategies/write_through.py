@@ -10,6 +10,7 @@ from django.db import models, transaction
 
 from django_cachestrat import backends, codec, conf, invalidation, keys, options, signals
 from django_cachestrat.backends import CacheUnavailable
+from django_cachestrat.counters import recorder
 from django_cachestrat.strategies.base import Strategy, ttl
 
 # Where a save keeps, between pre_save and post_save, what write_begin answered.
@@ -111,6 +112,8 @@ class WriteThrough(Strategy):
             )
         except CacheUnavailable:
             return
+        counter = recorder.WRITE_THROUGH_STORES if stored else recorder.INVALIDATIONS
+        recorder.count(opts.label, counter, 1)
         signal = signals.cache_fill if stored else signals.cache_invalidate
         if signal.receivers:
             signal.send(sender=model, **({"keys": 1} if stored else {"pks": [pk]}))

@@ -36,6 +36,7 @@ from django.db import (
 
 from django_cachestrat import conf, options, signals
 from django_cachestrat.backends import CacheUnavailable
+from django_cachestrat.counters import recorder
 from django_cachestrat.models import DeadLetter
 from django_cachestrat.strategies.write_behind import flush_alias
 from django_cachestrat.write_behind import applied
@@ -150,6 +151,7 @@ def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: f
         logger.error("django_cachestrat: flush of %s failed (%s); retrying later.", opts.label, exc)
         if _requeue(queue, batch, pks, cfg.RETRY_BACKOFF):
             report.requeued += len(pks)
+            recorder.count(opts.label, recorder.RETRIES, len(pks))
         return
     except DatabaseError as exc:
         logger.warning(
@@ -165,6 +167,8 @@ def apply(model, queue: Queue, batch: Batch, report: FlushReport, *, deadline: f
     queue.drop_views(foreign)  # they show writes the database does not have
     report.add(opts.label, len(pks))
     report.dead_letters += len(foreign)
+    recorder.count(opts.label, recorder.FLUSHED_ROWS, len(pks))
+    recorder.count(opts.label, recorder.DEAD_LETTERED, len(foreign))
     if signals.write_behind_flushed.receivers:
         signals.write_behind_flushed.send(
             sender=model, batch=batch.id, pks=pks, dead_letters=foreign
@@ -398,6 +402,7 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
             rest = [p for p in batch.pks if p not in done and p not in dead]
             if _requeue(queue, batch, rest, cfg.RETRY_BACKOFF):
                 report.requeued += len(rest)
+                recorder.count(opts.label, recorder.RETRIES, len(rest))
             break
         except Exception as exc:  # this row's own fault: integrity, data, missing row
             attempts = queue.failed(pk)
@@ -414,6 +419,7 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
         for pk, attempts in failed:
             if _requeue(queue, batch, [pk], cfg.RETRY_BACKOFF * 2 ** (attempts - 1)):
                 report.requeued += 1
+                recorder.count(opts.label, recorder.RETRIES, 1)
     finished = done + dead
     if finished and _ack(queue, batch, finished, _ttl(opts, cfg)):
         queue.finished(finished)
@@ -421,6 +427,8 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
     queue.drop_views(dead)  # they show writes the database will not have
     report.add(opts.label, len(done))
     report.dead_letters += len(dead)
+    recorder.count(opts.label, recorder.FLUSHED_ROWS, len(done))
+    recorder.count(opts.label, recorder.DEAD_LETTERED, len(dead))
     if signals.write_behind_flushed.receivers:
         signals.write_behind_flushed.send(sender=model, batch=batch.id, pks=done, dead_letters=dead)
 

@@ -120,6 +120,15 @@ def pending(
     return summaries, [row for _, row in shown], len(found)
 
 
+def backlog(model: type[models.Model]) -> tuple[int, dt.datetime | None]:
+    """Return how many rows of ``model`` have unflushed writes, and the oldest one's time.
+
+    Two round trips at most, reading the queue's indexes (not the writes).
+    """
+    rows, _ = _index(Queue(model))
+    return len(rows), min((row.since for row in rows), default=None)
+
+
 def _index(queue: Queue) -> tuple[list[PendingRow], int]:
     """Read a model's queue indexes; return its pending rows (writes not read yet)."""
     q = queue.queue
