@@ -1,4 +1,4 @@
-"""The app's own tables, for write-behind: applied batches and dead letters."""
+"""The app's tables: write-behind's applied batches and dead letters; the dashboard's entry."""
 
 from django.db import models
 
@@ -39,3 +39,27 @@ class DeadLetter(models.Model):
 
     def __str__(self):
         return f"{self.model} pk={self.object_pk}"
+
+
+class CacheDashboard(models.Model):
+    """No table: the admin's entry for the cache dashboard, and its permissions.
+
+    ``view_cachedashboard`` lets a staff user see the dashboard; ``manage_cache`` lets
+    them act on it (invalidate a model, flush write-behind writes, reset statistics).
+    """
+
+    class Meta:
+        managed = False
+        default_permissions = ("view",)
+        permissions = [
+            (
+                "manage_cache",
+                "Can invalidate cached models, flush write-behind writes and reset "
+                "cache statistics",
+            )
+        ]
+        verbose_name = "cache dashboard"
+        verbose_name_plural = "cache dashboard"
+
+    def __str__(self):
+        return "cache dashboard"
