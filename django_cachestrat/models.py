@@ -1,4 +1,4 @@
-"""The app's own tables, for write-behind: applied batches and dead letters."""
+"""The app's tables: write-behind's applied batches and dead letters; the dashboard's entry."""
 
 from django.db import models
 
@@ -45,3 +45,20 @@ class DeadLetter(models.Model):
 
     def __str__(self):
         return f"{self.model} pk={self.object_pk}"
+
+
+class CacheDashboard(models.Model):
+    """No table: the admin's entry for the cache dashboard.
+
+    Seeing it needs ``view_cache_stats``, acting on it ``manage_cache`` (see
+    ``DeadLetter.Meta.permissions``); it has no permissions of its own.
+    """
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        verbose_name = "cache dashboard"
+        verbose_name_plural = "cache dashboard"
+
+    def __str__(self):
+        return "cache dashboard"

@@ -200,6 +200,10 @@ class RedisTransport:
 
     # -- reads -----------------------------------------------------------------------------
 
+    def info(self) -> dict[str, Any]:
+        """Return what the server says of itself (``INFO``: memory, keys, hits, clients)."""
+        return self._call(self._client.info)
+
     def mget(self, keys: Sequence[str]) -> list[bytes | None]:
         """Values of ``keys`` in one round trip."""
         return self._call(self._client.mget, keys)

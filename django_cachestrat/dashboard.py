@@ -1,0 +1,151 @@
+"""What the admin dashboard shows, gathered in one place (the admin only renders it).
+
+Per cached model: its strategy and TTL and its statistics (``stats.snapshot()``, added up
+over every process that shares the cache); over the chosen period, the hit rate and the
+requests per minute of all models (``stats.series``); and what the Redis server says of
+itself (``INFO``). A Redis that cannot be reached leaves those parts empty, with a note.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django_cachestrat import backends, charts, conf, stats
+from django_cachestrat.backends import CacheUnavailable
+
+#: The periods the page offers: name -> minutes.
+PERIODS = {"1h": 60, "24h": 24 * 60}
+
+#: The figures of a model's table row, in order: (snapshot key, column title).
+COLUMNS = [
+    ("hits", "hits"),
+    ("misses", "misses"),
+    ("hit_rate", "hit rate"),
+    ("fills", "fills"),
+    ("invalidations", "invalidations"),
+    ("entries", "entries"),
+    ("bytes", "bytes"),
+]
+#: More columns for write-behind models.
+BEHIND_COLUMNS = [
+    ("pending_rows", "pending rows"),
+    ("oldest_pending_age", "oldest pending (s)"),
+    ("dead_letters", "dead letters"),
+]
+
+
+@dataclass
+class ModelRow:
+    """One cached model's line of the table."""
+
+    label: str
+    strategy: str
+    ttl: int | None
+    figures: list[Any]
+    behind: list[Any] | None  # the write-behind columns, or None for other strategies
+
+
+@dataclass
+class Overview:
+    """Everything the page shows."""
+
+    period: str
+    rows: list[ModelRow]
+    hit_rate: float | None  # over every model, since the statistics were reset
+    hit_rate_chart: charts.Chart | None
+    requests_chart: charts.Chart | None
+    server: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def overview(period: str = "1h") -> Overview:
+    """Gather the page's figures for ``period`` (a key of ``PERIODS``; else ``1h``)."""
+    if period not in PERIODS:
+        period = "1h"
+    problems: list[str] = []
+    try:
+        stats.flush()  # this process's own counts in too
+        figures = stats.snapshot()
+    except CacheUnavailable as exc:
+        figures = {}
+        problems.append(f"Statistics could not be read from Redis ({exc}).")
+    rows, hits, misses = [], 0, 0
+    for label, got in figures.items():
+        hits += got["hits"]
+        misses += got["misses"]
+        behind = got.get("pending_rows") is not None
+        rows.append(
+            ModelRow(
+                label=label,
+                strategy=got.get("strategy") or "-",
+                ttl=got.get("ttl"),
+                figures=[_shown(key, got.get(key)) for key, _ in COLUMNS],
+                behind=[got.get(key) for key, _ in BEHIND_COLUMNS] if behind else None,
+            )
+        )
+    rate_chart = requests_chart = None
+    try:
+        rate_chart, requests_chart = _charts(PERIODS[period])
+    except CacheUnavailable as exc:
+        problems.append(f"The statistics' time series could not be read ({exc}).")
+    return Overview(
+        period=period,
+        rows=rows,
+        hit_rate=stats.hit_rate(hits, misses),
+        hit_rate_chart=rate_chart,
+        requests_chart=requests_chart,
+        server=_server(problems),
+        problems=problems,
+    )
+
+
+def _shown(key: str, value: Any) -> Any:
+    """Return a figure as the table shows it (a hit rate as a percentage)."""
+    if key == "hit_rate" and value is not None:
+        return f"{100 * value:.1f}%"
+    return value
+
+
+def _charts(minutes: int) -> tuple[charts.Chart, charts.Chart]:
+    """Return the charts of the hit rate (%) and the requests per minute, all models."""
+    hits: dict[int, int] = {}
+    misses: dict[int, int] = {}
+    for model in stats.models_counted():
+        for bucket in stats.series(model, minutes=minutes):
+            at = bucket["minute"]
+            hits[at] = hits.get(at, 0) + bucket["hits"]
+            misses[at] = misses.get(at, 0) + bucket["misses"]
+    if not hits:  # no cached model: an empty chart over the period
+        now = int(time.time() // 60) * 60
+        hits = misses = {now - 60 * i: 0 for i in range(minutes)}
+    times = sorted(hits)
+    requests = [hits[t] + misses[t] for t in times]
+    rates = [100 * hits[t] / n if n else None for t, n in zip(times, requests, strict=True)]
+    moments = [dt.datetime.fromtimestamp(t, tz=dt.UTC) for t in times]
+    return (
+        charts.line_chart(moments, rates, y_max=100, unit="%"),
+        charts.line_chart(moments, [float(n) for n in requests]),
+    )
+
+
+def _server(problems: list[str]) -> dict[str, Any]:
+    """Return what the Redis server says of its memory, keys and own hit rate."""
+    try:
+        info = backends.get(conf.settings().CACHE_ALIAS).info()
+    except CacheUnavailable as exc:
+        problems.append(f"Redis cannot be reached ({exc}).")
+        return {}
+    hits, misses = info.get("keyspace_hits", 0), info.get("keyspace_misses", 0)
+    keys = sum(db.get("keys", 0) for name, db in info.items() if name.startswith("db"))
+    return {
+        "version": info.get("redis_version"),
+        "memory": info.get("used_memory_human"),
+        "peak memory": info.get("used_memory_peak_human"),
+        "keys": keys,
+        "hit rate": f"{100 * hits / (hits + misses):.1f}%" if hits + misses else "-",
+        "clients": info.get("connected_clients"),
+        "uptime (s)": info.get("uptime_in_seconds"),
+    }
