@@ -1,9 +1,10 @@
 """Benchmark: django_cachestrat against the Redis floor and the ORM on PostgreSQL.
 
 Usage: ``scripts/bench`` or ``.venv/bin/python -m bench.run [--rounds N] [--profile]
-[--only SECTION]``. Sections: ``core`` (reads, write-through and cache-aside saves) and
-``write-behind`` (ingest, coalescing and flushing; see ``bench/write_behind.py``); both run
-by default.
+[--only SECTION]``. Sections: ``core`` (reads, write-through and cache-aside saves),
+``write-behind`` (ingest, coalescing and flushing; see ``bench/write_behind.py``),
+``stampede`` and ``dashboard`` (the admin page's server time, ``bench/dashboard.py``); all
+run by default.
 
 Method. The operations compared with each other run interleaved, in rounds: each round
 runs a small batch of every variant (in an order that rotates from round to round) and
@@ -33,11 +34,12 @@ import os
 import platform
 import pstats
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("core", "write-behind", "stampede")
+SECTIONS = ("core", "write-behind", "stampede", "dashboard")
 
 # -- set-up before Django -------------------------------------------------------------
 
@@ -561,6 +563,10 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
 
             print()
             missed["stampede"] = stampede.run_section(args, started)
+        if "dashboard" in args.only:
+            # Settings of its own (the admin, 50 cached models): a process of its own.
+            print(flush=True)
+            subprocess.run([sys.executable, "-m", "bench.dashboard"], check=False)
     finally:
         # Sent now, while the server runs: not at exit, once the benchmark has stopped it.
         stats.flush()

@@ -9,7 +9,6 @@ itself (``INFO``). A Redis that cannot be reached leaves those parts empty, with
 from __future__ import annotations
 
 import datetime as dt
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,23 +110,13 @@ def _shown(key: str, value: Any) -> Any:
 
 def _charts(minutes: int) -> tuple[charts.Chart, charts.Chart]:
     """Return the charts of the hit rate (%) and the requests per minute, all models."""
-    hits: dict[int, int] = {}
-    misses: dict[int, int] = {}
-    for model in stats.models_counted():
-        for bucket in stats.series(model, minutes=minutes):
-            at = bucket["minute"]
-            hits[at] = hits.get(at, 0) + bucket["hits"]
-            misses[at] = misses.get(at, 0) + bucket["misses"]
-    if not hits:  # no cached model: an empty chart over the period
-        now = int(time.time() // 60) * 60
-        hits = misses = {now - 60 * i: 0 for i in range(minutes)}
-    times = sorted(hits)
-    requests = [hits[t] + misses[t] for t in times]
-    rates = [100 * hits[t] / n if n else None for t, n in zip(times, requests, strict=True)]
-    moments = [dt.datetime.fromtimestamp(t, tz=dt.UTC) for t in times]
+    points = stats.series_all(minutes)
+    times = [dt.datetime.fromtimestamp(p["minute"], tz=dt.UTC) for p in points]
+    requests = [p["hits"] + p["misses"] for p in points]
+    rates = [None if p["hit_rate"] is None else 100 * p["hit_rate"] for p in points]
     return (
-        charts.line_chart(moments, rates, y_max=100, unit="%"),
-        charts.line_chart(moments, [float(n) for n in requests]),
+        charts.line_chart(times, rates, y_max=100, unit="%"),
+        charts.line_chart(times, [float(n) for n in requests]),
     )
 
 

@@ -110,3 +110,14 @@ def test_redis_down_is_said_not_raised(client):
         assert "Redis cannot be reached" in page
         flushed = client.post(f"{URL}reset/", follow=True).content.decode()
     assert "Statistics not reset" in flushed
+
+
+def test_series_all_adds_up_every_model_in_one_read(workload, sends):
+    per_model = {m: stats.series(m, minutes=5) for m in stats.models_counted()}
+    sends.clear()
+    summed = stats.series_all(minutes=5)
+    assert len(sends) == 1  # one round trip for every model's buckets
+    assert sum(p["hits"] for p in summed) == 3
+    assert sum(p["misses"] for p in summed) == 2
+    for i, point in enumerate(summed):
+        assert point["hits"] == sum(s[i]["hits"] for s in per_model.values())

@@ -16,6 +16,10 @@ from django_cachestrat.backends import scripts
 #: Counts by model label, then by counter name.
 Counts = dict[str, dict[str, int]]
 
+#: The label under which every bucket also holds its counts added up over all models, so
+#: a chart of the whole cache reads a few fields a minute instead of every model's.
+ALL = "*"
+
 
 def add(
     transport,
@@ -34,8 +38,12 @@ def add(
     ops = []
     for minute, counts in unsent.items():
         args: list = [life, int(since)]
+        summed: dict[str, int] = {}
         for (label, name), n in counts.items():
             args += [f"{label}|{name}", n]
+            summed[name] = summed.get(name, 0) + n
+        for name, n in summed.items():
+            args += [f"{ALL}|{name}", n]
         ops.append((scripts.STATS_ADD, [total, keys.stats_minute(prefix, minute)], args))
     transport.execute(ops)
 
@@ -44,7 +52,7 @@ def _parse(raw: Mapping[bytes, bytes]) -> Counts:
     counts: Counts = {}
     for field, value in raw.items():
         label, _, name = field.decode().partition("|")
-        if label:
+        if label and label != ALL:
             counts.setdefault(label, {})[name] = int(value)
     return counts
 
@@ -60,6 +68,16 @@ def buckets(transport, prefix: str, minutes: list[int]) -> list[Counts]:
     """Return the counts of each of ``minutes`` (epoch seconds // 60), in one round trip."""
     replies = transport.execute([("HGETALL", keys.stats_minute(prefix, m)) for m in minutes])
     return [_parse(raw) for raw in replies]
+
+
+def overall(transport, prefix: str, minutes: list[int], names: list[str]) -> list[dict[str, int]]:
+    """Return each of ``minutes``' counters ``names`` added up over all models (one round trip)."""
+    fields = [f"{ALL}|{name}" for name in names]
+    replies = transport.execute([("HMGET", keys.stats_minute(prefix, m), *fields) for m in minutes])
+    return [
+        {name: int(v) for name, v in zip(names, reply, strict=True) if v is not None}
+        for reply in replies
+    ]
 
 
 def reset(transport, prefix: str, retention: int, now_minute: int) -> None:

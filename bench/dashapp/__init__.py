@@ -1,0 +1,1 @@
+"""Fifty cached models (no tables needed), for the dashboard's benchmark."""
