@@ -298,12 +298,21 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):
             raise TypeError(f"get_many_cached() takes an iterable of pks, not {pks!r}.")
         return self.model.cache_strategy.get_many(self.model, self._using(), list(pks))
 
-    def increment_behind(self, pk: object, **deltas: int) -> None:
+    def increment_behind(self, pk: object, **deltas: int) -> bool:
         """Add to integer fields of row ``pk`` (``views=1``) of a write-behind model.
 
         The cache has the sum at once, the database at the next flush, where the
         increments of one row are summed into one ``F()`` update. Raises ``DoesNotExist``
         for a missing row.
+
+        Returns True when the increment was deferred: recorded in Redis (the database has
+        it after the next flush; a write whose reply timed out counts too: it is sent again
+        when Redis answers, never written to the database as well), or, inside a
+        transaction on the model's write database, kept to be recorded when it commits (if
+        Redis cannot be reached then, it is written to the database at the commit).
+        Returns False when it was written to the database at once: Redis could not be
+        reached, the model has a ``GeneratedField``, or the row is in another database
+        than the model's write database.
         """
         _require_cached(self.model)
         strategy = self.model.cache_strategy
@@ -314,7 +323,7 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):
             )
         # The row's database, as an update() through this manager would write to.
         using = self._db or router.db_for_write(self.model, **self._hints)
-        strategy.increment(self.model, pk, deltas, using)
+        return strategy.increment(self.model, pk, deltas, using)
 
     async def aget_cached(self, **lookup) -> models.Model:
         """Async ``get_cached``."""

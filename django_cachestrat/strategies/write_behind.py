@@ -259,9 +259,12 @@ class WriteBehind(Strategy):
         else:
             write.merge(fields, deltas, full)
 
-    def _record_or_write(self, model, pk, fields, deltas, *, full: bool) -> None:
-        if not self.record(model, pk, fields, deltas, full=full):
-            self._write_now(model, pk, fields, deltas)
+    def _record_or_write(self, model, pk, fields, deltas, *, full: bool) -> bool:
+        """Record the write in Redis, else write it to the database now; True if recorded."""
+        if self.record(model, pk, fields, deltas, full=full):
+            return True
+        self._write_now(model, pk, fields, deltas)
+        return False
 
     def _write_now(self, model, pk, fields, deltas, using: str | None = None) -> None:
         """Write ``fields`` and ``deltas`` to the database at once.
@@ -278,11 +281,13 @@ class WriteBehind(Strategy):
             raise model.DoesNotExist(f"{model._meta.object_name} pk={pk!r} does not exist.")
         invalidation.rows(model, [pk], using)
 
-    def increment(self, model, pk, deltas: dict[str, int], using: str | None = None) -> None:
+    def increment(self, model, pk, deltas: dict[str, int], using: str | None = None) -> bool:
         """Add ``deltas`` to the row's counters, in Redis now and in the database later.
 
         ``using``: the database of the row (default: ``flush_alias(model)``). In another
         database than the flush one, the row is updated there at once (an ``F()`` update).
+        Returns True when the increment is deferred (recorded in Redis, or kept for the
+        commit of the open transaction), False when it was written to the database now.
         """
         opts = options.get(model)
         pk = opts.to_pk(pk)
@@ -300,10 +305,11 @@ class WriteBehind(Strategy):
             # A view cannot compute a generated column from the counter it increments,
             # and a pending write would be flushed to the flush database, not this one.
             self._write_now(model, pk, {}, deltas, using)
-        elif connections[target].in_atomic_block:
+            return False
+        if connections[target].in_atomic_block:
             self._defer(model, pk, {}, deltas, full=False, using=target)
-        else:
-            self._record_or_write(model, pk, {}, deltas, full=False)
+            return True
+        return self._record_or_write(model, pk, {}, deltas, full=False)
 
     def record(self, model, pk, fields, deltas, *, full: bool) -> bool:
         """Record a write of row ``pk`` in Redis; False if it must go to the database.
