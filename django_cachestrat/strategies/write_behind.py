@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+from collections.abc import Sequence
 from functools import partial
 
 from django.core.exceptions import ValidationError
@@ -366,7 +367,7 @@ class WriteBehind(Strategy):
         expression, ``F("views") + 1``, keeps them), and drops the view: the next read
         rebuilds it from the database and the writes still pending.
         """
-        model = type(instance)
+        model: type[models.Model] = type(instance)
         if created:
             values = _new_view(instance)
             if values is None or len(options.family(model)) > 1:
@@ -564,7 +565,7 @@ def _record_committed(writes: dict) -> None:
     """
     items = list(writes.items())
     try:
-        outcomes = record_all(
+        outcomes: Sequence[Recorded | NeedsView | NotACounter | None] = record_all(
             [(model, pk, w.fields, w.deltas, w.full, w.superseded) for (model, pk), w in items]
         )
     except WriteUncertain:
@@ -633,7 +634,9 @@ def _new_view(instance: models.Model) -> dict[str, bytes] | None:
     values = {}
     try:
         for field in opts.fields:
-            if field.generated or field.has_db_default() or field.attname not in state:
+            # Field.has_db_default() (Django 5) is not in the stubs.
+            default = field.has_db_default()  # type: ignore[attr-defined]
+            if field.generated or default or field.attname not in state:
                 return None
             # Encoded now: a mutable value (a JSONField's dict) changed in memory before
             # the commit is not what was inserted.
