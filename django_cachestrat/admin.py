@@ -142,7 +142,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
     search_fields = ["object_pk", "error"]
     ordering = ["-created_at"]
     actions = ["retry", "discard"]
-    fields = ["model", "object_pk", "values", "deltas", "error", "attempts", "created_at"]
+    fields = ("model", "object_pk", "values", "deltas", "error", "attempts", "created_at")
     readonly_fields = fields
 
     def has_add_permission(self, request):

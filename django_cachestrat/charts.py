@@ -31,6 +31,7 @@ class Chart:
     width: int
     height: int
     segments: tuple[str, ...]
+    dots: tuple[tuple[float, float], ...]  # every point, so a lone minute shows too
     x_ticks: tuple[Tick, ...]
     y_ticks: tuple[Tick, ...]
     empty: bool
@@ -42,7 +43,7 @@ class Chart:
 
 
 # Margins around the plot, in pixels: room for the y labels and the x labels.
-LEFT, RIGHT, TOP, BOTTOM = 44, 8, 8, 20
+LEFT, RIGHT, TOP, BOTTOM = 44, 20, 8, 20
 
 
 def line_chart(
@@ -72,19 +73,22 @@ def line_chart(
     def y(v: float) -> float:
         return TOP + height * (1 - (min(v, top) / top if top else 0.0))
 
-    segments, run = [], []
+    segments: list[str] = []
+    run: list[str] = []
+    dots: list[tuple[float, float]] = []
     for t, v in zip(times, values, strict=True):
         if v is None:
             if run:
                 segments.append(" ".join(run))
             run = []
             continue
-        run.append(f"{x(t):.1f},{y(v):.1f}")
+        dots.append((round(x(t), 1), round(y(v), 1)))
+        run.append(f"{dots[-1][0]:.1f},{dots[-1][1]:.1f}")
     if run:
         segments.append(" ".join(run))
     y_ticks = tuple(Tick(y(top * k / 4), f"{_number(top * k / 4)}{unit}") for k in range(5))
     x_ticks = tuple(Tick(x(t), f"{t:%H:%M}") for t in _spread(times, 6))
-    return Chart(width, height, tuple(segments), x_ticks, y_ticks, empty=not known)
+    return Chart(width, height, tuple(segments), tuple(dots), x_ticks, y_ticks, empty=not known)
 
 
 def _round_up(value: float) -> float:

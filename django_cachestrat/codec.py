@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 from django.conf import settings as django_settings
 from django.db import models
@@ -75,10 +75,10 @@ def encode(
             raise Unstorable(f"{opts.generated[0]} is generated; its value is the database's")
         values = _clean(layout, values)
     if layout.compact:
-        values = list(values)
+        compacted = list(values)
         for i, out, _ in layout.compact:
-            values[i] = out(values[i])
-        values = tuple(values)
+            compacted[i] = out(compacted[i])
+        values = tuple(compacted)
     header = b"%s:%s:%d:%d:" % (opts.fingerprint.encode(), version, expires, delta)
     return header + conf.settings().serializer.dumps(values)
 
@@ -157,10 +157,13 @@ def _in_places(field: models.DecimalField, value: Decimal) -> Decimal:
     keeps are rounded by the database, and not alike on every backend: ``Unstorable``.
     """
     places = field.decimal_places
-    if value.as_tuple().exponent < -places:
+    exponent = cast(int, value.as_tuple().exponent)  # an int: the value is finite
+    if exponent < -places:
         raise Unstorable(f"{field.attname} has more decimal places than the column keeps")
     try:
-        return value.quantize(Decimal(1).scaleb(-places), context=field.context)
+        # DecimalField.context, a cached_property, is not in the stubs.
+        context = field.context  # type: ignore[attr-defined]
+        return value.quantize(Decimal(1).scaleb(-places), context=context)
     except InvalidOperation:
         # More digits than max_digits: the database refuses it, so it is never stored.
         raise Unstorable(f"{field.attname} has more digits than the column keeps") from None
@@ -177,7 +180,7 @@ def _in_utc(value: datetime) -> bool:
     return value.tzinfo is UTC
 
 
-def _shortcut(field: models.Field) -> tuple[type | None, Callable[[object], bool] | None]:
+def _shortcut(field: models.Field) -> tuple[type | None, Callable[[Any], bool] | None]:
     """Return the type of ``field``'s values that ``as_stored`` leaves alone, and a check.
 
     The type is None where there is no such type; the check, which such a value must
@@ -185,10 +188,11 @@ def _shortcut(field: models.Field) -> tuple[type | None, Callable[[object], bool
     """
     converts = _converter(field)
     if converts is models.DecimalField:
-        places = field.decimal_places
+        decimal = cast(models.DecimalField, field)
+        places = decimal.decimal_places
         if places is None:  # no limit: the column keeps the value as it is
             return Decimal, Decimal.is_finite
-        return Decimal, functools.partial(_fits, -places, field.max_digits)
+        return Decimal, functools.partial(_fits, -places, decimal.max_digits)
     if converts is models.DateTimeField:
         return datetime, _in_utc
     return _UNCHANGED.get(converts), None
@@ -204,7 +208,7 @@ def _converter(field: models.Field) -> type:
         owner = next(c for c in type(field).__mro__ if "to_python" in c.__dict__)
         if owner is not models.ForeignKey:
             return owner
-        field = field.target_field
+        field = cast(models.ForeignKey, field).target_field
 
 
 def _cleaner(field: models.Field) -> Callable[[object], object]:
@@ -245,11 +249,11 @@ def _layout(model: type[models.Model]) -> _Layout:
     pick = operator.itemgetter(*names)
     values = pick if len(names) > 1 else lambda state: (pick(state),)
     shortcuts = [_shortcut(f) for f in fields]
-    kinds = tuple(kind for kind, _ in shortcuts)
+    kinds = tuple(kind for kind, _ in shortcuts if kind is not None)
     cleaners = tuple(_cleaner(f) for f in fields)
     return _Layout(
         values=values,
-        kinds=None if None in kinds else kinds,
+        kinds=kinds if len(kinds) == len(shortcuts) else None,
         checks=tuple((i, check) for i, (_, check) in enumerate(shortcuts) if check),
         cleaners=cleaners,
         by_attname=dict(zip(names, cleaners, strict=True)),
@@ -377,13 +381,14 @@ def decode_many(
             if not payload:
                 out.append(entry(Entry, (None, int(expires), int(delta))))
                 continue
-            values = loads(payload)
+            values: Sequence[Any] = loads(payload)
             if len(values) != width:
                 raise ValueError(f"{len(values)} values for {width} fields")
             if plan:
-                values = list(values)
+                expanded = list(values)
                 for i, _, back in plan:
-                    values[i] = back(values[i])
+                    expanded[i] = back(expanded[i])
+                values = expanded
             if ages:
                 out.append(entry(Entry, (make(values), int(expires), int(delta))))
             else:
@@ -427,7 +432,8 @@ def _builder(cls: type[models.Model], opts: CacheOptions, using: str):
     # __init__ would. Django caches "no receivers" per sender and clears that cache on
     # every connect, so a receiver connected later is seen at once.
     if not (_silent(pre_init, cls) and _silent(post_init, cls) and _plain(cls)):
-        return functools.partial(cls.from_db, using, None)
+        # All the fields' values, in order: from_db reads field_names only for fewer.
+        return functools.partial(cls.from_db, using, opts.attnames)
     new, attnames = cls.__new__, opts.attnames
 
     def make(values):
@@ -448,7 +454,8 @@ def _silent(signal, cls) -> bool:
 
 @functools.cache
 def _plain(cls: type[models.Model]) -> bool:
-    if getattr(cls.from_db, "__func__", None) is not models.Model.from_db.__func__:
+    # A classmethod read off its class has a __func__; the stubs type it as a plain callable.
+    if getattr(cls.from_db, "__func__", None) is not models.Model.from_db.__func__:  # type: ignore[attr-defined]
         return False
     for field in cls._meta.concrete_fields:
         descriptor = inspect.getattr_static(cls, field.attname, None)

@@ -96,6 +96,31 @@ KEYS: dict[str, _Key] = {
 class Settings:
     """The validated ``CACHESTRAT`` values, read as attributes (``conf.settings().DEFAULT_TTL``)."""
 
+    # Set from KEYS in __init__; declared for the type checker.
+    CACHE_ALIAS: str
+    DEFAULT_TTL: int
+    TTL_JITTER: float
+    KEY_PREFIX: str
+    SERIALIZER: str
+    LEASE_TIMEOUT: float
+    FILL_WAIT: float
+    NEGATIVE_TTL: int
+    WRITE_WINDOW: int
+    FAILURE_COOLDOWN: float
+    MAX_PENDING_INVALIDATIONS: int
+    RESENDS: int
+    ENABLED: bool
+    FLUSH_INTERVAL: float
+    BATCH_SIZE: int
+    VISIBILITY_TIMEOUT: float
+    MAX_RETRIES: int
+    RETRY_BACKOFF: float
+    STATS: bool
+    STATS_INTERVAL: float
+    STATS_RETENTION: int
+    STATS_TOKEN: str
+    serializer: Serializer
+
     def __init__(self, user: Any):
         if user is None:
             user = {}

@@ -59,6 +59,11 @@ class Overview:
     server: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
+    @property
+    def hit_rate_shown(self) -> str:
+        """Return the overall hit rate as the page prints it (a percentage, or "-")."""
+        return _shown("hit_rate", self.hit_rate) or "-"
+
 
 def overview(period: str = "1h") -> Overview:
     """Gather the page's figures for ``period`` (a key of ``PERIODS``; else ``1h``)."""

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import cast
 
 from django.apps import apps
 from django.db import models
@@ -73,13 +74,17 @@ def connect() -> None:
             continue
         for field in model._meta.concrete_fields:
             if field.many_to_one or field.one_to_one:
-                if field.remote_field.on_delete in _NO_UPDATE or field.remote_field.parent_link:
+                remote = field.remote_field
+                assert remote is not None  # a relation has one
+                if remote.on_delete in _NO_UPDATE or remote.parent_link:
                     continue
                 # Django sends pre_delete with the class of the instances deleted: the
                 # target's concrete model, or any proxy of it (the field may be declared
                 # to either), so the receiver listens to all of them.
                 receiver = partial(on_target_pre_delete, model, field)
-                for target in _sharing_table(field.related_model):
+                # Resolved to a model class once the apps are ready.
+                target_model = cast("type[models.Model]", field.related_model)
+                for target in _sharing_table(target_model):
                     signals.pre_delete.connect(
                         receiver,
                         sender=target,

@@ -55,7 +55,8 @@ def needs_tombstones(model: type[models.Model]) -> bool:
     Only lookup fillers look at tombstones, and they store rows of models with lookups
     only, and not of write-behind models (whose rows are views they leave alone).
     """
-    return bool(options.get(model).lookups) and not model.cache_strategy.defers_writes
+    strategy = model.cache_strategy  # type: ignore[attr-defined]  # a cached model's, from its mixin
+    return bool(options.get(model).lookups) and not strategy.defers_writes
 
 
 def model(model: type[models.Model], using: str) -> None:
@@ -78,7 +79,7 @@ def pointers(model: type[models.Model], instances, using: str) -> None:
     doomed = []
     for instance in instances:
         for name in opts.lookups:
-            attname = model._meta.get_field(name).attname
+            attname = model._meta.get_field(name).attname  # type: ignore[union-attr]  # a lookup is a concrete field
             value = getattr(instance, attname, None)
             if value is not None:
                 doomed.append(keys.lookup(cfg.KEY_PREFIX, opts.label, attname, value))

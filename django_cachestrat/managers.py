@@ -7,7 +7,8 @@ rows are not what the cache holds by pk.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
@@ -15,6 +16,19 @@ from django.db import connections, models, router, transaction
 from django.db.models import sql
 
 from django_cachestrat import codec, invalidation, options
+from django_cachestrat.strategies import Strategy, WriteBehind
+
+if TYPE_CHECKING:
+    from django_cachestrat.mixins import CachedModelMixin
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def alters_data(method: _Method) -> _Method:
+    """Mark ``method`` with Django's ``alters_data``: templates never call it."""
+    method.__dict__["alters_data"] = True
+    return method
 
 
 def _require_cached(model: type[models.Model]) -> None:
@@ -38,11 +52,16 @@ class CachedQuerySet(models.QuerySet):
 
     #: The manager on the queryset's database, on a queryset straight from
     #: ``CachedManager.using()``; a clone (any chained call) has none.
-    _reader = None
+    _reader: CachedManager | None = None
+
+    # Django's, set by QuerySet.__init__: the database chosen with using(), and the hints.
+    _db: str | None
+    _hints: dict[str, Any]
 
     def _is_cached(self) -> bool:
         return options.is_cached(self.model)
 
+    @alters_data
     def update(self, **kwargs) -> int:
         """Update the rows, then drop them from the cache once the transaction commits."""
         if not self._is_cached():
@@ -50,7 +69,8 @@ class CachedQuerySet(models.QuerySet):
         using = self._db or router.db_for_write(self.model, **self._hints)
         if self.query.is_sliced:
             return super().update(**kwargs)  # Django's own error
-        self._not_support_combined_queries("update")
+        # Private to QuerySet, and not in the stubs.
+        self._not_support_combined_queries("update")  # type: ignore[attr-defined]
         with transaction.atomic(using=using, savepoint=False):
             pks = self._update_returning(using, kwargs)
             if pks is None:  # the database cannot say which rows it updated
@@ -68,13 +88,10 @@ class CachedQuerySet(models.QuerySet):
                 invalidation.rows(self.model, pks, using)
         return count
 
-    update.alters_data = True
-
+    @alters_data
     async def aupdate(self, **kwargs) -> int:
         """Async ``update()``, with the same invalidation."""
         return await sync_to_async(self.update)(**kwargs)
-
-    aupdate.alters_data = True
 
     def _update_returning(self, using: str, values: dict) -> list | None:
         """Run the update as one ``UPDATE ... RETURNING`` pk, where the database can.
@@ -89,7 +106,7 @@ class CachedQuerySet(models.QuerySet):
             return None
         if not connection.features.can_return_columns_from_insert:  # SQLite before 3.35
             return None
-        query = self.query.chain(sql.UpdateQuery)
+        query = cast(sql.UpdateQuery, self.query.chain(sql.UpdateQuery))
         query.add_update_values(values)
         if query.related_updates or query.order_by or query.annotations:
             return None
@@ -147,10 +164,11 @@ class CachedQuerySet(models.QuerySet):
             listing = self.model._base_manager.using(using).filter(
                 pk__in=self.using(using).order_by().values("pk")
             )
-        of = {"of": ("self",)} if connections[using].features.has_select_for_update_of else {}
-        listing = listing.select_for_update(**of).order_by()
+        of = ("self",) if connections[using].features.has_select_for_update_of else ()
+        listing = listing.select_for_update(of=of).order_by()
         return list(listing.values_list("pk", flat=True)[: self.bulk_row_limit + 1])
 
+    @alters_data
     def bulk_update(self, objs: Iterable[models.Model], fields, batch_size=None) -> int:
         """``bulk_update``, then drop the rows from the cache once the transaction commits."""
         objs = list(objs)
@@ -165,8 +183,7 @@ class CachedQuerySet(models.QuerySet):
             invalidation.rows(self.model, [obj.pk for obj in objs], using)
         return count
 
-    bulk_update.alters_data = True
-
+    @alters_data
     def bulk_create(
         self,
         objs: Iterable[models.Model],
@@ -206,8 +223,6 @@ class CachedQuerySet(models.QuerySet):
                 invalidation.rows(self.model, pks, using, created=not update_conflicts)
             invalidation.pointers(self.model, objs, using)
         return objs
-
-    bulk_create.alters_data = True
 
     def get_cached(self, **lookup) -> models.Model:
         """``Model.objects.using(alias).get_cached(...)``: ``get_cached`` on database ``alias``."""
@@ -249,19 +264,28 @@ class CachedQuerySet(models.QuerySet):
             strategy.supersede(self.model, written, using)
 
 
-class CachedManager(models.Manager.from_queryset(CachedQuerySet)):
+_CachedManagerBase = models.Manager.from_queryset(CachedQuerySet)
+
+
+class CachedManager(_CachedManagerBase):
     """The manager of a cached model: ``get_cached``, ``get_many_cached`` and their async forms.
 
     Cached reads bypass any filtering a custom ``get_queryset`` does: they return the row
     by its key, as ``Model._base_manager`` would.
     """
 
+    _hints: dict[str, Any]  # Django's, set by BaseManager.__init__
+
+    def _strategy(self) -> Strategy:
+        """Return the model's strategy (its mixin's); ``_require_cached`` first."""
+        return cast("type[CachedModelMixin]", self.model).cache_strategy
+
     def _using(self) -> str:
         return self._db or router.db_for_read(self.model, **self._hints)
 
     def using(self, alias: str | None) -> CachedQuerySet:
         """Return a queryset on database ``alias``; its ``get_cached`` reads that database."""
-        queryset = self.get_queryset().using(alias)
+        queryset = cast(CachedQuerySet, self.get_queryset().using(alias))
         queryset._reader = self.db_manager(alias)
         return queryset
 
@@ -286,7 +310,7 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):
                 f"get_cached() on {self.model._meta.label} accepts {allowed}; got {name!r}. "
                 f"Add it to {self.model.__name__}.CacheMeta.lookups if it is unique."
             )
-        return self.model.cache_strategy.get(self.model, self._using(), name, value)
+        return self._strategy().get(self.model, self._using(), name, value)
 
     def get_many_cached(self, pks: Iterable[object]) -> dict[object, models.Model]:
         """Return ``{pk: instance}`` for the rows of ``pks`` that exist.
@@ -296,25 +320,34 @@ class CachedManager(models.Manager.from_queryset(CachedQuerySet)):
         _require_cached(self.model)
         if isinstance(pks, str | bytes) or not isinstance(pks, Iterable):
             raise TypeError(f"get_many_cached() takes an iterable of pks, not {pks!r}.")
-        return self.model.cache_strategy.get_many(self.model, self._using(), list(pks))
+        return self._strategy().get_many(self.model, self._using(), list(pks))
 
-    def increment_behind(self, pk: object, **deltas: int) -> None:
+    def increment_behind(self, pk: object, **deltas: int) -> bool:
         """Add to integer fields of row ``pk`` (``views=1``) of a write-behind model.
 
         The cache has the sum at once, the database at the next flush, where the
         increments of one row are summed into one ``F()`` update. Raises ``DoesNotExist``
         for a missing row.
+
+        Returns True when the increment was deferred: recorded in Redis (the database has
+        it after the next flush; a write whose reply timed out counts too: it is sent again
+        when Redis answers, never written to the database as well), or, inside a
+        transaction on the model's write database, kept to be recorded when it commits (if
+        Redis cannot be reached then, it is written to the database at the commit).
+        Returns False when it was written to the database at once: Redis could not be
+        reached, the model has a ``GeneratedField``, or the row is in another database
+        than the model's write database.
         """
         _require_cached(self.model)
-        strategy = self.model.cache_strategy
-        if not strategy.defers_writes:
+        strategy = self._strategy()
+        if not isinstance(strategy, WriteBehind):
             raise TypeError(
                 f"increment_behind() is for write-behind models; {self.model._meta.label} "
                 f"is {strategy.name}."
             )
         # The row's database, as an update() through this manager would write to.
         using = self._db or router.db_for_write(self.model, **self._hints)
-        strategy.increment(self.model, pk, deltas, using)
+        return strategy.increment(self.model, pk, deltas, using)
 
     async def aget_cached(self, **lookup) -> models.Model:
         """Async ``get_cached``."""

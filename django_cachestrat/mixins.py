@@ -11,15 +11,22 @@ that has a mixin, so saves from any code path, the admin included, are seen.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from django.db import router, transaction
+from django.db import models, router, transaction
 
+from django_cachestrat.managers import alters_data
 from django_cachestrat.strategies import CacheAside, Strategy, WriteBehind, WriteThrough
 from django_cachestrat.strategies.write_behind import flush_alias
 
+if TYPE_CHECKING:
+    # A mixin goes before models.Model in a model's bases: type-check it as one.
+    _ModelBase = models.Model
+else:
+    _ModelBase = object
 
-class CachedModelMixin:
+
+class CachedModelMixin(_ModelBase):
     """Base of the strategy mixins; marks a model as cached. Use a subclass."""
 
     cache_strategy: ClassVar[Strategy]
@@ -36,6 +43,7 @@ class WriteThroughMixin(CachedModelMixin):
 
     cache_strategy: ClassVar[Strategy] = WriteThrough()
 
+    @alters_data
     def save(self, *args, **kwargs):
         """Save, and take back the write announced to Redis if the save raises."""
         try:
@@ -43,8 +51,6 @@ class WriteThroughMixin(CachedModelMixin):
         except BaseException:
             self.cache_strategy.abort(self)
             raise
-
-    save.alters_data = True
 
 
 class WriteBehindMixin(CachedModelMixin):
@@ -57,8 +63,9 @@ class WriteBehindMixin(CachedModelMixin):
     write-behind save: the row is not in the database yet (see ``write_behind_flushed``).
     """
 
-    cache_strategy: ClassVar[Strategy] = WriteBehind()
+    cache_strategy: ClassVar[WriteBehind] = WriteBehind()
 
+    @alters_data
     def save(self, *args, write_behind: bool = True, **kwargs):
         """Record the save in Redis when the row exists, else save to the database.
 
@@ -88,5 +95,3 @@ class WriteBehindMixin(CachedModelMixin):
         # commits, with a marker written in its transaction: one transaction for both.
         with transaction.atomic(using=using, savepoint=False):
             super().save(*args, **kwargs)
-
-    save.alters_data = True

@@ -109,7 +109,7 @@ def _lookup_problem(model: type[models.Model], name: str) -> str | None:
         field = model._meta.get_field(name)
     except Exception:
         return f"{name!r} is not a field of {model._meta.label}."
-    if not getattr(field, "concrete", False) or field.many_to_many:
+    if not isinstance(field, models.Field) or not field.concrete or field.many_to_many:
         return f"{name!r} is not a concrete field."
     if field.primary_key:
         return f"{name!r} is the primary key; get_cached(pk=...) already covers it."
@@ -164,6 +164,7 @@ def family(model: type[models.Model]) -> tuple[type[models.Model], ...]:
     (multi-table inheritance): their entries hold columns of the same rows.
     """
     concrete = model._meta.concrete_model
+    assert concrete is not None  # set for every model class (None only while it is built)
     related = [
         other
         for other in _registry

@@ -15,7 +15,7 @@ try:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
 except ImportError:  # the extra is not installed: ``available()`` says so
-    CollectorRegistry = None
+    CollectorRegistry = None  # type: ignore[misc,assignment]  # absent without the extra
     CONTENT_TYPE_LATEST = "text/plain; version=0.0.4; charset=utf-8"
 
 #: Counter -> help text; each is exposed as ``cachestrat_<counter>_total``.

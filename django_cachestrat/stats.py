@@ -134,7 +134,7 @@ def snapshot(*, fresh: bool = False) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for model in models_counted():
         opts = options.get(model)
-        strategy = model.cache_strategy
+        strategy = model.cache_strategy  # type: ignore[attr-defined]  # from its mixin
         about: dict[str, Any] = {"strategy": strategy.name, "ttl": opts.ttl or cfg.DEFAULT_TTL}
         if strategy.defers_writes:
             rows, oldest = inspect.backlog(model)

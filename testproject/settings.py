@@ -1,8 +1,11 @@
 """Settings of the demo project.
 
 SQLite file database at ``testproject/db.sqlite3``; the cache is the Redis (or Valkey)
-server at ``REDIS_URL`` (default ``redis://127.0.0.1:6379/0``). ``scripts/demo`` starts an
-embedded Valkey server and sets ``REDIS_URL`` when it is not set already. Celery's broker
+server at ``REDIS_URL``. ``scripts/demo`` starts an embedded Valkey server and sets
+``REDIS_URL`` when it is not set already; while it runs, it leaves that URL in
+``testproject/.demo-state.json`` (``testproject/demo_state.py``), which these settings read
+when ``REDIS_URL`` is not set, so that other ``manage.py`` commands reach the demo's server.
+With neither, ``redis://127.0.0.1:6379/0``. Celery's broker
 (for the write-behind flushes, see ``testproject/celery.py``) is the same server, on the
 next database number.
 
@@ -12,6 +15,8 @@ For a local demo only: the secret key is public and DEBUG is on.
 import os
 import urllib.parse
 from pathlib import Path
+
+from testproject import demo_state
 
 BASE_DIR = Path(__file__).resolve().parent
 
@@ -66,7 +71,7 @@ DATABASES = {
     }
 }
 
-REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+REDIS_URL = os.environ.get("REDIS_URL") or demo_state.redis_url() or "redis://127.0.0.1:6379/0"
 
 CACHES = {
     "default": {

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import redis
 from django.conf import settings
@@ -172,3 +174,49 @@ def sends(monkeypatch):
 
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
     return sent
+
+
+#: Debian's chromium, which the browser tests drive (Playwright's own browsers are never
+#: downloaded). ``.ci/run`` installs it when it is missing.
+CHROMIUM = "/usr/bin/chromium"
+#: Headless, as root, on a machine with no outside network: no sandbox, no GPU, and none of
+#: the background connections a closed network refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def browser_page(monkeypatch):
+    """A Playwright page in a new headless Chromium, closed after the test.
+
+    Skipped when ``/usr/bin/chromium`` is missing (``apt-get install -y chromium``), unless
+    ``CACHESTRAT_REQUIRE_BROWSER=1`` (``.ci/run`` sets it): then a missing browser fails.
+    Use it with pytest-django's ``live_server``. Playwright's sync API runs its event loop
+    in the test's thread, where Django would refuse database calls as if they were made
+    from async code; the test's code is synchronous all the same, so they are allowed
+    while the page lives.
+    """
+    if not os.path.exists(CHROMIUM):
+        reason = f"no browser at {CHROMIUM}: apt-get install -y chromium (as root)"
+        if os.environ.get("CACHESTRAT_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"CACHESTRAT_REQUIRE_BROWSER=1 and {reason}", pytrace=False)
+        pytest.skip(f"Browser test skipped, {reason}")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            yield page
+        finally:
+            browser.close()

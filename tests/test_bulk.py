@@ -205,6 +205,43 @@ def test_invalidate_command(books, capsys):
         call_command("cachestrat_invalidate", "tests.Book", "abc")
 
 
+def test_invalidate_command_takes_a_bare_name_and_suggests_labels(books, raw_redis, capsys):
+    call_command("cachestrat_invalidate", "book", str(books[0].pk))  # one cached model has it
+    assert "Dropped 1 row(s) of tests.Book" in capsys.readouterr().out
+    assert entry(raw_redis, Book, books[0].pk) is None
+    with pytest.raises(CommandError) as typo:
+        call_command("cachestrat_invalidate", "Bok")
+    assert str(typo.value) == "Expected app_label.Model, not 'Bok'. Did you mean tests.Book?"
+    with pytest.raises(CommandError) as wrong_app:
+        call_command("cachestrat_invalidate", "shop.Author")
+    assert str(wrong_app.value) == (
+        "Unknown model 'shop.Author'. Did you mean tests.Author or tests.AuthorProxy?"
+    )
+    with pytest.raises(CommandError, match=r"^Expected app_label.Model, not 'x.y.z'\. The cached"):
+        call_command("cachestrat_invalidate", "x.y.z")
+
+
+def test_a_bare_name_of_several_models_asks_for_the_label():
+    from django.db import models
+    from django.test.utils import isolate_apps
+
+    from django_cachestrat.management.labels import model_named
+    from tests import models as ours
+
+    with isolate_apps("tests"):
+
+        class Book(models.Model):  # tests.Book's name, in another app
+            class Meta:
+                app_label = "shelf"
+
+        with pytest.raises(CommandError) as both:
+            model_named("BOOK", [Book, ours.Book], "cached")
+    assert str(both.value) == (
+        "'BOOK' is the name of several cached models (shelf.Book, tests.Book): "
+        "give app_label.Model."
+    )
+
+
 def test_set_null_on_delete_drops_the_rows_it_updates(raw_redis):
     editor = Author.objects.create(name="E", email="e@example.org")
     edited = [Book.objects.create(title=str(i), isbn=str(i), editor=editor) for i in range(3)]

@@ -20,6 +20,7 @@ def test_points_span_the_plot_and_scale_to_the_axis():
     assert [t.label for t in chart.y_ticks] == ["0%", "25%", "50%", "75%", "100%"]
     assert [t.label for t in chart.x_ticks] == ["12:00", "12:01", "12:02", "12:03", "12:04"]
     assert not chart.empty
+    assert chart.dots[2] == points[2]
 
 
 def test_minutes_without_a_value_leave_a_gap():

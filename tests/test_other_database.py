@@ -125,7 +125,7 @@ def test_increment_behind_through_db_manager_updates_that_database(raw_redis):
     assert PageStats.objects.using("other").get(pk=pk).views == 0
     with transaction.atomic(using="other"):
         other.increment_behind(pk, views=2)
-    other.increment_behind(pk, views=1)
+    assert other.increment_behind(pk, views=1) is False  # written at once
     assert PageStats.objects.using("other").get(pk=pk).views == 3
     assert flusher.flush().rows == {}
     assert PageStats.objects.using("default").get(pk=pk).views == 0

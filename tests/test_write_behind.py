@@ -57,6 +57,22 @@ def test_increments_are_summed_into_one_update(page, django_assert_num_queries):
     assert (in_db(page.pk).views, in_db(page.pk).likes) == (100, -99)
 
 
+def test_increment_behind_says_whether_it_was_deferred_or_written_now(page):
+    from django.test import override_settings
+
+    from tests.redis_server import unreachable_caches
+
+    assert PageStats.objects.increment_behind(page.pk, views=1) is True
+    with transaction.atomic():
+        assert PageStats.objects.increment_behind(page.pk, views=1) is True
+    assert in_db(page.pk).views == 0  # both wait for the flush
+    with override_settings(CACHES=unreachable_caches()):
+        assert PageStats.objects.increment_behind(page.pk, views=5) is False
+    assert in_db(page.pk).views == 5  # written at once
+    flusher.flush()
+    assert in_db(page.pk).views == 7
+
+
 def test_many_saves_of_a_row_become_one_write(page):
     for i in range(50):
         stats = PageStats.objects.get_cached(pk=page.pk)

@@ -188,6 +188,9 @@ def test_model_and_limit_choose_what_is_listed(queue_state):
         listing("--model", "tests.Author")
     with pytest.raises(CommandError, match="Unknown model"):
         listing("--model", "tests.Nope")
+    with pytest.raises(CommandError, match=r"not 'Pagestat'\. Did you mean tests\.PageStats\?"):
+        listing("--model", "Pagestat")
+    assert listing("--model", "visit") == listing("--model", "tests.Visit")  # a bare name
     with pytest.raises(CommandError, match="--limit"):
         listing("--limit", "-1")
 

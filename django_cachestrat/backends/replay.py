@@ -9,7 +9,7 @@ becomes a miss, which is always safe).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 #: What is kept per model version key: the keys to delete, or ``BUMP``.
 BUMP = None
@@ -83,7 +83,7 @@ class KeptWrites:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def keep(self, ops: list) -> bool:
+    def keep(self, ops: Sequence) -> bool:
         """Keep a batch; False when full."""
         with self._lock:
             if len(self._kept) >= self.limit:

@@ -8,7 +8,7 @@ read is the whole fleet's. Each function takes the transport; none reads setting
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from django_cachestrat import keys
 from django_cachestrat.backends import scripts
@@ -70,7 +70,9 @@ def buckets(transport, prefix: str, minutes: list[int]) -> list[Counts]:
     return [_parse(raw) for raw in replies]
 
 
-def overall(transport, prefix: str, minutes: list[int], names: list[str]) -> list[dict[str, int]]:
+def overall(
+    transport, prefix: str, minutes: list[int], names: Sequence[str]
+) -> list[dict[str, int]]:
     """Return each of ``minutes``' counters ``names`` added up over all models (one round trip)."""
     fields = [f"{ALL}|{name}" for name in names]
     replies = transport.execute([("HMGET", keys.stats_minute(prefix, m), *fields) for m in minutes])

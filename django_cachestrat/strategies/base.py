@@ -102,7 +102,7 @@ class Strategy:
         pk = opts.to_pk(value)
         obj = self._read(model, opts, using, [pk]).get(pk) if pk is not None else None
         if obj is None:
-            raise model.DoesNotExist(
+            raise model.DoesNotExist(  # type: ignore[attr-defined]  # every model's; not in the stubs
                 f"{model._meta.object_name} matching pk={value!r} does not exist."
             )
         return obj
@@ -269,7 +269,7 @@ class Strategy:
         cfg = conf.settings()
         try:
             return read(lookup.model, lookup.using, lookup.field.name, lookup.value)
-        except lookup.model.DoesNotExist:
+        except lookup.model.DoesNotExist:  # type: ignore[attr-defined]  # as above
             negative = (lookup.fill_keys, lookup.pointer, b"-", cfg.NEGATIVE_TTL)
             self._store_pointer(
                 transport, token, lookup.fill_keys, negative if cfg.NEGATIVE_TTL else None
@@ -297,7 +297,7 @@ class Strategy:
             # Answered by the cache: a hit for the statistics (no ``cache_hit`` is sent).
             count(lookup.opts.label, recorder.HITS, 1)
             count(lookup.opts.label, recorder.NEGATIVE_HITS, 1)
-            raise model.DoesNotExist(
+            raise model.DoesNotExist(  # type: ignore[attr-defined]  # as above
                 f"{model._meta.object_name} matching {field.name}={lookup.value!r} does not exist."
             )
         try:

@@ -47,7 +47,8 @@ def send(signal, model: type[models.Model], count: int) -> None:
     Counted under the concrete model, whose entries a proxy shares.
     """
     if count:
-        recorder.count(model._meta.concrete_model._meta.label_lower, _COUNTERS[signal], count)
+        concrete = model._meta.concrete_model or model  # None only on an abstract model
+        recorder.count(concrete._meta.label_lower, _COUNTERS[signal], count)
         if signal.receivers:
             signal.send(sender=model, keys=count)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+from collections.abc import Sequence
 from functools import partial
 
 from django.core.exceptions import ValidationError
@@ -269,9 +270,12 @@ class WriteBehind(Strategy):
         else:
             write.merge(fields, deltas, full)
 
-    def _record_or_write(self, model, pk, fields, deltas, *, full: bool) -> None:
-        if not self.record(model, pk, fields, deltas, full=full):
-            self._write_now(model, pk, fields, deltas)
+    def _record_or_write(self, model, pk, fields, deltas, *, full: bool) -> bool:
+        """Record the write in Redis, else write it to the database now; True if recorded."""
+        if self.record(model, pk, fields, deltas, full=full):
+            return True
+        self._write_now(model, pk, fields, deltas)
+        return False
 
     def _write_now(self, model, pk, fields, deltas, using: str | None = None) -> None:
         """Write ``fields`` and ``deltas`` to the database at once.
@@ -288,11 +292,13 @@ class WriteBehind(Strategy):
             raise model.DoesNotExist(f"{model._meta.object_name} pk={pk!r} does not exist.")
         invalidation.rows(model, [pk], using)
 
-    def increment(self, model, pk, deltas: dict[str, int], using: str | None = None) -> None:
+    def increment(self, model, pk, deltas: dict[str, int], using: str | None = None) -> bool:
         """Add ``deltas`` to the row's counters, in Redis now and in the database later.
 
         ``using``: the database of the row (default: ``flush_alias(model)``). In another
         database than the flush one, the row is updated there at once (an ``F()`` update).
+        Returns True when the increment is deferred (recorded in Redis, or kept for the
+        commit of the open transaction), False when it was written to the database now.
         """
         opts = options.get(model)
         pk = opts.to_pk(pk)
@@ -310,10 +316,11 @@ class WriteBehind(Strategy):
             # A view cannot compute a generated column from the counter it increments,
             # and a pending write would be flushed to the flush database, not this one.
             self._write_now(model, pk, {}, deltas, using)
-        elif connections[target].in_atomic_block:
+            return False
+        if connections[target].in_atomic_block:
             self._defer(model, pk, {}, deltas, full=False, using=target)
-        else:
-            self._record_or_write(model, pk, {}, deltas, full=False)
+            return True
+        return self._record_or_write(model, pk, {}, deltas, full=False)
 
     def record(self, model, pk, fields, deltas, *, full: bool) -> bool:
         """Record a write of row ``pk`` in Redis; False if it must go to the database.
@@ -371,7 +378,7 @@ class WriteBehind(Strategy):
         expression, ``F("views") + 1``, keeps them), and drops the view: the next read
         rebuilds it from the database and the writes still pending.
         """
-        model = type(instance)
+        model: type[models.Model] = type(instance)
         if created:
             values = _new_view(instance)
             if values is None or len(options.family(model)) > 1:
@@ -569,7 +576,7 @@ def _record_committed(writes: dict) -> None:
     """
     items = list(writes.items())
     try:
-        outcomes = record_all(
+        outcomes: Sequence[Recorded | NeedsView | NotACounter | None] = record_all(
             [(model, pk, w.fields, w.deltas, w.full, w.superseded) for (model, pk), w in items]
         )
     except WriteUncertain:
@@ -640,7 +647,9 @@ def _new_view(instance: models.Model) -> dict[str, bytes] | None:
     values = {}
     try:
         for field in opts.fields:
-            if field.generated or field.has_db_default() or field.attname not in state:
+            # Field.has_db_default() (Django 5) is not in the stubs.
+            default = field.has_db_default()  # type: ignore[attr-defined]
+            if field.generated or default or field.attname not in state:
                 return None
             # Encoded now: a mutable value (a JSONField's dict) changed in memory before
             # the commit is not what was inserted.

@@ -116,7 +116,8 @@ class WriteThrough(Strategy):
         recorder.count(opts.label, counter, 1)
         signal = signals.cache_fill if stored else signals.cache_invalidate
         if signal.receivers:
-            signal.send(sender=model, **({"keys": 1} if stored else {"pks": [pk]}))
+            kwargs: dict[str, object] = {"keys": 1} if stored else {"pks": [pk]}
+            signal.send(sender=model, **kwargs)
 
     def abort(self, instance: models.Model) -> None:
         """Leave the set of writes in flight when the save raised."""

@@ -85,7 +85,7 @@ def write_behind_models() -> list[type[models.Model]]:
     return [
         m
         for m in apps.get_models()
-        if not m._meta.proxy and getattr(getattr(m, "cache_strategy", None), "defers_writes", 0)
+        if not m._meta.proxy and getattr(getattr(m, "cache_strategy", None), "defers_writes", False)
     ]
 
 
@@ -273,7 +273,9 @@ def settle_cuts(model, using: str, pks: list, batch_id: str | None = None) -> No
         if cut.marker in done:
             pending.settle(cut, committed=True, keep_batch=False, into_batch=False)
             continue
-        written = cut.batch in done or applied.row_marker(cut.batch, cut.pk) in done
+        written = cut.batch is not None and (
+            cut.batch in done or applied.row_marker(cut.batch, cut.pk) in done
+        )
         into = cut.batch is not None and cut.batch == batch_id
         pending.settle(cut, committed=False, keep_batch=into or not written, into_batch=into)
 

@@ -53,16 +53,28 @@ class OrderAdmin(admin.ModelAdmin):
 
 @admin.action(description="Count one more view of each (write-behind)")
 def count_a_view(modeladmin, request, queryset):
-    """``increment_behind(views=1)`` each selected row: at once in Redis, later in the database."""
+    """``increment_behind(views=1)`` each selected row; say where each view went.
+
+    Each view is recorded in Redis (the Celery worker writes it to the database later), or,
+    when Redis cannot be reached, written to the database at once.
+    """
     pks = list(queryset.values_list("pk", flat=True))
-    for pk in pks:
-        ProductStats.objects.increment_behind(pk, views=1)
-    modeladmin.message_user(
-        request,
-        f"Counted a view of {len(pks)} row(s) in Redis; the Celery worker writes them to the "
-        "database within a few seconds.",
-        messages.SUCCESS,
-    )
+    deferred = sum(ProductStats.objects.increment_behind(pk, views=1) for pk in pks)
+    written = len(pks) - deferred
+    if deferred:
+        modeladmin.message_user(
+            request,
+            f"Counted a view of {deferred} row(s) in Redis; the Celery worker writes them to "
+            "the database within a few seconds.",
+            messages.SUCCESS,
+        )
+    if written:
+        modeladmin.message_user(
+            request,
+            f"Counted a view of {written} row(s) straight in the database: Redis could not "
+            "be reached (see the server's log).",
+            messages.WARNING,
+        )
 
 
 @admin.register(ProductStats)

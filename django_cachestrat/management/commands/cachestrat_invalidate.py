@@ -1,9 +1,10 @@
 """``manage.py cachestrat_invalidate app_label.Model [pk ...]``."""
 
-from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
 
 from django_cachestrat import backends, conf, invalidate, invalidate_model
+from django_cachestrat import options as cache_options
+from django_cachestrat.management.labels import model_named
 
 
 class Command(BaseCommand):
@@ -16,15 +17,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         """Take the model label and the pks."""
-        parser.add_argument("model", help="app_label.ModelName")
+        parser.add_argument(
+            "model", help="app_label.ModelName, or the model's name if no other cached model has it"
+        )
         parser.add_argument("pks", nargs="*", help="primary keys; none: the whole model")
 
     def handle(self, *args, model, pks, **options):
         """Drop the rows and say what was dropped."""
-        try:
-            model_class = apps.get_model(model)
-        except (LookupError, ValueError) as exc:
-            raise CommandError(f"Unknown model {model!r}: {exc}") from exc
+        model_class = model_named(model, cache_options.cached_models(), "cached")
         try:
             if pks:
                 for pk in pks:

@@ -3,10 +3,10 @@
 import datetime as dt
 import json
 
-from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
 
 from django_cachestrat.backends import CacheUnavailable
+from django_cachestrat.management.labels import model_named
 from django_cachestrat.models import DeadLetter
 from django_cachestrat.write_behind import flusher, inspect
 
@@ -38,7 +38,7 @@ class Command(BaseCommand):
             "--model",
             action="append",
             metavar="APP_LABEL.MODEL",
-            help="list: only this write-behind model (repeatable)",
+            help="list: only this write-behind model (repeatable; its bare name if unique)",
         )
         parser.add_argument(
             "--limit",
@@ -89,15 +89,11 @@ class Command(BaseCommand):
 
 
 def _models(labels):
-    """Return the write-behind models named ``app_label.Model``; CommandError otherwise."""
+    """Return the write-behind models ``labels`` name (``model_named``); else CommandError."""
     behind = flusher.write_behind_models()
     chosen = []
     for label in labels:
-        try:
-            model = apps.get_model(label)
-        except (LookupError, ValueError) as exc:
-            raise CommandError(f"Unknown model {label!r}: {exc}") from exc
-        model = model._meta.concrete_model
+        model = model_named(label, behind, "write-behind")._meta.concrete_model
         if model not in behind:
             raise CommandError(f"{model._meta.label} is not a write-behind model.")
         chosen.append(model)
