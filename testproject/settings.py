@@ -66,7 +66,8 @@ TEMPLATES = [
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": BASE_DIR / "db.sqlite3",
+        # CACHESTRAT_DEMO_DB: another file (the test of the demo's workload uses one).
+        "NAME": os.environ.get("CACHESTRAT_DEMO_DB") or BASE_DIR / "db.sqlite3",
         "OPTIONS": {"timeout": 20},
     }
 }
