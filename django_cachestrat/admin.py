@@ -9,8 +9,6 @@ never by hand, so they cannot be added or edited here; retrying needs the
 
 from __future__ import annotations
 
-import pickle
-
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseRedirect
@@ -172,8 +170,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
     @admin.display(description="saved values")
     def values(self, letter: DeadLetter) -> str:
         """Return the field values the letter holds, by field."""
-        # Our own table's bytes, written by the flusher with pickle.
-        fields = pickle.loads(bytes(letter.fields))
+        fields = letter.saved_fields()
         return ", ".join(f"{name}={value!r}" for name, value in sorted(fields.items())) or "-"
 
     @admin.action(

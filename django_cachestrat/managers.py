@@ -8,7 +8,7 @@ rows are not what the cache holds by pk.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
@@ -17,10 +17,6 @@ from django.db.models import sql
 
 from django_cachestrat import codec, invalidation, options
 from django_cachestrat.strategies import Strategy, WriteBehind
-
-if TYPE_CHECKING:
-    from django_cachestrat.mixins import CachedModelMixin
-
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
@@ -278,7 +274,7 @@ class CachedManager(_CachedManagerBase):
 
     def _strategy(self) -> Strategy:
         """Return the model's strategy (its mixin's); ``_require_cached`` first."""
-        return cast("type[CachedModelMixin]", self.model).cache_strategy
+        return self.model.cache_strategy  # type: ignore[attr-defined]  # from its mixin
 
     def _using(self) -> str:
         return self._db or router.db_for_read(self.model, **self._hints)

@@ -492,7 +492,7 @@ def retry_dead_letter(letter: DeadLetter) -> None:
     """Put a dead letter's writes back in the write-behind queue, then forget the letter."""
     model = apps.get_model(letter.model)
     opts = options.get(model)
-    fields = pickle.loads(bytes(letter.fields))
+    fields = letter.saved_fields()
     if not model.cache_strategy.record(
         model, opts.to_pk(letter.object_pk), fields, dict(letter.deltas), full=False
     ):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import pickle
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -199,7 +198,7 @@ def dead_letters(labels: list[str], *, limit: int = DEFAULT_LIMIT) -> tuple[list
 
 def _letter(letter: DeadLetter) -> Letter:
     try:
-        fields = pickle.loads(bytes(letter.fields))
+        fields = letter.saved_fields()
     except Exception as exc:  # listed anyway: the point is to see what is wrong
         fields = {"<unreadable>": f"{type(exc).__name__}: {exc}"}
     return Letter(
