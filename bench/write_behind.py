@@ -46,11 +46,7 @@ HOT = 200  # rows the ingest saves cycle through; as many others take the increm
 COALESCE_ROWS = 100
 COALESCE_OPS = 10_000
 CHUNK = 100  # rows per get_many_cached when priming and checking
-FLOOR = "bench-floor:{wb}"  # the floor's own keys (one hash tag, as the app's queue)
-# What Buffer.record adds after the fields and deltas: BATCH_SIZE and the trigger hold (ms),
-# here never reached.
-# BATCH_SIZE (never reached), trigger hold (ms), and no superseded field.
-TRIGGER_ARGS = (10**9, 1000, 0)
+FLOOR = "bench-floor"  # the key prefix of the floor's own keys
 
 
 def chunks(seq: list, size: int = CHUNK) -> list[list]:
@@ -177,71 +173,58 @@ class Behind:
         self.save_objs = [got[pk] for pk in self.save_pks]
 
     def _floor_setup(self) -> None:
-        """The RECORD script as raw EVALSHAs on keys of the floor's own: a save (every
-        field, ``count`` changed) and an increment, as the app sends them."""
+        """The RECORD script as raw EVALSHAs: a save (every field, ``count`` changed) and
+        an increment, as the app sends them, on keys of the floor's own.
+
+        The app builds each call itself (``PendingWrites._record_op``, under the floor's
+        key prefix, with a batch size never reached), ahead of the timing: every call is
+        a new write of its writer (``RECORD`` counts a write sent twice once), and the
+        floor can never drift from what the app sends.
+        """
+        from django.conf import settings
+        from django.test import override_settings
+
         from django_cachestrat import codec
         from django_cachestrat.backends import scripts
+        from django_cachestrat.write_behind.pending import PendingWrites
 
         self.record_sha = self.client.script_load(scripts.RECORD.source)
-        self.floor_writes = 0
         obj = self.save_objs[0]
         names = [f.attname for f in self.WB._meta.concrete_fields if not f.primary_key]
-        self.floor_fields = [(name, codec.encode_value(getattr(obj, name))) for name in names]
-        self.floor_count = obj.count
-        for n in range(2 * HOT):
-            self.floor_save(n)  # a full save creates the view the increments need
+        values = {
+            name: codec.as_stored(self.WB._meta.get_field(name), getattr(obj, name))
+            for name in names
+        }
+        # Every floor call of the run: the ingest's warmup and rounds, the ladder's.
+        calls = 6 * self.args.write_batch + (ingest_rounds(self.args) + 8) * self.args.write_batch
+        calls += (max(20, self.args.rounds // 4) + 3) * self.args.write_batch
+        floor_cfg = {**settings.CACHESTRAT, "KEY_PREFIX": FLOOR, "BATCH_SIZE": 10**9}
+        with override_settings(CACHESTRAT=floor_cfg):
+            pending = PendingWrites(self.WB)
+            self.floor_saves = iter(
+                [
+                    pending._record_op(i % HOT, {**values, "count": obj.count + i}, {}, True)
+                    for i in range(2 * HOT + calls)
+                ]
+            )
+            # The increments' rows need a view: a full save of each creates it.
+            for n in range(HOT, 2 * HOT):
+                self._send(pending._record_op(n, values, {}, True))
+            self.floor_increments = iter(
+                [pending._record_op(HOT + i % HOT, {}, {"hits": 1}, False) for i in range(calls)]
+            )
+        for _ in range(HOT):
+            self.floor_save(0)
 
-    def _floor_keys(self, n: int) -> list[str]:
-        tag = f"bench-floor:{{wb:{n}}}"
-        return [
-            f"{tag}:view",
-            f"{tag}:fields",
-            f"{tag}:deltas",
-            f"{FLOOR}:dirty",
-            f"{FLOOR}:version",
-            f"{tag}:lease",
-            f"{FLOOR}:trigger",
-            f"{tag}:seen",
-            f"{FLOOR}:busy",
-            f"{FLOOR}:first",
-        ]
-
-    def _writer(self) -> tuple:
-        """The writer id, next write number and seen TTL the app's RECORD call ends with."""
-        self.floor_writes += 1
-        return ("bench-floor", self.floor_writes, 300)
+    def _send(self, op, client=None):
+        _, keys, args = op
+        return (client or self.client).evalsha(self.record_sha, len(keys), *keys, *args)
 
     def floor_save(self, i: int):
-        n = i % HOT
-        args: list = [
-            n,
-            int(time.time() * 1000),
-            "1",
-            time.time_ns() // 1000,
-            len(self.floor_fields),
-        ]
-        for name, value in self.floor_fields:
-            args += [name, str(self.floor_count + i).encode() if name == "count" else value]
-        args += [0, *TRIGGER_ARGS, *self._writer()]
-        return self.client.evalsha(self.record_sha, 10, *self._floor_keys(n), *args)
+        return self._send(next(self.floor_saves))
 
     def floor_increment(self, i: int):
-        n = HOT + i % HOT
-        return self.client.evalsha(
-            self.record_sha,
-            10,
-            *self._floor_keys(n),
-            n,
-            int(time.time() * 1000),
-            "0",
-            time.time_ns() // 1000,
-            0,
-            1,
-            "hits",
-            1,
-            *TRIGGER_ARGS,
-            *self._writer(),
-        )
+        return self._send(next(self.floor_increments))
 
     # -- operations, each called with an operation index --
 
@@ -794,22 +777,7 @@ def profile(b: Behind) -> None:
     def pipelined(i):
         """The floor's EVALSHAs, sent ``write_batch`` to a round trip (what a client-side
         batch of writes could cost per write)."""
-        n = i % HOT
-        pipe.evalsha(
-            b.record_sha,
-            10,
-            *b._floor_keys(n),
-            n,
-            int(time.time() * 1000),
-            "1",
-            time.time_ns() // 1000,
-            1,
-            "count",
-            str(b.floor_count + i),
-            0,
-            *TRIGGER_ARGS,
-            *b._writer(),
-        )
+        b._send(next(b.floor_saves), pipe)
         if (i + 1) % per_pipe == 0:
             pipe.execute()
 
