@@ -769,7 +769,7 @@ def profile(b: Behind) -> None:
     def save_behind(i):
         obj = b.save_objs[i % HOT]
         obj.count += 1
-        return strategy.save_behind(obj, None)
+        return strategy.save_behind(obj, None, "default")
 
     per_pipe = b.args.write_batch
     pipe = b.client.pipeline(transaction=False)

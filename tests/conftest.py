@@ -3,6 +3,7 @@ import os
 import pytest
 import redis
 from django.conf import settings
+from django.db import connections
 
 from django_cachestrat import backends, conf
 from django_cachestrat.signals import (
@@ -220,3 +221,7 @@ def browser_page(monkeypatch):
             yield page
         finally:
             browser.close()
+            # Playwright runs the test in a context of its own, where Django keeps
+            # connections apart from the test run's: close them here, or on PostgreSQL
+            # one stays open and the test database cannot be dropped.
+            connections.close_all()
