@@ -12,14 +12,15 @@ interleaved rounds so that the machine's noise hits them alike:
   row's entry; on the cluster, the same ``MGET`` when both keys share a hash tag (the design
   of docs/cluster-design.md: the model's keys sharded by tag, one shard per row) and, for
   comparison, a pipeline of two ``GET`` to two masters (the version under a tag of its own);
-- ``get_many(100)``: 100 rows and the version: one ``MGET`` of 101 keys on one server; on
+- ``get_many(100)``: 100 rows and the version: one ``MGET`` of 101 keys on one server, and
+  the sharded layout's ``MGET`` per shard on it too (what shards cost a single server); on
   the cluster, one ``MGET`` per shard (``--shards`` shards, each with its own version copy)
   in one cluster pipeline, the same grouped by master (one plain pipeline per master, sent
   one after another: a transport routing by itself), and ``mget_nonatomic`` of 100 rows
   tagged one by one plus the version;
 - ``EVALSHA``: a one-key script, as every lease, fill and write-behind record is.
 
-Numbers are in microseconds; the ratio column divides by the single server's figure of the
+Numbers are in microseconds; the ratio column divides by the first one-server figure of the
 same shape. Always exits 0.
 """
 
@@ -72,6 +73,12 @@ def shapes(single: redis.Redis, cluster: RedisCluster, shards: int) -> dict[str,
             pipe.get(key)
         return pipe.execute()
 
+    def single_sharded_mgets():
+        pipe = single.pipeline(transaction=False)
+        for group in groups:
+            pipe.execute_command("MGET", *group)
+        return pipe.execute()
+
     def sharded_mgets():
         pipe = cluster.pipeline(transaction=False)
         for group in groups:
@@ -101,6 +108,7 @@ def shapes(single: redis.Redis, cluster: RedisCluster, shards: int) -> dict[str,
         "hit, cluster: MGET, one tag": lambda: cluster.mget(tagged_hit),
         "hit, cluster: 2 GET on 2 masters": lambda: pipelined_gets([version_key, other_row]),
         "get_many(100), one server: MGET 101": lambda: single.mget([version_key, *row_keys]),
+        f"get_many(100), one server: {shards} MGET (shards)": single_sharded_mgets,
         f"get_many(100), cluster: {shards} MGET (shards)": sharded_mgets,
         f"get_many(100), cluster: {shards} MGET, a pipeline a master": per_node_mgets,
         "get_many(100), cluster: mget_nonatomic 101": lambda: cluster.mget_nonatomic(
@@ -138,7 +146,7 @@ def report(times: dict[str, list[float]]) -> None:
         shape, where = name.split(", ", 1)
         median = statistics.median(values)
         deciles = statistics.quantiles(values, n=10)
-        if where.startswith("one server"):
+        if where.startswith("one server") and shape not in base:
             base[shape] = median
         ratio = f"{median / base[shape]:.2f}x" if shape in base else ""
         print(f"{name:<56} {median:8.1f} {deciles[0]:8.1f} {deciles[-1]:8.1f}  {ratio}")
