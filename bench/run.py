@@ -447,6 +447,39 @@ class Setup:
             for model in self.models
         }
         self.now = dt.datetime.now(dt.UTC)
+        self._prime_unsigned()
+
+    def _prime_unsigned(self) -> None:
+        """Fill a second set of entries of the same rows, without a MAC, under another prefix.
+
+        The MAC comparison reads one set or the other by switching the loaded setting's
+        signer and prefix (what ``SIGN: False`` with another ``KEY_PREFIX`` would give),
+        the same two attribute writes in both variants.
+        """
+        from django_cachestrat import conf
+
+        cfg = conf.settings()
+        self.signer, self.prefix = cfg.signer, cfg.KEY_PREFIX
+        self.plain_prefix = f"{self.prefix}-nomac"
+        clear_redis(self.client, self.plain_prefix, owned=False)
+        cfg.signer, cfg.KEY_PREFIX = None, self.plain_prefix
+        try:
+            prime(self.WT, self.wt_pks, self.size)
+        finally:
+            cfg.signer, cfg.KEY_PREFIX = self.signer, self.prefix
+
+    def mac(self, on: bool, op):
+        """``op`` with entries signed (``on``) or not: each call sets the signer and prefix."""
+        from django_cachestrat import conf
+
+        cfg = conf.settings()
+        signer, prefix = (self.signer, self.prefix) if on else (None, self.plain_prefix)
+
+        def run(i):
+            cfg.signer, cfg.KEY_PREFIX = signer, prefix
+            return op(i)
+
+        return run
 
     # -- operations, each called with an operation index --
 
@@ -573,6 +606,8 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
         if not started:  # leave a shared server as we found it
             client = get_redis_connection("default")
             clear_redis(client, conf.settings().KEY_PREFIX, owned=False)
+            # The entries and writes without a MAC the signing comparisons made.
+            clear_redis(client, conf.settings().KEY_PREFIX + "-nomac", owned=False)
     if len(missed) > 1:
         total = sum(len(m) for m in missed.values())
         print()
@@ -650,6 +685,25 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
         args.bulk_batch,
         warmup=50,
     )
+    # Signed entries against the same rows' entries without a MAC, side by side.
+    try:
+        signed_point = interleaved(
+            {
+                "get_cached MAC": b.mac(True, b.get_cached),
+                "get_cached no MAC": b.mac(False, b.get_cached),
+            },
+            args.rounds,
+            args.point_batch,
+            warmup=500,
+        )
+        signed_bulk = interleaved(
+            {"get_many MAC": b.mac(True, b.get_many), "get_many no MAC": b.mac(False, b.get_many)},
+            args.rounds,
+            args.bulk_batch,
+            warmup=50,
+        )
+    finally:
+        cfg.signer, cfg.KEY_PREFIX = b.signer, b.prefix
     assert connection.get_autocommit()  # each save is its own transaction
     writes = interleaved(
         {
@@ -669,9 +723,23 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     last = b.write_objs[b.WT][-1]
     assert b.WT.objects.get_cached(pk=last.pk).count == last.count, "write-through did not store"
 
-    samples = {**counted, **point, **bulk, **writes}
+    samples = {**counted, **point, **bulk, **signed_point, **signed_bulk, **writes}
     rows = [
         Row("get_cached hit, statistics on vs off", samples, "stats on", "stats off", 1.03),
+        Row(
+            "get_cached(pk=) hit, signed vs no MAC",
+            samples,
+            "get_cached MAC",
+            "get_cached no MAC",
+            1.05,
+        ),
+        Row(
+            f"get_many_cached({size}) hit, signed vs no MAC",
+            samples,
+            "get_many MAC",
+            "get_many no MAC",
+            1.05,
+        ),
         Row(
             "get_cached(pk=) hit vs Redis GET (floor)",
             samples,
@@ -736,6 +804,9 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
         f"""
   statistics on vs off: get_cached hits with CACHESTRAT["STATS"] True vs False, interleaved
     (on: counted in process, sent by the background thread once a second).
+  signed vs no MAC: the same rows' entries with their MAC (the default) and without
+    (SIGN off, another KEY_PREFIX), read alternately; with today's serializer (pickle).
+    {mac_cost(b)}
   ours / base: get_cached = WriteThroughItem.objects.get_cached(pk=); GET = redis-py GET of
     that row's entry key on the same pool; ORM get = WriteThroughItem.objects.get(pk=);
     get_many_cached / in_bulk / MGET: {size} pks, MGET of the version key + {size} entry keys;
@@ -751,6 +822,29 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     if not one_trip:
         missed.append(f"get_many_cached({size}) in one round trip")
     return print_summary(missed)
+
+
+def mac_cost(b: Setup) -> str:
+    """Time the MAC of one entry alone (tag, and verify), on a real entry's bytes."""
+    import timeit
+
+    from django_cachestrat import signing
+
+    entry = b.client.get(b.entry_keys[0])
+    name, body, tag = b.entry_keys[0].encode(), entry[signing.TAG :], entry[: signing.TAG]
+    check = b.signer.checker(signing.ENTRY)
+    assert check(name, body, tag)
+    n = 20_000
+
+    def best(fn) -> float:
+        return min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e9
+
+    signs = best(lambda: b.signer.tag(signing.ENTRY, name, body))
+    checks = best(lambda: check(name, body, tag))
+    return (
+        f"raw MAC of one {len(entry)}-byte entry (keyed BLAKE2b, 16 bytes): tag {signs:.0f} ns, "
+        f"verify {checks:.0f} ns (best of 5 x {n:,})"
+    )
 
 
 def print_summary(missed: list[str], section: str = "") -> list[str]:

@@ -22,6 +22,7 @@ benchmark flushes explicitly, and counts the tasks the saves queued.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import re
@@ -102,7 +103,7 @@ class Behind:
 
         clear_redis(self.client, cfg.KEY_PREFIX, started)
         create_schema([WriteBehindItem, PlainItem, AppliedBatch, DeadLetter])
-        n = max(args.behind_rows, 2 * HOT + COALESCE_ROWS)
+        n = max(args.behind_rows, 4 * HOT + COALESCE_ROWS + 2)
         self.pks = seed([WriteBehindItem], n)[WriteBehindItem]
         self.plain_pks = seed([PlainItem], 2 * HOT)[PlainItem]
         self.findings: list[str] = []
@@ -327,6 +328,165 @@ def ingest_rounds(args: argparse.Namespace) -> int:
     return max(4, args.rounds // 2)
 
 
+class Unsigned:
+    """Switch the loaded setting between signing (the default) and no MAC, another prefix.
+
+    What ``SIGN: False`` with another ``KEY_PREFIX`` gives, without reloading the setting:
+    both variants of a comparison set the same two attributes before each op.
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.signed = (cfg.signer, cfg.KEY_PREFIX)
+        self.plain = (None, f"{cfg.KEY_PREFIX}-nomac")
+
+    def set(self, on: bool) -> None:
+        self.cfg.signer, self.cfg.KEY_PREFIX = self.signed if on else self.plain
+
+    def wrap(self, on: bool, op):
+        def run(i):
+            self.set(on)
+            return op(i)
+
+        return run
+
+    @contextlib.contextmanager
+    def off(self):
+        self.set(False)
+        try:
+            yield
+        finally:
+            self.set(True)
+
+
+def measure_signing(b: Behind) -> dict:
+    """Write-behind save() and increment_behind() with a MAC and without, interleaved on
+    rows of their own; then what a hot counter's pending increments cost in memory, in
+    increment_behind() and at the flush, signed or not."""
+    mac = Unsigned(b.cfg)
+    first = 2 * HOT + COALESCE_ROWS
+    save_pks, inc_pks = b.pks[first : first + HOT], b.pks[first + HOT : first + 2 * HOT]
+    hot_signed, hot_plain = b.pks[-1], b.pks[-2]
+    get_many, increment = b.WB.objects.get_many_cached, b.WB.objects.increment_behind
+    with mac.off():
+        increment(save_pks[0], hits=0)  # the prefix's version key, as in _prime
+        b.flusher.drain()
+        plain_objs = [get_many(save_pks)[pk] for pk in save_pks]
+        get_many(inc_pks)
+    now = b.now
+
+    def plain_save(i):
+        obj = plain_objs[i % HOT]
+        obj.count += 1
+        obj.updated = now
+        obj.save()
+
+    def plain_increment(i):
+        increment(inc_pks[i % HOT], hits=1)
+
+    b.refresh_instances()
+    try:
+        samples = interleaved(
+            {
+                "save MAC": mac.wrap(True, b.behind_save),
+                "save no MAC": mac.wrap(False, plain_save),
+                "increment MAC": mac.wrap(True, b.increment),
+                "increment no MAC": mac.wrap(False, plain_increment),
+            },
+            ingest_rounds(b.args),
+            b.args.write_batch,
+            warmup=4 * b.args.write_batch,
+        )
+    finally:
+        mac.set(True)
+    with mac.off():
+        b.flusher.drain()
+        b.check_flushed(save_pks + inc_pks)
+    b.flusher.drain()
+    b.check_flushed(b.save_pks + b.inc_pks)
+    memory = {}
+    for on, pk in ((True, hot_signed), (False, hot_plain)):
+        mac.set(on)
+        try:
+            memory[on] = hot_row(b, pk)
+        finally:
+            mac.set(True)
+    return {"samples": samples, "memory": memory}
+
+
+HOT_COUNTS = (1, 100, 1_000, 10_000)
+
+
+def hot_row(b: Behind, pk) -> list[tuple[int, int, float, float]]:
+    """Increment one row ``n`` times (for each of ``HOT_COUNTS``, from nothing pending):
+    ``(n, bytes of the row's keys in Redis, µs per increment_behind(), ms to flush it)``."""
+    from django_cachestrat import keys, options
+
+    increment = b.WB.objects.increment_behind
+    out = []
+    for n in HOT_COUNTS:
+        b.flusher.drain()
+        increment(pk, hits=0)  # a view with nothing pending yet but this
+        b.flusher.drain()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            increment(pk, hits=1)
+        per_op = (time.perf_counter() - t0) / n * 1e6
+        row = keys.behind_row(b.cfg.KEY_PREFIX, options.get(b.WB).label, pk)
+        names = [row["view"], row["fields"], row["deltas"], row["seen"]]
+        names.append(keys.behind_increments(row["deltas"], "hits"))
+        size = sum(b.client.memory_usage(k, samples=0) or 0 for k in names)
+        t0 = time.perf_counter()
+        report = b.flusher.flush([b.WB])
+        flushed = (time.perf_counter() - t0) * 1000
+        if report.rows.get(b.label) != 1 or report.dead_letters:
+            raise RuntimeError(f"hot row flush reported {report}")
+        out.append((n, size, per_op, flushed))
+    return out
+
+
+def report_signing(b: Behind, signed: dict) -> list[str]:
+    samples, memory = signed["samples"], signed["memory"]
+    rows = [
+        Row("write-behind save(), signed vs no MAC", samples, "save MAC", "save no MAC", 1.05),
+        Row(
+            "increment_behind(), signed vs no MAC",
+            samples,
+            "increment MAC",
+            "increment no MAC",
+            None,
+        ),
+    ]
+    print(
+        "4. Signing: the same ops with their MAC (the default) and without (SIGN off, another "
+        "KEY_PREFIX), interleaved on rows of their own; median µs, ratio of per-round ratios"
+    )
+    print_table(rows)
+    print(
+        "\n  A hot counter: one row incremented n times with nothing else pending (Redis "
+        "MEMORY USAGE of the row's view, pending hashes, seen hash and increment records; "
+        "µs per increment_behind() over the n; the flush of that row):"
+    )
+    head = (
+        f"  {'n':>6} {'bytes signed':>13} {'no MAC':>9} {'per incr':>9} {'µs signed':>10} "
+        f"{'no MAC':>7} {'flush ms signed':>16} {'no MAC':>7}"
+    )
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    for (n, size, us, ms), (_, size0, us0, ms0) in zip(memory[True], memory[False], strict=True):
+        extra = (size - size0) / n
+        print(
+            f"  {n:>6} {size:>13,} {size0:>9,} {extra:>8.0f}B {us:>10.1f} {us0:>7.1f} "
+            f"{ms:>16.1f} {ms0:>7.1f}"
+        )
+    print(
+        "  per incr: what signing adds per pending increment (its signed record: 16-byte MAC, "
+        "amount, writer id, number), in bytes"
+    )
+    print()
+    return [f"signing: {r.label}" for r in rows if r.passed is False]
+
+
 def measure_coalescing(b: Behind) -> dict:
     """10,000 updates of 100 rows, then one flush: the statements it sends."""
     from django.db import connection
@@ -526,11 +686,14 @@ def run_section(args: argparse.Namespace, started: bool) -> list[str]:
     b.flusher.drain()
     b.check_flushed(b.save_pks + b.inc_pks)
     phases["ingest"], t = clock() - t, clock()
+    signed = measure_signing(b)
+    phases["signing"], t = clock() - t, clock()
     coal = measure_coalescing(b)
     phases["coalescing"], t = clock() - t, clock()
     flush = measure_flush(b, counter)
     phases["flush"] = clock() - t
     missed = report(b, costs, samples, coal, flush, phases)
+    missed += report_signing(b, signed)
     if args.profile:
         profile(b)
     return missed
