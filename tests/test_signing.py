@@ -201,12 +201,16 @@ def forge(raw_redis, staff, guest):
     raw_redis.hincrby(mine["deltas"], "logins", 1000)
 
 
-def test_a_forged_pending_write_is_dead_lettered_and_the_rest_flushed(members, raw_redis, caplog):
+def test_a_forged_pending_write_is_dead_lettered_and_the_rest_flushed(
+    members, raw_redis, caplog, events
+):
     staff, guest = members
     forge(raw_redis, staff, guest)
     with caplog.at_level(logging.ERROR, logger="django_cachestrat"):
         report = flusher.flush()
     assert report.rows == {"tests.member": 2}
+    assert report.dead_letters == 1
+    assert events("error", Member) == 1 and errors("tests.Member") == 1
     written = Member.objects.get(pk=guest.pk)
     # The genuine writes are in the database; the forged ones are not.
     assert (written.name, written.is_staff, written.logins) == ("guest!", False, 3)

@@ -222,6 +222,10 @@ def _set_forged_aside(model, forged: dict) -> list:
             "django_cachestrat: %s; moved to dead letters, the row's other writes are flushed.",
             error,
         )
+        # Counted and sent as reads count bytes that do not verify.
+        recorder.count(opts.label, recorder.ERRORS, 1)
+        if signals.cache_error.receivers:
+            signals.cache_error.send(sender=model, error=error, model=model)
     return list(forged)
 
 
