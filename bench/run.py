@@ -456,10 +456,16 @@ class Setup:
         signer and prefix (what ``SIGN: False`` with another ``KEY_PREFIX`` would give),
         the same two attribute writes in both variants.
         """
-        from django_cachestrat import conf
+        from django.conf import settings
+
+        from django_cachestrat import conf, signing
 
         cfg = conf.settings()
         self.signer, self.prefix = cfg.signer, cfg.KEY_PREFIX
+        # The same keys, remembering nothing: every entry's MAC is computed (a cold read).
+        secrets = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
+        self.cold = signing.Signer.from_secrets(secrets)
+        self.cold.remember = lambda name, data: None  # type: ignore[method-assign]
         self.plain_prefix = f"{self.prefix}-nomac"
         clear_redis(self.client, self.plain_prefix, owned=False)
         cfg.signer, cfg.KEY_PREFIX = None, self.plain_prefix
@@ -468,12 +474,17 @@ class Setup:
         finally:
             cfg.signer, cfg.KEY_PREFIX = self.signer, self.prefix
 
-    def mac(self, on: bool, op):
-        """``op`` with entries signed (``on``) or not: each call sets the signer and prefix."""
+    def mac(self, on: bool, op, *, cold: bool = False):
+        """``op`` with entries signed (``on``) or not: each call sets the signer and prefix.
+
+        ``cold``: signed, with a signer that remembers no entry as verified.
+        """
         from django_cachestrat import conf
 
         cfg = conf.settings()
         signer, prefix = (self.signer, self.prefix) if on else (None, self.plain_prefix)
+        if cold:
+            signer = self.cold
 
         def run(i):
             cfg.signer, cfg.KEY_PREFIX = signer, prefix
@@ -690,6 +701,7 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
         signed_point = interleaved(
             {
                 "get_cached MAC": b.mac(True, b.get_cached),
+                "get_cached MAC cold": b.mac(True, b.get_cached, cold=True),
                 "get_cached no MAC": b.mac(False, b.get_cached),
             },
             args.rounds,
@@ -697,7 +709,11 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
             warmup=500,
         )
         signed_bulk = interleaved(
-            {"get_many MAC": b.mac(True, b.get_many), "get_many no MAC": b.mac(False, b.get_many)},
+            {
+                "get_many MAC": b.mac(True, b.get_many),
+                "get_many MAC cold": b.mac(True, b.get_many, cold=True),
+                "get_many no MAC": b.mac(False, b.get_many),
+            },
             args.rounds,
             args.bulk_batch,
             warmup=50,
@@ -739,6 +755,16 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
             "get_many MAC",
             "get_many no MAC",
             1.05,
+        ),
+        *(
+            Row(
+                f"  same, no entry remembered: {op}",
+                samples,
+                f"{op} MAC cold",
+                f"{op} no MAC",
+                None,
+            )
+            for op in ("get_cached", "get_many")
         ),
         Row(
             "get_cached(pk=) hit vs Redis GET (floor)",
@@ -806,6 +832,8 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     (on: counted in process, sent by the background thread once a second).
   signed vs no MAC: the same rows' entries with their MAC (the default) and without
     (SIGN off, another KEY_PREFIX), read alternately; with today's serializer (pickle).
+    "no entry remembered": a signer that remembers no entry as verified (signing.py
+    Signer.remember), so every read computes every MAC, as for rows not read lately.
     {mac_cost(b)}
   ours / base: get_cached = WriteThroughItem.objects.get_cached(pk=); GET = redis-py GET of
     that row's entry key on the same pool; ORM get = WriteThroughItem.objects.get(pk=);

@@ -461,15 +461,10 @@ def hot_row(b: Behind, pk) -> list[tuple[int, int, float, float]]:
 
 def report_signing(b: Behind, signed: dict) -> list[str]:
     samples, memory = signed["samples"], signed["memory"]
+    compared = (("write-behind save()", "save", 1.05), ("increment_behind()", "increment", None))
     rows = [
-        Row("write-behind save(), signed vs no MAC", samples, "save MAC", "save no MAC", 1.05),
-        Row(
-            "increment_behind(), signed vs no MAC",
-            samples,
-            "increment MAC",
-            "increment no MAC",
-            None,
-        ),
+        Row(f"{what}, signed vs no MAC", samples, f"{op} MAC", f"{op} no MAC", goal)
+        for what, op, goal in compared
     ]
     print(
         "4. Signing: the same ops with their MAC (the default) and without (SIGN off, another "

@@ -354,13 +354,18 @@ def open_value(row: bytes, name: str, data: bytes) -> object:
     return decode_value(signer.open_value(row, name, data))
 
 
-_SIGNED_OR_OBJECT = (signing.MARK, _OBJECT)
-
-
 def open_view_value(row: bytes, name: str, data: bytes, counters: frozenset[str]) -> object:
-    """Decode what ``view_value`` made: a plain counter's value is an int or None, unsigned."""
-    if name in counters and data[:1] not in _SIGNED_OR_OBJECT:
-        return None if data == _NULL else int(data)  # never the serializer's: not signed
+    """Decode what ``view_value`` made: a plain counter's value is an int or None, unsigned.
+
+    Plain digits are read as an int, never by the serializer; with ``SIGN`` on, any other
+    unsigned value of a counter but None's is refused (``signing.Unverified``).
+    """
+    if name in counters and data[:1] != signing.MARK:
+        if data.lstrip(b"-").isdigit():
+            return int(data)  # what HINCRBY adds to
+        if conf.settings().signer is not None and data != encode_value(None):
+            raise Unverified("a counter's value that is neither signed nor an integer")
+        return decode_value(data)
     return open_value(row, name, data)
 
 
@@ -430,6 +435,7 @@ def decode_many(
     signer = cfg.signer
     if signer is not None:
         check = signer.checker(signing.ENTRY)
+        verified, remember = signer.verified, signer.remember
         # A signed entry is used until it expires plus its grace: later, it is a copy.
         oldest = int(time_now() * 1000) - opts.grace * 1000
     start = 0 if signer is None else TAG
@@ -449,8 +455,10 @@ def decode_many(
         try:
             if signer is not None:
                 body = data[TAG:]
-                if not check(name.encode(), body, data[:TAG]):
-                    raise Unverified("its MAC does not verify")
+                if verified.get(name) != data:  # not the bytes last verified there
+                    if not check(name.encode(), body, data[:TAG]):
+                        raise Unverified("its MAC does not verify")
+                    remember(name, data)
                 data = body
             parts = data.split(b":", 4)
             if len(parts) != 5:

@@ -51,6 +51,10 @@ _USES = (ENTRY, POINTER, FIELD, INCREMENT)
 # has a newline (``KEY_PREFIX`` is checked for one, the other parts are plain or hashed).
 _SEP = b"\n"
 _SALT = "django_cachestrat.signing"
+#: How many entries (of at most ``MEMO_BYTES``) a signer remembers as verified, per process:
+#: at most about 2.5 MB.
+MEMO_ENTRIES = 2048
+MEMO_BYTES = 1024
 
 
 class Unverified(ValueError):
@@ -78,7 +82,9 @@ class Signer:
         if not keys:
             raise ValueError("a Signer needs at least one key")
         self._bases = {use: tuple(_keyed(k, use) for k in keys) for use in _USES}
-        self._checks = {use: self.checker(use) for use in _USES}
+        self._checks = {use: self._checker(use) for use in _USES}
+        #: Key name -> the entry bytes last verified under it (``verified``, ``remember``).
+        self.verified: dict[str, bytes] = {}
 
     @classmethod
     def from_secrets(cls, secrets: Sequence[str | bytes]) -> Signer:
@@ -98,17 +104,14 @@ class Signer:
 
         The first key is tried first: the one that signs, so usually the only one tried.
         """
-        first, *older = self._bases[use]
+        return self._checks[use]
+
+    def _checker(self, use: bytes) -> Callable[[bytes, bytes, bytes], bool]:
+        bases = self._bases[use]
         compare = hmac.compare_digest
 
         def check(name: bytes, body: bytes, tag: bytes) -> bool:
-            h = first.copy()
-            h.update(name)
-            h.update(_SEP)
-            h.update(body)
-            if compare(h.digest(), tag):
-                return True
-            for base in older:
+            for base in bases:  # newest first
                 h = base.copy()
                 h.update(name)
                 h.update(_SEP)
@@ -118,6 +121,22 @@ class Signer:
             return False
 
         return check
+
+    def remember(self, name: str, data: bytes) -> None:
+        """Note that ``data`` (an entry, its tag included) verified under key ``name``.
+
+        A hit reads the same bytes again and again: bytes equal to those last verified
+        under the same key, by this signer (these keys), verify again, so comparing them
+        (a ``memcmp``) stands for the MAC. It changes no outcome: the copy held is the
+        genuine one, and any other bytes are verified. Bounded: ``MEMO_ENTRIES`` keys,
+        entries of ``MEMO_BYTES`` or less (a larger entry's MAC is small beside its
+        decoding); when full, it starts again empty. One per signer, so a change of the
+        keys (a new setting) forgets it.
+        """
+        if len(data) <= MEMO_BYTES:
+            if len(self.verified) >= MEMO_ENTRIES:
+                self.verified.clear()
+            self.verified[name] = data
 
     def verifies(self, use: bytes, name: bytes, body: bytes, tag: bytes) -> bool:
         """Tell whether ``tag`` is the tag of ``body`` under ``name`` with any listed key."""

@@ -345,6 +345,14 @@ def test_signing_off_stores_plain_entries_and_still_works(raw_redis, events):
     assert events("error") == 0
 
 
+def test_signing_off_is_a_warning():
+    from django_cachestrat.checks import check_settings
+
+    assert check_settings() == []
+    with override_settings(CACHESTRAT={**settings.CACHESTRAT, "SIGN": False}):
+        assert [w.id for w in check_settings()] == ["cachestrat.W003"]
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [
