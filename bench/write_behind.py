@@ -414,13 +414,10 @@ def measure_signing(b: Behind) -> dict:
     with mac.off():
         b.flusher.drain()
         b.check_flushed(save_pks + inc_pks)
-    memory = {}
-    for on, pk in ((True, hot_signed), (False, hot_plain)):
-        mac.set(on)
-        try:
-            memory[on] = hot_row(b, pk)
-        finally:
-            mac.set(True)
+    try:
+        memory = hot_rows(b, mac, {True: hot_signed, False: hot_plain})
+    finally:
+        mac.set(True)
     # The rows written without a MAC changed in the database behind the signed views'
     # back (another prefix): drop those views, as an invalidation would.
     views = Views(b.WB)
@@ -431,31 +428,41 @@ def measure_signing(b: Behind) -> dict:
 HOT_COUNTS = (1, 100, 1_000, 10_000)
 
 
-def hot_row(b: Behind, pk) -> list[tuple[int, int, float, float]]:
-    """Increment one row ``n`` times (for each of ``HOT_COUNTS``, from nothing pending):
-    ``(n, bytes of the row's keys in Redis, µs per increment_behind(), ms to flush it)``."""
+def hot_rows(b: Behind, mac: Unsigned, pks: dict[bool, object]) -> dict[bool, list[tuple]]:
+    """Increment one row signed and one without a MAC ``n`` times each (for each of
+    ``HOT_COUNTS``, from nothing pending), interleaved; per mode and ``n``: ``(n, bytes of
+    the row's keys in Redis, median µs per increment_behind(), ms to flush the row)``."""
     from django_cachestrat import conf, keys, options
 
     increment = b.WB.objects.increment_behind
-    out = []
+    out: dict[bool, list[tuple]] = {True: [], False: []}
     for n in HOT_COUNTS:
-        b.flusher.drain()
-        increment(pk, hits=0)  # a view with nothing pending yet but this
-        b.flusher.drain()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            increment(pk, hits=1)
-        per_op = (time.perf_counter() - t0) / n * 1e6
-        row = keys.behind_row(conf.settings().KEY_PREFIX, options.get(b.WB).label, pk)
-        names = [row["view"], row["fields"], row["deltas"], row["seen"]]
-        names.append(keys.behind_increments(row["deltas"], "hits"))
-        size = sum(b.client.memory_usage(k, samples=0) or 0 for k in names)
-        t0 = time.perf_counter()
-        report = b.flusher.flush([b.WB])
-        flushed = (time.perf_counter() - t0) * 1000
-        if report.rows.get(b.label) != 1 or report.dead_letters:
-            raise RuntimeError(f"hot row flush reported {report}")
-        out.append((n, size, per_op, flushed))
+        for on, pk in pks.items():
+            mac.set(on)
+            b.flusher.drain()
+            increment(pk, hits=0)  # a view with nothing pending yet but this
+            b.flusher.drain()
+        mac.set(True)
+        batch = min(n, 10)
+        timed = interleaved(
+            {on: mac.wrap(on, lambda i, pk=pk: increment(pk, hits=1)) for on, pk in pks.items()},
+            n // batch,
+            batch,
+            warmup=0,
+        )
+        for on, pk in pks.items():
+            mac.set(on)
+            row = keys.behind_row(conf.settings().KEY_PREFIX, options.get(b.WB).label, pk)
+            names = [row["view"], row["fields"], row["deltas"], row["seen"]]
+            names.append(keys.behind_increments(row["deltas"], "hits"))
+            size = sum(b.client.memory_usage(k, samples=0) or 0 for k in names)
+            t0 = time.perf_counter()
+            report = b.flusher.flush([b.WB])
+            flushed = (time.perf_counter() - t0) * 1000
+            if report.rows.get(b.label) != 1 or report.dead_letters:
+                raise RuntimeError(f"hot row flush reported {report}")
+            out[on].append((n, size, statistics.median(timed[on]), flushed))
+        mac.set(True)
     return out
 
 
@@ -474,7 +481,7 @@ def report_signing(b: Behind, signed: dict) -> list[str]:
     print(
         "\n  A hot counter: one row incremented n times with nothing else pending (Redis "
         "MEMORY USAGE of the row's view, pending hashes, seen hash and increment records; "
-        "µs per increment_behind() over the n; the flush of that row):"
+        "median µs per increment_behind(), the two rows interleaved; the flush of that row):"
     )
     head = (
         f"  {'n':>6} {'bytes signed':>13} {'no MAC':>9} {'per incr':>9} {'µs signed':>10} "

@@ -336,10 +336,18 @@ def seal_value(row: bytes, name: str, value: object) -> bytes:
     return plain if signer is None else signer.seal_value(row, name, plain)
 
 
+def plain_in_view(name: str, value: object, counters: frozenset[str]) -> bool:
+    """Tell whether a view holds ``value`` of field ``name`` plain: a counter's int or None.
+
+    HINCRBY adds to it there, and no MAC could follow the sum.
+    """
+    return name in counters and (value is None or type(value) is int)
+
+
 def view_value(row: bytes, name: str, value: object, counters: frozenset[str]) -> bytes:
     """Encode a value for a view: as ``seal_value``, plain for a counter's int (or None)."""
-    if name in counters and (value is None or type(value) is int):
-        return encode_value(value)  # HINCRBY adds to it: no MAC could follow the sum
+    if plain_in_view(name, value, counters):
+        return encode_value(value)
     return seal_value(row, name, value)
 
 

@@ -123,8 +123,8 @@ class PendingWrites(ModelState):
         for name, value in fields.items():
             # The pending form (signed), then the view's: "" when it is the same bytes.
             stored = codec.seal_value(tag, name, value)
-            shown = codec.view_value(tag, name, value, counters)
-            args += [name, stored, b"" if shown == stored else shown]
+            plain = codec.plain_in_view(name, value, counters) and signer is not None
+            args += [name, stored, codec.encode_value(value) if plain else b""]
         args.append(len(deltas))
         for name, amount in deltas.items():
             # Redis sums the amounts; the signed record of each is what a flush writes.
