@@ -250,14 +250,14 @@ def _verified_sum(row: bytes, name: str, total: bytes, records: list[bytes]) -> 
             amount += step
     problems = []
     if bad:
-        problems.append(f"{bad} increment record(s) of {name} do not verify")
+        problems.append(f"{bad} increment record(s) do not verify")
     try:
         summed = int(total)
     except ValueError:
         summed = None
     if summed != amount:
         problems.append(
-            f"{name}: Redis holds a sum of {_shown(total)}, its signed increments add up to "
+            f"Redis holds a sum of {_shown(total)}, its signed increments add up to "
             f"{amount}; {amount} is written"
         )
     return amount, "; ".join(problems)
