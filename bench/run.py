@@ -697,27 +697,18 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
         warmup=50,
     )
     # Signed entries against the same rows' entries without a MAC, side by side.
+    signed = {}
     try:
-        signed_point = interleaved(
-            {
-                "get_cached MAC": b.mac(True, b.get_cached),
-                "get_cached MAC cold": b.mac(True, b.get_cached, cold=True),
-                "get_cached no MAC": b.mac(False, b.get_cached),
-            },
-            args.rounds,
-            args.point_batch,
-            warmup=500,
-        )
-        signed_bulk = interleaved(
-            {
-                "get_many MAC": b.mac(True, b.get_many),
-                "get_many MAC cold": b.mac(True, b.get_many, cold=True),
-                "get_many no MAC": b.mac(False, b.get_many),
-            },
-            args.rounds,
-            args.bulk_batch,
-            warmup=50,
-        )
+        for name, op, batch, warmup in (
+            ("get_cached", b.get_cached, args.point_batch, 500),
+            ("get_many", b.get_many, args.bulk_batch, 50),
+        ):
+            variants = {
+                f"{name} MAC": b.mac(True, op),
+                f"{name} MAC cold": b.mac(True, op, cold=True),
+                f"{name} no MAC": b.mac(False, op),
+            }
+            signed.update(interleaved(variants, args.rounds, batch, warmup=warmup))
     finally:
         cfg.signer, cfg.KEY_PREFIX = b.signer, b.prefix
     assert connection.get_autocommit()  # each save is its own transaction
@@ -739,7 +730,7 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     last = b.write_objs[b.WT][-1]
     assert b.WT.objects.get_cached(pk=last.pk).count == last.count, "write-through did not store"
 
-    samples = {**counted, **point, **bulk, **signed_point, **signed_bulk, **writes}
+    samples = {**counted, **point, **bulk, **signed, **writes}
     rows = [
         Row("get_cached hit, statistics on vs off", samples, "stats on", "stats off", 1.03),
         Row(
