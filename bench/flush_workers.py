@@ -3,7 +3,9 @@
 Usage: ``python -m bench.flush_workers [--db postgres|sqlite] [--rows N] [--reps N]
 [--batch-size N] [--workers 1,2,4]``. ``bench.run --only workers`` runs it on PostgreSQL,
 then on SQLite (a throwaway file), each in a process of its own. Redis is ``REDIS_URL`` or a
-server it starts itself. Always exits 0: it is a report.
+server it starts itself; PostgreSQL is bench.run's (PG* variables), in a database of its
+own (``PGDATABASE`` + ``_workers``, created when missing). A report: it exits 0, unless
+a flush left a row without exactly the writes made to it (then it fails loudly).
 
 Method. Every row of ``bench.models.WriteBehindItem`` gets one pending write (even rows an
 increment, odd rows a save), then 1, 2 or 4 worker processes are told at the same moment to
@@ -303,9 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         os.close(fd)
         os.environ["CACHESTRAT_BENCH_SQLITE"] = sqlite
     else:
-        from bench.run import ensure_database
+        from bench.run import ensure_database, pg_params
 
         os.environ.pop("CACHESTRAT_BENCH_SQLITE", None)
+        # A database of its own: the other sections drop and recreate the same tables.
+        os.environ["PGDATABASE"] = pg_params()["dbname"] + "_workers"
         ensure_database()
     os.environ["CACHESTRAT_BENCH_BATCH_SIZE"] = str(args.batch_size)
     os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
