@@ -65,9 +65,9 @@ def check_models(app_configs=None, **kwargs):
     """Check every cached model's manager and ``CacheMeta``."""
     errors = []
     try:
-        serializer = conf.settings().serializer
+        cfg: conf.Settings | None = conf.settings()
     except ImproperlyConfigured:
-        serializer = None  # check_settings reports it (E001)
+        cfg = None  # check_settings reports it (E001)
     for model in options.cached_models():
         if app_configs is not None and model._meta.app_config not in app_configs:
             continue
@@ -111,13 +111,12 @@ def check_models(app_configs=None, **kwargs):
             for problem in options.errors(model)
         )
         errors.extend(_uncached_ancestors(model))
-        if serializer is not None:
-            errors.extend(_uncarried(model, serializer))
+        if cfg is not None:
+            errors.extend(_uncarried(model, cfg))
     return errors
 
 
-def _uncarried(model, serializer) -> list[checks.Error]:
-    cfg = conf.settings()
+def _uncarried(model, cfg: conf.Settings) -> list[checks.Error]:
     return [
         checks.Error(
             f"{model._meta.label}.{field.name} ({type(field).__name__}) may hold values "
@@ -127,7 +126,7 @@ def _uncarried(model, serializer) -> list[checks.Error]:
                 "Give it a field of Django's own types, or set CACHESTRAT['SERIALIZER'] to "
                 "'django_cachestrat.serializers.PickleSerializer', which carries any "
                 "picklable value but runs code a pickle names: only on a Redis nobody else "
-                "can write (see the README's Security section). If its values are only of "
+                "can write (see the README's Serializers section). If its values are only of "
                 "the types the serializer carries, subclass it and return True from "
                 "supports() for this field."
             ),
@@ -135,7 +134,7 @@ def _uncarried(model, serializer) -> list[checks.Error]:
             id="cachestrat.E007",
         )
         for field in model._meta.concrete_fields
-        if not serializer.supports(field)
+        if not cfg.serializer.supports(field)
     ]
 
 

@@ -64,7 +64,6 @@ _UUID = 7  # the 16 bytes
 _BIGINT = 8  # a signed big-endian integer beyond msgpack's 64 bits (JSON values)
 _MEMORYVIEW = 9  # the bytes (BinaryField on psycopg2)
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 

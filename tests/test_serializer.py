@@ -528,3 +528,22 @@ def test_custom_serializers_carry_every_field_unless_they_say():
     assert ours.supports(ArrayField(ArrayField(models.DateTimeField())))
     assert not ours.supports(ArrayField(PointField(max_length=5)))
     assert ours.supports(HStoreField())
+
+
+def test_pickle_stays_available_as_an_opt_in(django_assert_num_queries):
+    chosen = {
+        "KEY_PREFIX": "cstest",
+        "SERIALIZER": "django_cachestrat.serializers.PickleSerializer",
+    }
+    with override_settings(CACHESTRAT=chosen):
+        assert isinstance(conf.settings().serializer, PickleSerializer)
+        row = Sample.objects.create(**EXTREMES)
+        Sample.objects.get_cached(pk=row.pk)
+        assert_cached_as_read(Sample, row.pk, django_assert_num_queries)
+        with pytest.raises(ValueError, match="expected a tuple"):
+            conf.settings().serializer.loads(pickle.dumps([1]))
+
+
+def test_the_check_leaves_a_broken_setting_to_check_settings():
+    with override_settings(CACHESTRAT={"SERIALIZER": "no.such.Serializer"}):
+        assert not [e for e in check_models() if e.id == "cachestrat.E007"]
