@@ -2,10 +2,12 @@
 
 Usage: ``scripts/bench`` or ``.venv/bin/python -m bench.run [--rounds N] [--profile]
 [--only SECTION]``. Sections: ``core`` (reads, write-through and cache-aside saves),
-``write-behind`` (ingest, coalescing and flushing; see ``bench/write_behind.py``),
-``stampede``, ``dashboard`` (the admin page's server time, ``bench/dashboard.py``) and
-``workers`` (write-behind flush throughput with 1, 2 and 4 worker processes, on PostgreSQL
-and then on SQLite, ``bench/flush_workers.py``); all run by default.
+``serializer`` (one row's dumps and loads by each candidate serializer, see
+``bench/serializer.py``), ``write-behind`` (ingest, coalescing and flushing; see
+``bench/write_behind.py``), ``stampede``, ``dashboard`` (the admin page's server time,
+``bench/dashboard.py``) and ``workers`` (write-behind flush throughput with 1, 2 and 4
+worker processes, on PostgreSQL and then on SQLite, ``bench/flush_workers.py``); all run
+by default.
 
 Method. The operations compared with each other run interleaved, in rounds: each round
 runs a small batch of every variant (in an order that rotates from round to round) and
@@ -40,7 +42,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("core", "write-behind", "stampede", "dashboard", "workers")
+SECTIONS = ("core", "serializer", "write-behind", "stampede", "dashboard", "workers")
 
 # -- set-up before Django -------------------------------------------------------------
 
@@ -554,6 +556,11 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
             missed["core"] = measure(args, b)
             if args.profile:
                 profile(b, args)
+        if "serializer" in args.only:
+            from bench import serializer
+
+            print()
+            missed["serializer"] = serializer.run_section(args, started)
         if "write-behind" in args.only:
             from bench import write_behind
 
@@ -773,19 +780,17 @@ def print_summary(missed: list[str], section: str = "") -> list[str]:
 
 def lean_reader(b: Setup):
     """A lean reader of the same design and entry format (MGET of version + entries, the
-    ``fingerprint:version:expires:fill ms:pickle`` entry, an instance per row), without
-    the app's checks, signals and fallbacks: a bound on what the app's read path could
-    cost. Returns ``(get, get_many)``.
+    ``fingerprint:version:expires:fill ms:values`` entry read by the configured serializer,
+    an instance per row), without the app's checks, signals and fallbacks: a bound on what
+    the app's read path could cost. Returns ``(get, get_many)``.
 
     Builds instances without ``Model.__init__`` (so only for models with no ``pre_init``
     or ``post_init`` receivers, which the bench's models have not).
     """
-    import pickle
-
     from django.db.models import signals
     from django.db.models.base import ModelState
 
-    from django_cachestrat import codec, conf, keys, options
+    from django_cachestrat import conf, keys, options
 
     model = b.WT
     if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
@@ -793,8 +798,8 @@ def lean_reader(b: Setup):
     opts = options.get(model)
     prefix = conf.settings().KEY_PREFIX
     attnames = [f.attname for f in opts.fields]
-    mget, loads, version_key = b.client.mget, pickle.loads, b.version_key
-    plan = codec._compact_plan(model)
+    mget, version_key = b.client.mget, b.version_key
+    loads = conf.settings().serializer.loads
 
     def build(values):
         obj = model.__new__(model)
@@ -811,10 +816,7 @@ def lean_reader(b: Setup):
         for pk, data in zip(pks, entries, strict=True):
             mark, tag, _, _, payload = data.split(b":", 4)  # fp:version:expires:fill ms:values
             if mark == fp and tag == version:
-                values = list(loads(payload))
-                for i, _, back in plan:  # the compact datetimes and Decimals
-                    values[i] = back(values[i])
-                found[pk] = build(values)
+                found[pk] = build(loads(payload))
         return found
 
     def get(pk):
