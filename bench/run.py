@@ -2,9 +2,12 @@
 
 Usage: ``scripts/bench`` or ``.venv/bin/python -m bench.run [--rounds N] [--profile]
 [--only SECTION]``. Sections: ``core`` (reads, write-through and cache-aside saves),
-``write-behind`` (ingest, coalescing and flushing; see ``bench/write_behind.py``),
-``stampede`` and ``dashboard`` (the admin page's server time, ``bench/dashboard.py``); all
-run by default.
+``serializer`` (one row's dumps and loads by each candidate serializer, see
+``bench/serializer.py``), ``write-behind`` (ingest, coalescing and flushing; see
+``bench/write_behind.py``), ``stampede``, ``dashboard`` (the admin page's server time,
+``bench/dashboard.py``) and ``workers`` (write-behind flush throughput with 1, 2 and 4
+worker processes, on PostgreSQL and then on SQLite, ``bench/flush_workers.py``); all run
+by default.
 
 Method. The operations compared with each other run interleaved, in rounds: each round
 runs a small batch of every variant (in an order that rotates from round to round) and
@@ -39,7 +42,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("core", "write-behind", "stampede", "dashboard")
+SECTIONS = ("core", "serializer", "write-behind", "stampede", "dashboard", "workers")
 
 # -- set-up before Django -------------------------------------------------------------
 
@@ -450,44 +453,53 @@ class Setup:
         self._prime_unsigned()
 
     def _prime_unsigned(self) -> None:
-        """Fill a second set of entries of the same rows, without a MAC, under another prefix.
+        """Fill two more sets of entries of the same rows, without a MAC, under prefixes of
+        their own: one with the default serializer, one with the previous default (pickle
+        with codec-4's plan, ``bench.serializer.Codec4Pickle``).
 
-        The MAC comparison reads one set or the other by switching the loaded setting's
-        signer and prefix (what ``SIGN: False`` with another ``KEY_PREFIX`` would give),
-        the same two attribute writes in both variants.
+        The comparisons read one set or another by switching the loaded setting's signer,
+        prefix and serializer (what ``SIGN: False`` with another ``KEY_PREFIX`` and
+        ``SERIALIZER`` would give), the same three attribute writes in every variant.
         """
         from django.conf import settings
 
+        from bench.serializer import Codec4Pickle
         from django_cachestrat import conf, signing
 
         cfg = conf.settings()
-        self.signer, self.prefix = cfg.signer, cfg.KEY_PREFIX
+        self.signed = (cfg.signer, cfg.KEY_PREFIX, cfg.serializer)
         # The same keys, remembering nothing: every entry's MAC is computed (a cold read).
         secrets = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
-        self.cold = signing.Signer.from_secrets(secrets)
-        self.cold.remember = lambda name, data: None  # type: ignore[method-assign]
-        self.plain_prefix = f"{self.prefix}-nomac"
-        clear_redis(self.client, self.plain_prefix, owned=False)
-        cfg.signer, cfg.KEY_PREFIX = None, self.plain_prefix
-        try:
-            prime(self.WT, self.wt_pks, self.size)
-        finally:
-            cfg.signer, cfg.KEY_PREFIX = self.signer, self.prefix
+        cold = signing.Signer.from_secrets(secrets)
+        cold.remember = lambda name, data: None  # type: ignore[method-assign]
+        self.cold = (cold, cfg.KEY_PREFIX, cfg.serializer)
+        self.plain = (None, f"{cfg.KEY_PREFIX}-nomac", cfg.serializer)
+        self.previous = (None, f"{cfg.KEY_PREFIX}-nomac-pickle", Codec4Pickle.of_model(self.WT))
+        for variant in (self.plain, self.previous):
+            clear_redis(self.client, variant[1], owned=False)
+            cfg.signer, cfg.KEY_PREFIX, cfg.serializer = variant
+            try:
+                prime(self.WT, self.wt_pks, self.size)
+            finally:
+                self.restore()
 
-    def mac(self, on: bool, op, *, cold: bool = False):
-        """``op`` with entries signed (``on``) or not: each call sets the signer and prefix.
-
-        ``cold``: signed, with a signer that remembers no entry as verified.
-        """
+    def restore(self) -> None:
+        """Set the loaded setting back to what it was: signing, the default serializer."""
         from django_cachestrat import conf
 
         cfg = conf.settings()
-        signer, prefix = (self.signer, self.prefix) if on else (None, self.plain_prefix)
-        if cold:
-            signer = self.cold
+        cfg.signer, cfg.KEY_PREFIX, cfg.serializer = self.signed
+
+    def variant(self, how: str, op):
+        """``op`` with entries ``signed`` (the default), ``cold`` (signed, remembering no
+        entry as verified), ``plain`` (no MAC) or ``previous`` (no MAC, pickle)."""
+        from django_cachestrat import conf
+
+        cfg = conf.settings()
+        signer, prefix, serializer = getattr(self, how)
 
         def run(i):
-            cfg.signer, cfg.KEY_PREFIX = signer, prefix
+            cfg.signer, cfg.KEY_PREFIX, cfg.serializer = signer, prefix, serializer
             return op(i)
 
         return run
@@ -597,6 +609,11 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
             missed["core"] = measure(args, b)
             if args.profile:
                 profile(b, args)
+        if "serializer" in args.only:
+            from bench import serializer
+
+            print()
+            missed["serializer"] = serializer.run_section(args, started)
         if "write-behind" in args.only:
             from bench import write_behind
 
@@ -611,6 +628,12 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
             # Settings of its own (the admin, 50 cached models): a process of its own.
             print(flush=True)
             subprocess.run([sys.executable, "-m", "bench.dashboard"], check=False)
+        if "workers" in args.only:
+            # Worker processes, and settings of their own per database: a process per database.
+            for db in ("postgres", "sqlite"):
+                print(flush=True)
+                command = [sys.executable, "-m", "bench.flush_workers", "--db", db]
+                subprocess.run(command, check=False)
     finally:
         # Sent now, while the server runs: not at exit, once the benchmark has stopped it.
         stats.flush()
@@ -618,7 +641,8 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
             client = get_redis_connection("default")
             clear_redis(client, conf.settings().KEY_PREFIX, owned=False)
             # The entries and writes without a MAC the signing comparisons made.
-            clear_redis(client, conf.settings().KEY_PREFIX + "-nomac", owned=False)
+            for suffix in ("-nomac", "-nomac-pickle"):
+                clear_redis(client, conf.settings().KEY_PREFIX + suffix, owned=False)
     if len(missed) > 1:
         total = sum(len(m) for m in missed.values())
         print()
@@ -704,13 +728,14 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
             ("get_many", b.get_many, args.bulk_batch, 50),
         ):
             variants = {
-                f"{name} MAC": b.mac(True, op),
-                f"{name} MAC cold": b.mac(True, op, cold=True),
-                f"{name} no MAC": b.mac(False, op),
+                f"{name} MAC": b.variant("signed", op),
+                f"{name} MAC cold": b.variant("cold", op),
+                f"{name} no MAC": b.variant("plain", op),
+                f"{name} pickle no MAC": b.variant("previous", op),
             }
             signed.update(interleaved(variants, args.rounds, batch, warmup=warmup))
     finally:
-        cfg.signer, cfg.KEY_PREFIX = b.signer, b.prefix
+        b.restore()
     assert connection.get_autocommit()  # each save is its own transaction
     writes = interleaved(
         {
@@ -756,6 +781,19 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
                 None,
             )
             for op in ("get_cached", "get_many")
+        ),
+        *(
+            Row(
+                f"{label} hit, default (MAC) vs pickle, no MAC (before)",
+                samples,
+                f"{op} MAC",
+                f"{op} pickle no MAC",
+                1.05,
+            )
+            for label, op in (
+                ("get_cached(pk=)", "get_cached"),
+                (f"get_many_cached({size})", "get_many"),
+            )
         ),
         Row(
             "get_cached(pk=) hit vs Redis GET (floor)",
@@ -822,9 +860,11 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
   statistics on vs off: get_cached hits with CACHESTRAT["STATS"] True vs False, interleaved
     (on: counted in process, sent by the background thread once a second).
   signed vs no MAC: the same rows' entries with their MAC (the default) and without
-    (SIGN off, another KEY_PREFIX), read alternately; with today's serializer (pickle).
+    (SIGN off, another KEY_PREFIX), read alternately; the default serializer in both.
     "no entry remembered": a signer that remembers no entry as verified (signing.py
     Signer.remember), so every read computes every MAC, as for rows not read lately.
+    "pickle, no MAC (before)": the previous default, pickle with codec-4's plan
+    (bench.serializer.Codec4Pickle) and no MAC, its own entries of the same rows.
     {mac_cost(b)}
   ours / base: get_cached = WriteThroughItem.objects.get_cached(pk=); GET = redis-py GET of
     that row's entry key on the same pool; ORM get = WriteThroughItem.objects.get(pk=);
@@ -851,14 +891,15 @@ def mac_cost(b: Setup) -> str:
 
     entry = b.client.get(b.entry_keys[0])
     name, body, tag = b.entry_keys[0].encode(), entry[signing.TAG :], entry[: signing.TAG]
-    check = b.signer.checker(signing.ENTRY)
+    signer = b.signed[0]
+    check = signer.checker(signing.ENTRY)
     assert check(name, body, tag)
     n = 20_000
 
     def best(fn) -> float:
         return min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e9
 
-    signs = best(lambda: b.signer.tag(signing.ENTRY, name, body))
+    signs = best(lambda: signer.tag(signing.ENTRY, name, body))
     checks = best(lambda: check(name, body, tag))
     return (
         f"raw MAC of one {len(entry)}-byte entry (keyed BLAKE2b, 16 bytes): tag {signs:.0f} ns, "
@@ -879,19 +920,17 @@ def print_summary(missed: list[str], section: str = "") -> list[str]:
 
 def lean_reader(b: Setup):
     """A lean reader of the same design and entry format (MGET of version + entries, the
-    ``fingerprint:version:expires:fill ms:pickle`` entry, an instance per row), without
-    the app's checks, signals and fallbacks: a bound on what the app's read path could
-    cost. Returns ``(get, get_many)``.
+    ``fingerprint:version:expires:fill ms:values`` entry read by the configured serializer,
+    an instance per row), without the app's checks, signals and fallbacks: a bound on what
+    the app's read path could cost. Returns ``(get, get_many)``.
 
     Builds instances without ``Model.__init__`` (so only for models with no ``pre_init``
     or ``post_init`` receivers, which the bench's models have not).
     """
-    import pickle
-
     from django.db.models import signals
     from django.db.models.base import ModelState
 
-    from django_cachestrat import codec, conf, keys, options
+    from django_cachestrat import conf, keys, options
 
     model = b.WT
     if signals.pre_init.has_listeners(model) or signals.post_init.has_listeners(model):
@@ -899,8 +938,8 @@ def lean_reader(b: Setup):
     opts = options.get(model)
     prefix = conf.settings().KEY_PREFIX
     attnames = [f.attname for f in opts.fields]
-    mget, loads, version_key = b.client.mget, pickle.loads, b.version_key
-    plan = codec._compact_plan(model)
+    mget, version_key = b.client.mget, b.version_key
+    loads = conf.settings().serializer.loads
 
     def build(values):
         obj = model.__new__(model)
@@ -917,10 +956,7 @@ def lean_reader(b: Setup):
         for pk, data in zip(pks, entries, strict=True):
             mark, tag, _, _, payload = data.split(b":", 4)  # fp:version:expires:fill ms:values
             if mark == fp and tag == version:
-                values = list(loads(payload))
-                for i, _, back in plan:  # the compact datetimes and Decimals
-                    values[i] = back(values[i])
-                found[pk] = build(values)
+                found[pk] = build(loads(payload))
         return found
 
     def get(pk):

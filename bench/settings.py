@@ -1,6 +1,9 @@
 """Settings of the benchmark: PostgreSQL from PG* variables, Redis from ``REDIS_URL``.
 
-``bench.run`` sets ``REDIS_URL`` to a server it starts itself when none is given.
+``bench.run`` sets ``REDIS_URL`` to a server it starts itself when none is given. The
+flush-workers benchmark (``bench.flush_workers``) may run on a SQLite file instead
+(``CACHESTRAT_BENCH_SQLITE``, its path) and with another ``BATCH_SIZE``
+(``CACHESTRAT_BENCH_BATCH_SIZE``); its worker processes inherit both.
 """
 
 import os
@@ -26,6 +29,16 @@ DATABASES = {
     }
 }
 
+if os.environ.get("CACHESTRAT_BENCH_SQLITE"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ["CACHESTRAT_BENCH_SQLITE"],
+            # Writers queue for SQLite's one write lock: wait, as a deployment would.
+            "OPTIONS": {"timeout": 60},
+        }
+    }
+
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
@@ -35,6 +48,8 @@ CACHES = {
 }
 
 CACHESTRAT = {"CACHE_ALIAS": "default", "DEFAULT_TTL": 3600, "KEY_PREFIX": "cachestrat-bench"}
+if os.environ.get("CACHESTRAT_BENCH_BATCH_SIZE"):
+    CACHESTRAT["BATCH_SIZE"] = int(os.environ["CACHESTRAT_BENCH_BATCH_SIZE"])
 
 LOGGING = {
     "version": 1,

@@ -251,20 +251,26 @@ class Behind:
 
     def check_flushed(self, pks: list) -> None:
         """Nothing pending, and the database holds what the cache shows, field by field."""
-        from django_cachestrat.write_behind.queue import Queue
+        check_flushed(self.WB, pks)
 
-        waiting, flying = Queue(self.WB).counts()  # under the key prefix of now
-        if waiting or flying:
-            raise RuntimeError(f"{waiting} rows still pending, {flying} batches in flight")
-        names = [f.attname for f in self.WB._meta.concrete_fields]
-        for part in chunks(pks, 1000):
-            cached = self.WB.objects.get_many_cached(part)
-            stored = self.WB._base_manager.in_bulk(part)
-            for pk in part:
-                a = [getattr(cached[pk], n) for n in names]
-                b = [getattr(stored[pk], n) for n in names]
-                if a != b:
-                    raise RuntimeError(f"pk={pk}: cache {a} != database {b} after the flush")
+
+def check_flushed(model, pks: list) -> None:
+    """Nothing of ``model`` pending, and the database holds what the cache shows, field by
+    field, for rows ``pks``."""
+    from django_cachestrat.write_behind.queue import Queue
+
+    waiting, flying = Queue(model).counts()
+    if waiting or flying:
+        raise RuntimeError(f"{waiting} rows still pending, {flying} batches in flight")
+    names = [f.attname for f in model._meta.concrete_fields]
+    for part in chunks(pks, 1000):
+        cached = model.objects.get_many_cached(part)
+        stored = model._base_manager.in_bulk(part)
+        for pk in part:
+            a = [getattr(cached[pk], n) for n in names]
+            b = [getattr(stored[pk], n) for n in names]
+            if a != b:
+                raise RuntimeError(f"pk={pk}: cache {a} != database {b} after the flush")
 
 
 # -- the measurements -----------------------------------------------------------------
@@ -552,14 +558,18 @@ def measure_coalescing(b: Behind) -> dict:
 
 
 def fill(b: Behind, pks: list | None = None) -> float:
-    """Give each row (all of them by default) one pending write: even rows an increment,
-    odd rows a save of a freshly read instance. Return the seconds the writes took."""
-    pks = b.pks if pks is None else pks
-    get_many = b.WB.objects.get_many_cached
+    """Give each row (all of them by default) one pending write (``fill_rows``)."""
+    return fill_rows(b.WB, b.pks if pks is None else pks)
+
+
+def fill_rows(model, pks: list) -> float:
+    """Give each row one pending write: even rows an increment of ``hits``, odd rows a save
+    of a freshly read instance (``count`` + 1). Return the seconds the writes took."""
+    get_many = model.objects.get_many_cached
     objs = {}
     for part in chunks(pks[1::2]):
         objs.update(get_many(part))
-    increment = b.WB.objects.increment_behind
+    increment = model.objects.increment_behind
     t0 = time.perf_counter()
     for k, pk in enumerate(pks):
         if k % 2 == 0:

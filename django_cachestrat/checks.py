@@ -8,6 +8,8 @@
 - ``cachestrat.E006``: a cached model inherits from a model that is not cached (multi-table
   inheritance, or a proxy of an uncached model): writes through that model (its
   ``save()``, its querysets' ``update()``) change the cached rows without dropping them.
+- ``cachestrat.E007``: a cached model has a field whose values the configured serializer
+  cannot carry (``Serializer.supports``).
 - ``cachestrat.W001``: a cached model's base manager is not a ``CachedManager``, so updates
   Django makes through it (a reverse foreign key's ``add()``) drop nothing.
 - ``cachestrat.W002``: a write-behind model sets ``stale_ttl`` or ``early_refresh``, which
@@ -75,6 +77,10 @@ def check_settings(app_configs=None, **kwargs):
 def check_models(app_configs=None, **kwargs):
     """Check every cached model's manager and ``CacheMeta``."""
     errors = []
+    try:
+        cfg: conf.Settings | None = conf.settings()
+    except ImproperlyConfigured:
+        cfg = None  # check_settings reports it (E001)
     for model in options.cached_models():
         if app_configs is not None and model._meta.app_config not in app_configs:
             continue
@@ -118,7 +124,31 @@ def check_models(app_configs=None, **kwargs):
             for problem in options.errors(model)
         )
         errors.extend(_uncached_ancestors(model))
+        if cfg is not None:
+            errors.extend(_uncarried(model, cfg))
     return errors
+
+
+def _uncarried(model, cfg: conf.Settings) -> list[checks.Error]:
+    return [
+        checks.Error(
+            f"{model._meta.label}.{field.name} ({type(field).__name__}) may hold values "
+            f"that {cfg.SERIALIZER} cannot carry: entries of {model._meta.object_name} "
+            "could not be stored or read.",
+            hint=(
+                "Give it a field of Django's own types, or set CACHESTRAT['SERIALIZER'] to "
+                "'django_cachestrat.serializers.PickleSerializer', which carries any "
+                "picklable value but runs code a pickle names: only on a Redis nobody else "
+                "can write (see the README's Serializers section). If its values are only of "
+                "the types the serializer carries, subclass it and return True from "
+                "supports() for this field."
+            ),
+            obj=model,
+            id="cachestrat.E007",
+        )
+        for field in model._meta.concrete_fields
+        if not cfg.serializer.supports(field)
+    ]
 
 
 def _uncached_ancestors(model) -> list[checks.Error]:

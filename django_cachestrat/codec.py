@@ -69,7 +69,8 @@ def encode(
     user filled in by hand (a ``"5"`` for an IntegerField must come back as ``5``); it
     raises ``Unstorable`` where memory cannot tell what the database holds: expressions
     such as ``F("n") + 1``, generated fields, and the values ``as_stored`` refuses.
-    Deferred fields raise ``Unstorable`` too.
+    Deferred fields raise ``Unstorable`` too, and so does a value the serializer cannot
+    carry.
     """
     layout = _layout(opts.model)
     try:
@@ -82,14 +83,13 @@ def encode(
             # instance may hold its value from before.
             raise Unstorable(f"{opts.generated[0]} is generated; its value is the database's")
         values = _clean(layout, values)
-    if layout.compact:
-        compacted = list(values)
-        for i, out, _ in layout.compact:
-            compacted[i] = out(compacted[i])
-        values = tuple(compacted)
     cfg = conf.settings()
     header = b"%s:%s:%d:%d:" % (opts.fingerprint.encode(), version, expires, delta)
-    data = header + cfg.serializer.dumps(values)
+    try:
+        payload = cfg.serializer.dumps(values)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise Unstorable(f"a value the serializer cannot carry: {exc}") from None
+    data = header + payload
     if cfg.signer is None:
         return data
     if key is None:
@@ -253,7 +253,6 @@ class _Layout(NamedTuple):
     checks: tuple[tuple[int, Callable[[object], bool]], ...]  # what such values must pass
     cleaners: tuple[Callable[[object], object], ...]  # as_stored, field by field
     by_attname: dict[str, Callable[[object], object]]  # the same, by field attname
-    compact: tuple  # _compact_plan
 
 
 @functools.cache
@@ -272,7 +271,6 @@ def _layout(model: type[models.Model]) -> _Layout:
         checks=tuple((i, check) for i, (_, check) in enumerate(shortcuts) if check),
         cleaners=cleaners,
         by_attname=dict(zip(names, cleaners, strict=True)),
-        compact=_compact_plan(model),
     )
 
 
@@ -435,7 +433,6 @@ def decode_many(
     cfg = conf.settings()
     loads = cfg.serializer.loads
     entry = _new_entry  # tuple.__new__: in C, where Entry(...) runs Python
-    plan = _compact_plan(opts.model)
     width = len(opts.fields)
     make = _builder(cls, opts, using)
     # This schema's entries of this version start with these bytes: one compare a row.
@@ -481,11 +478,6 @@ def decode_many(
             values: Sequence[Any] = loads(payload)
             if len(values) != width:
                 raise ValueError(f"{len(values)} values for {width} fields")
-            if plan:
-                expanded = list(values)
-                for i, _, back in plan:
-                    expanded[i] = back(expanded[i])
-                values = expanded
             if ages:
                 out.append(entry(Entry, (make(values), int(expires), int(delta))))
             else:
@@ -591,43 +583,8 @@ def _plain(cls: type[models.Model]) -> bool:
     return True
 
 
-# Aware datetimes and Decimals cost several microseconds each to unpickle (a timezone
-# object rebuilt per value, a Decimal parsed from text); as an int of microseconds since
-# the epoch and a str they cost a fraction of that. Only values of the field's own type
-# are converted, and the converted types never occur in such a field otherwise, so the
-# way back is unambiguous. Any change here must change CODEC_FORMAT, which is part of the
-# schema fingerprint, so entries in an older layout are misses.
-CODEC_FORMAT = "codec-4"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_ZERO = timedelta(0)
-
-
-def _datetime_out(value):
-    if type(value) is datetime and value.tzinfo is not None and value.utcoffset() == _ZERO:
-        return (value - _EPOCH) // _MICROSECOND
-    return value
-
-
-def _datetime_back(value):
-    return _EPOCH + timedelta(microseconds=value) if type(value) is int else value
-
-
-def _decimal_out(value):
-    return str(value) if type(value) is Decimal else value
-
-
-def _decimal_back(value):
-    return Decimal(value) if type(value) is str else value
-
-
-@functools.cache
-def _compact_plan(model: type[models.Model]) -> tuple:
-    plan = []
-    for i, field in enumerate(model._meta.concrete_fields):
-        internal = field.get_internal_type()
-        if internal == "DateTimeField":
-            plan.append((i, _datetime_out, _datetime_back))
-        elif internal == "DecimalField":
-            plan.append((i, _decimal_out, _decimal_back))
-    return tuple(plan)
+# The format of the entries and views this codec writes; part of the schema fingerprint,
+# so that entries in an older format (an older codec, or values of another serializer:
+# codec-4 pickled them) are misses after an upgrade, never errors. Change it with the
+# format.
+CODEC_FORMAT = "codec-5"

@@ -38,7 +38,7 @@ KEYS: dict[str, _Key] = {
     "TTL_JITTER": _Key(0.1, (int, float), "fraction of the TTL taken off at random"),
     "KEY_PREFIX": _Key("cachestrat", (str,), "first part of every Redis key", None),
     "SERIALIZER": _Key(
-        "django_cachestrat.serializers.PickleSerializer",
+        "django_cachestrat.serializers.MsgpackSerializer",
         (str,),
         "dotted path of a Serializer subclass",
         None,

@@ -134,7 +134,9 @@ def child_env():
 @pytest.fixture
 def celery_workers(tmp_path):
     """Start real Celery workers: ``celery_workers()`` returns a started ``tests.worker.Worker``
-    on this run's queue (keyword arguments go to ``Worker``). At teardown, whatever happened,
+    on this run's queue (keyword arguments go to ``Worker``); ``celery_workers(count=3)``
+    returns a list of three separate worker processes, started side by side (each with the
+    same arguments), once all of them answer. At teardown, whatever happened,
     every worker started is stopped and the queue purged; it is purged at set-up too.
 
     A worker uses the test database: mark the test ``django_db(transaction=True)``, so that
@@ -144,10 +146,14 @@ def celery_workers(tmp_path):
 
     started = []
 
-    def start(**kwargs):
-        worker = Worker(directory=tmp_path, **kwargs)
-        started.append(worker)
-        return worker.start()
+    def start(count=None, **kwargs):
+        workers = [Worker(directory=tmp_path, **kwargs) for _ in range(count or 1)]
+        started.extend(workers)
+        for worker in workers:
+            worker.spawn()
+        for worker in workers:
+            worker.ready()
+        return workers if count is not None else workers[0]
 
     purge()
     try:

@@ -263,3 +263,31 @@ class Meter(WriteBehindMixin, models.Model):
 
     class Meta:
         base_manager_name = "objects"
+
+
+class Sample(CacheAsideMixin, models.Model):
+    """A field of every type the default serializer carries (tests/test_serializer.py)."""
+
+    flag = models.BooleanField(default=False)
+    maybe = models.BooleanField(null=True)
+    small = models.SmallIntegerField(default=0)
+    big = models.BigIntegerField(default=0)
+    huge = models.PositiveBigIntegerField(default=0)
+    ratio = models.FloatField(null=True)
+    name = models.CharField(max_length=50, default="")
+    text = models.TextField(default="")
+    raw = models.BinaryField(null=True)
+    price = models.DecimalField(max_digits=30, decimal_places=10, null=True)
+    day = models.DateField(null=True)
+    at = models.TimeField(null=True)
+    when = models.DateTimeField(null=True)
+    took = models.DurationField(null=True)
+    uid = models.UUIDField(null=True)
+    data = models.JSONField(null=True)
+    ip = models.GenericIPAddressField(null=True)
+    slug = models.SlugField(default="")
+
+    objects = CachedManager()
+
+    class Meta:
+        base_manager_name = "objects"

@@ -6,8 +6,11 @@ waits: until the test kills it, or until the test creates ``<file>.resume``.
 
 Points: ``after_claim`` (a batch claimed, nothing written), ``during_write`` (the rows
 written, the transaction not committed), ``after_commit`` (committed, not acknowledged).
+With ``CACHESTRAT_TEST_PAUSE_SKIP=N`` the worker goes past the point N times (flushing N
+batches) and pauses the next time.
 """
 
+import itertools
 import os
 import time
 from pathlib import Path
@@ -18,8 +21,10 @@ from django_cachestrat.write_behind.queue import Queue
 POINTS = ("after_claim", "during_write", "after_commit")
 
 
-def _pause(point: str) -> None:
+def _pause(point: str, reached) -> None:
     if os.environ.get("CACHESTRAT_TEST_PAUSE_AT") != point:
+        return
+    if next(reached) < int(os.environ.get("CACHESTRAT_TEST_PAUSE_SKIP", "0")):
         return
     marker = Path(os.environ["CACHESTRAT_TEST_PAUSE_FILE"])
     marker.write_text(point)
@@ -32,19 +37,20 @@ def _pause(point: str) -> None:
 def install() -> None:
     """Wrap the flusher's steps in this process (a worker the test started)."""
     claim, write, ack = Queue.claim, flusher._write, Queue.ack
+    reached = itertools.count()  # times the point was reached in this process
 
     def paused_claim(self, *args, **kwargs):
         batch = claim(self, *args, **kwargs)
         if batch is not None:
-            _pause("after_claim")
+            _pause("after_claim", reached)
         return batch
 
     def paused_write(*args, **kwargs):
         write(*args, **kwargs)
-        _pause("during_write")
+        _pause("during_write", reached)
 
     def paused_ack(self, *args, **kwargs):
-        _pause("after_commit")
+        _pause("after_commit", reached)
         return ack(self, *args, **kwargs)
 
     Queue.claim, flusher._write, Queue.ack = paused_claim, paused_write, paused_ack

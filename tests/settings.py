@@ -1,5 +1,6 @@
 """Settings of the test app. ``CACHESTRAT_TEST_DB=postgres`` runs the suite on PostgreSQL."""
 
+import json
 import os
 import tempfile
 import urllib.parse
@@ -104,6 +105,8 @@ CACHESTRAT = {
     "KEY_PREFIX": "cstest",
     # Short, so tests of killed workers see their batches reclaimed quickly.
     "VISIBILITY_TIMEOUT": 2.0,
+    # Values a test gives the worker processes it starts (tests/worker.py, ``cachestrat=``).
+    **json.loads(os.environ.get("CACHESTRAT_TEST_OVERRIDES", "{}")),
 }
 
 LOGGING = {

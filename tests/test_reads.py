@@ -9,7 +9,7 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
-from django_cachestrat import keys, options
+from django_cachestrat import conf, keys, options
 from tests.conftest import pointer_pk, signed, unsigned
 from tests.models import Author, AuthorProxy, Book, Novel, PageStats, Plain, Tag
 
@@ -287,13 +287,11 @@ def test_foreign_bytes_are_a_logged_miss_and_other_versions_or_schemas_a_silent_
 
 
 def test_wrong_number_of_values_is_a_miss(book, raw_redis, events):
-    import pickle
-
     Book.objects.get_cached(pk=book.pk)
     version = raw_redis.get(keys.version("cstest", "tests.book"))
     head = b"%s:%s:%d:0:" % (options.get(Book).fingerprint.encode(), version, 2 * 10**12)
     key = entry_key(Book, book.pk)
-    raw_redis.set(key, signed(key, head + pickle.dumps((1, 2))))
+    raw_redis.set(key, signed(key, head + conf.settings().serializer.dumps((1, 2))))
     assert Book.objects.get_cached(pk=book.pk).title == "Dune"
     assert events("error", Book) == 1
 

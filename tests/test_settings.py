@@ -1,3 +1,6 @@
+import pathlib
+import re
+
 import pytest
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
@@ -187,3 +190,14 @@ def test_unique_constraint_counts_as_unique():
             constraints = [models.UniqueConstraint(fields=["code"], name="uniq_code")]
 
     assert options.errors(Constrained) == []
+
+
+def test_the_readmes_settings_table_gives_every_key_and_its_default():
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| `([^`]*)` \|", table, re.M))
+
+    def shown(value):
+        return f'"{value}"' if isinstance(value, str) else repr(value)
+
+    assert rows == {name: shown(spec.default) for name, spec in conf.KEYS.items()}

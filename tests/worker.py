@@ -1,7 +1,8 @@
 """A real Celery worker process for tests, on the same Redis and the same test database.
 
 ``Worker().start()`` runs ``celery -A tests.celery_app worker`` (solo pool, one task at a
-time) on this run's queue and returns once the worker answers a ping; ``kill()`` is SIGKILL,
+time) on this run's queue and returns once the worker answers a ping (``spawn()`` then
+``ready()`` do the same in two steps, so several workers start side by side); ``kill()`` is SIGKILL,
 ``stop()`` a warm shutdown that ends in SIGKILL if it takes too long; ``log()`` is everything
 the worker printed. Tests use the ``celery_worker`` and ``celery_workers`` fixtures
 (tests/conftest.py), which stop every worker they started and ``purge()`` the queue.
@@ -24,6 +25,8 @@ from tests.celery_app import app
 from tests.conftest import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The variable tests/settings.py merges into ``CACHESTRAT`` (JSON), set by ``Worker(cachestrat=)``.
+OVERRIDES = "CACHESTRAT_TEST_OVERRIDES"
 
 
 def _die_with_parent():
@@ -48,9 +51,12 @@ class Worker:
         queue: str | None = None,
         directory: str | Path | None = None,
         env: dict[str, str] | None = None,
+        cachestrat: dict | None = None,
     ):
         self.queue = queue or app.conf.task_default_queue
         self.extra_env = dict(env or {})
+        if cachestrat:  # values over the CACHESTRAT of tests/settings.py, in the worker only
+            self.extra_env[OVERRIDES] = json.dumps(cachestrat)
         self.name = f"cstest-{uuid.uuid4().hex[:8]}"
         self.hostname = host_format(f"{self.name}@%h")
         directory = Path(directory or tempfile.mkdtemp(prefix="cachestrat-celery-"))
@@ -80,6 +86,10 @@ class Worker:
 
     def start(self, timeout: float = 20) -> Worker:
         """Start the process and wait until it answers a ping (then it consumes the queue)."""
+        return self.spawn().ready(timeout)
+
+    def spawn(self) -> Worker:
+        """Start the process; ``ready()`` waits for it."""
         env = child_env()
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
@@ -93,6 +103,11 @@ class Worker:
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
             )
+        return self
+
+    def ready(self, timeout: float = 20) -> Worker:
+        """Wait until the spawned process answers a ping; fail (killing it) after ``timeout`` s."""
+        assert self.process is not None, "spawn() first"
         deadline = time.monotonic() + timeout
         while not app.control.ping(destination=[self.hostname], timeout=0.25):
             if self.process.poll() is not None:

@@ -55,7 +55,7 @@ class UnknownFields(Exception):
 
 
 class ForgedWrite(Exception):
-    """Pending writes whose MAC does not verify: not written by this app (or not signed)."""
+    """Pending writes whose MAC does not verify (not this app's, or not signed), or unreadable."""
 
 
 class ClaimExpired(DatabaseError):
@@ -213,9 +213,10 @@ def _set_forged_aside(model, forged: dict) -> list:
     opts = options.get(model)
     for pk, problems in forged.items():
         names = ", ".join(sorted(problems))
+        why = "; ".join(f"{n}: {reason}" for n, reason in sorted(problems.items()))
         error = ForgedWrite(
-            f"{opts.label} pk={pk}: the pending write(s) of {names} do not verify and were "
-            f"not written: " + "; ".join(f"{n}: {why}" for n, why in sorted(problems.items()))
+            f"{opts.label} pk={pk}: the pending write(s) of {names} do not verify (or cannot "
+            f"be read) and were not written: {why}"
         )
         _keep_dead(opts, pk, {}, {}, error, 0)
         logger.error(

@@ -3,7 +3,9 @@
 Flushing is claim -> write -> acknowledge. A claim moves rows' pending hashes into a
 batch and marks the rows busy; an acknowledgement deletes the batch. A batch whose worker
 died is reclaimed after the visibility timeout, never lost. While a row is in a batch it
-is not claimed again, so two batches of one row never race in the database.
+is not claimed again, so two batches of one row never race in the database. Any number of
+workers flush one model side by side: each claim takes rows no batch holds, so the rows
+waiting are shared out among them, batch by batch.
 
 A claim is the batch's deadline in the in-flight set. Only the worker whose claim it still
 is may acknowledge or requeue the batch: one that stalled past its deadline, while another
@@ -23,6 +25,10 @@ from django_cachestrat import codec, conf, keys
 from django_cachestrat.backends import scripts
 from django_cachestrat.signing import Unverified
 from django_cachestrat.write_behind.state import ModelState, member
+
+#: Times a claim looks again when other workers claimed its rows first (each such loss
+#: means another worker took a batch, so the queue moved on).
+CLAIM_TRIES = 5
 
 
 @dataclass
@@ -50,28 +56,55 @@ class Queue(ModelState):
         return int(self.transport.now() * 1000)
 
     def claim(self, limit: int, visibility: float) -> Batch | None:
-        """Claim up to ``limit`` pending rows (a timed-out batch first); None if none wait."""
-        now = self._now_ms()
-        deadline = now + int(visibility * 1000)
-        (stale,) = self.transport.execute(
-            [("ZRANGEBYSCORE", self.queue["inflight"], "-inf", now, "LIMIT", 0, 1)]
-        )
-        if stale:
-            batch_id = stale[0].decode()
-            members_key = keys.behind_batch(self.prefix, self.opts.label, batch_id)
-            members = self.transport.script(
-                scripts.RECLAIM, [self.queue["inflight"], members_key], [batch_id, now, deadline]
+        """Claim up to ``limit`` pending rows (a timed-out batch first); None if none wait.
+
+        Several workers claim from one queue at once. Rows held by a batch in flight
+        (another worker's, or a dead worker's not reclaimable yet) are passed over, not
+        counted against ``limit``: written again, such a row waits in ``dirty``, comes to
+        its head once the rows before it are claimed and stays there until its batch is
+        acknowledged; a window of only ``limit`` rows would then hold nothing claimable and
+        stop every flush for as long as the batch is held. A claim whose rows another
+        worker took first (both read the same head of ``dirty``) looks again, instead of
+        ending this worker's flush while rows wait. None: no row can be claimed now.
+        """
+        for _ in range(CLAIM_TRIES):
+            now = self._now_ms()
+            deadline = now + int(visibility * 1000)
+            stale, held = self.transport.execute(
+                [
+                    ("ZRANGEBYSCORE", self.queue["inflight"], "-inf", now, "LIMIT", 0, 1),
+                    ("HKEYS", self.queue["busy"]),
+                ]
             )
-            if members:
-                pks = [self.opts.to_pk(m.decode()) for m in members]
-                return Batch(batch_id, pks, deadline=deadline)
-        (candidates,) = self.transport.execute(
-            [("ZRANGEBYSCORE", self.queue["dirty"], "-inf", now, "LIMIT", 0, limit)]
+            if stale and (batch := self._reclaim(stale[0].decode(), now, deadline)):
+                return batch
+            # The first ``limit`` rows in no batch are among these (unless other workers
+            # claim meanwhile: CLAIM checks each row again, atomically).
+            window = limit + len(held)
+            (candidates,) = self.transport.execute(
+                [("ZRANGEBYSCORE", self.queue["dirty"], "-inf", now, "LIMIT", 0, window)]
+            )
+            busy = set(held)
+            free = [self.opts.to_pk(c.decode()) for c in candidates if c not in busy][:limit]
+            if not free:
+                return None
+            if batch := self._claim_rows(free, now, deadline):
+                return batch
+        return None
+
+    def _reclaim(self, batch_id: str, now: int, deadline: int) -> Batch | None:
+        """Take over batch ``batch_id``, whose deadline passed; None if another worker did."""
+        members_key = keys.behind_batch(self.prefix, self.opts.label, batch_id)
+        members = self.transport.script(
+            scripts.RECLAIM, [self.queue["inflight"], members_key], [batch_id, now, deadline]
         )
-        if not candidates:
+        if not members:
             return None
+        return Batch(batch_id, [self.opts.to_pk(m.decode()) for m in members], deadline=deadline)
+
+    def _claim_rows(self, pks: list, now: int, deadline: int) -> Batch | None:
+        """Claim those of rows ``pks`` still in no batch; None if other workers took all."""
         batch_id = f"{now:x}-{secrets.token_hex(6)}"
-        pks = [self.opts.to_pk(c.decode()) for c in candidates]
         claimed = self.transport.script(
             scripts.CLAIM,
             self._batch_keys(batch_id, pks, pending=True),
@@ -204,17 +237,18 @@ def decode_writes(
     """Decode a row's pending (or batched, or set aside) fields and deltas hashes.
 
     ``row``: the row's key tag, which the values' MACs bind. A value whose MAC does not
-    verify is left out (and never decoded), named in ``forged``. ``records``: per counter,
-    its signed increment records (``Queue.contents`` reads them for a flush); the
-    increments are then their sum, and what Redis summed beyond them is refused. Without
-    them (reads, listings) a counter's increments are the sum Redis holds.
+    verify is left out (and never decoded), named in ``forged``, and so is one the
+    serializer cannot read (a flush would otherwise stop at it, batch after batch).
+    ``records``: per counter, its signed increment records (``Queue.contents`` reads them
+    for a flush); the increments are then their sum, and what Redis summed beyond them is
+    refused. Without them (reads, listings) a counter's increments are the sum Redis holds.
     """
     out, forged = {}, {}
     for key, value in fields.items():
         name = key.decode()
         try:
             out[name] = codec.open_value(row, name, value)
-        except Unverified as exc:
+        except Exception as exc:  # not verified, or (signed, yet) not the serializer's
             forged[name] = f"saved value {_shown(value)}: {exc}"
     sums = {}
     for key, value in deltas.items():
