@@ -126,6 +126,21 @@ def unreachable_caches() -> dict:
 _shared: Server | None = None
 
 
+def ring_urls(count: int) -> list[str]:
+    """URLs of ``count`` more servers for a ring (``CACHESTRAT_TEST_RING``), started once.
+
+    ``REDIS_RING_URLS`` (comma-separated) when given: worker processes the tests start
+    inherit it, and use the servers this process started.
+    """
+    given = [u for u in os.environ.get("REDIS_RING_URLS", "").split(",") if u]
+    while len(given) < count:
+        server = Server().start()
+        atexit.register(server.stop)
+        given.append(server.url)
+    os.environ["REDIS_RING_URLS"] = ",".join(given)
+    return given[:count]
+
+
 def url() -> str:
     """``REDIS_URL``, or the URL of a server started once for this process."""
     global _shared
