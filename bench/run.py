@@ -3,8 +3,9 @@
 Usage: ``scripts/bench`` or ``.venv/bin/python -m bench.run [--rounds N] [--profile]
 [--only SECTION]``. Sections: ``core`` (reads, write-through and cache-aside saves),
 ``write-behind`` (ingest, coalescing and flushing; see ``bench/write_behind.py``),
-``stampede`` and ``dashboard`` (the admin page's server time, ``bench/dashboard.py``); all
-run by default.
+``stampede``, ``dashboard`` (the admin page's server time, ``bench/dashboard.py``) and
+``ring`` (hits through a ring of three Redis nodes against one server, ``bench/ring.py``);
+all run by default.
 
 Method. The operations compared with each other run interleaved, in rounds: each round
 runs a small batch of every variant (in an order that rotates from round to round) and
@@ -39,7 +40,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("core", "write-behind", "stampede", "dashboard")
+SECTIONS = ("core", "write-behind", "stampede", "dashboard", "ring")
 
 # -- set-up before Django -------------------------------------------------------------
 
@@ -567,6 +568,11 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
             # Settings of its own (the admin, 50 cached models): a process of its own.
             print(flush=True)
             subprocess.run([sys.executable, "-m", "bench.dashboard"], check=False)
+        if "ring" in args.only:
+            from bench import ring
+
+            print()
+            missed["ring"] = ring.run_section(args, started)
     finally:
         # Sent now, while the server runs: not at exit, once the benchmark has stopped it.
         stats.flush()

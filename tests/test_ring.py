@@ -417,3 +417,22 @@ def test_the_dashboard_shows_each_node(nodes):
         assert states == {"n0": "up", "n1": "up", "n2": "down", "n3": "up"}
         assert overview.server["nodes"] == "3 of 4 up"
         assert any("'n2' cannot be reached" in p for p in overview.problems)
+
+
+@pytestmark_db
+def test_during_a_rolling_deploy_the_old_ring_sees_the_new_rings_writes(nodes):
+    with ring(nodes, FOUR):  # the old ring: settled, its processes cache rows
+        rebalance()
+        pks = [Book.objects.create(title=f"t{i}", isbn=f"i{i}").pk for i in range(80)]
+        titles(pks)
+        old_home = {pk: node_of(Book, pk) for pk in pks}
+    with ring(nodes, [*FOUR, "n4"]):  # a process of the new ring, before the rebalance
+        moving = [pk for pk in pks if node_of(Book, pk) == "n4"]
+        assert moving
+        assert queries(lambda: titles(pks))[0] >= 1  # it reads the database
+        Book.objects.filter(pk__in=moving).update(title="by the new ring")
+        for pk in moving:  # its invalidations reached the rows' nodes in the old ring too
+            entry = keys.entry(PREFIX, "tests.book", pk)
+            assert not client_of(nodes, old_home[pk]).exists(entry)
+    with ring(nodes, FOUR):  # a process of the old ring, still running
+        assert all(titles(pks)[pk] == "by the new ring" for pk in moving)

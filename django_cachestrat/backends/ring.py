@@ -204,6 +204,10 @@ class RingTransport:
         #: Other rings that nodes' records name (a deploy in progress), with their nodes.
         self.others: dict[str, tuple[Placement, dict[str, RedisTransport]]] = {}
         self._connect = connect
+        # The hot path of a read: a key's node, remembered (a key never changes node).
+        self._node_of: Callable[[str], RingNode | None] = functools.lru_cache(maxsize=1 << 16)(
+            self._place
+        )
         self._lock = threading.Lock()
         self._surveyed = False
         self._warned: set[str] = set()
@@ -223,16 +227,19 @@ class RingTransport:
 
     def node(self, key: str) -> RingNode:
         """Return the node holding ``key``; ``ValueError`` for a key every node has."""
-        found = self._place(key)
+        found = self._node_of(key)
         if found is None:
             raise ValueError(f"{key!r} is kept on every node of the ring: ask each of .nodes")
         return found
 
     def split(self, keys_: Sequence[str]) -> list[tuple[RingNode, list[int]]]:
         """Group the positions of ``keys_`` by the node holding each, in first-seen order."""
+        if len(keys_) == 1:  # a point read
+            return [(self.node(keys_[0]), [0])]
         groups: dict[RingNode, list[int]] = {}
+        node = self.node
         for i, key in enumerate(keys_):
-            groups.setdefault(self.node(key), []).append(i)
+            groups.setdefault(node(key), []).append(i)
         return list(groups.items())
 
     def _op_node(self, op: Op) -> RingNode:

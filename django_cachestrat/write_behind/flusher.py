@@ -112,7 +112,8 @@ def flush(
             if batch is None:
                 break
             apply(model, queue, batch, report, deadline=started + cfg.VISIBILITY_TIMEOUT)
-    prune()
+    if transport is None:  # one node's view of the batches in flight is not enough to prune
+        prune()
     return report
 
 
