@@ -97,6 +97,12 @@ def node_clients():
     return [redis.Redis.from_url(settings.CACHES[alias]["LOCATION"]) for alias in aliases]
 
 
+def nodes_of(*names):
+    """The nodes of the suite's cache holding the keys ``names`` (one, off a ring)."""
+    transport = backends.get(conf.settings().CACHE_ALIAS)
+    return {transport.node(name) for name in names}
+
+
 def settle_ring():
     """Write the ring records of the configured ring on its nodes, as a rebalance would."""
     from django_cachestrat.backends.ring import Placement, Record
