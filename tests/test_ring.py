@@ -436,3 +436,33 @@ def test_during_a_rolling_deploy_the_old_ring_sees_the_new_rings_writes(nodes):
             assert not client_of(nodes, old_home[pk]).exists(entry)
     with ring(nodes, FOUR):  # a process of the old ring, still running
         assert all(titles(pks)[pk] == "by the new ring" for pk in moving)
+
+
+@pytest.mark.parametrize(
+    ("nodes", "message"),
+    [
+        (["n0", "nowhere"], r"names 'nowhere', which is not in CACHES"),
+        (["n0", "n0"], r"names 'n0' twice"),
+        (["n0", {"alias": "n1", "weight": 0}], r"weight of 'n1' must be an int >= 1, not 0"),
+        (["n0", {"alias": "n1", "weight": 1.5}], r"weight of 'n1' must be an int >= 1, not 1.5"),
+        (["n0", {"alias": "n1", "wieght": 2}], r"unknown keys wieght"),
+        (["n0", 3], r"entries are aliases of CACHES"),
+        ("n0,n1", r"'NODES'\] must be list or tuple, not str"),
+    ],
+)
+def test_wrong_nodes_are_named(nodes, message):
+    from django.core.exceptions import ImproperlyConfigured
+
+    caches = {alias: caches_at("redis://127.0.0.1:1/0")["default"] for alias in ("n0", "n1")}
+    with override_settings(CACHES=caches, CACHESTRAT={"NODES": nodes}):
+        with pytest.raises(ImproperlyConfigured, match=message):
+            conf.settings()
+
+
+def test_one_node_or_none_is_one_server_with_no_ring():
+    caches = {alias: caches_at("redis://127.0.0.1:1/0")["default"] for alias in ("default", "n1")}
+    for nodes in ([], ["n1"]):
+        with override_settings(CACHES=caches, CACHESTRAT={"NODES": nodes}):
+            transport = backends.get("default")
+            assert type(transport) is backends.RedisTransport
+            assert transport.name == (nodes[0] if nodes else "default")
