@@ -76,19 +76,24 @@ class WriteBehind(Strategy):
         cfg = conf.settings()
         if not cfg.ENABLED or not pks or transactions.written(using, opts.label):
             return self._with_pending(model, using, pks, _superseded(kept))
-        groups = Views(model).by_node(pks)
+        views = Views(model)
+        groups = views.by_node(pks)
         if len(groups) == 1:
-            return self._read_views(groups[0][0], model, opts, using, pks)
+            node = groups[0][0]
+            if node is not views.transport:
+                views = Views(model, node)
+            return self._read_views(views, model, opts, using, pks)
         # A ring: each node's rows with that node's version, one round trip a node.
         found: dict[object, models.Model] = {}
         for node, part in groups:
-            found.update(self._read_views(node, model, opts, using, part))
+            found.update(self._read_views(Views(model, node), model, opts, using, part))
         return {pk: found[pk] for pk in pks if pk in found}
 
-    def _read_views(self, node, model, opts, using, pks: list) -> dict[object, models.Model]:
-        """Read rows ``pks``, which are all on ``node``, as ``_read_committed`` does."""
+    def _read_views(self, source, model, opts, using, pks: list) -> dict[object, models.Model]:
+        """Read rows ``pks`` through ``source`` (``Views`` bound to the node holding them all)."""
+        node = source.transport
         try:
-            version, views = Views(model, node).read(pks)
+            version, views = source.read(pks)
         except CacheUnavailable:
             recorder.count(opts.label, recorder.DEGRADED_READS, len(pks))
             return self._from_db(model, using, pks)

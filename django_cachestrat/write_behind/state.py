@@ -42,11 +42,14 @@ class ModelState:
 
     def node(self, pk: Any) -> backends.RedisTransport:
         """Return the node holding row ``pk``'s keys (the transport itself, on one server)."""
-        return self.transport.node(self.row(pk)["view"])
+        return self.transport.node(keys.entry(self.prefix, self.opts.label, pk))
 
     def by_node(self, pks: Sequence[Any]) -> list[tuple[backends.RedisTransport, list[Any]]]:
-        """Group ``pks`` by the node holding each row, in first-seen order."""
-        groups = self.transport.split([self.row(pk)["view"] for pk in pks])
+        """Group ``pks`` by the node holding each row, in first-seen order (none: no group)."""
+        nodes = self.transport.nodes
+        if len(nodes) == 1:  # one server: no key to build
+            return [(nodes[0], list(pks))] if pks else []
+        groups = self.transport.split(keys.entries(self.prefix, self.opts.label, pks))
         return [(node, [pks[i] for i in where]) for node, where in groups]
 
     def row(self, pk: Any) -> dict[str, str]:
