@@ -5,9 +5,10 @@ Usage: ``scripts/bench`` or ``.venv/bin/python -m bench.run [--rounds N] [--prof
 ``serializer`` (one row's dumps and loads by each candidate serializer, see
 ``bench/serializer.py``), ``write-behind`` (ingest, coalescing and flushing; see
 ``bench/write_behind.py``), ``stampede``, ``dashboard`` (the admin page's server time,
-``bench/dashboard.py``) and ``workers`` (write-behind flush throughput with 1, 2 and 4
-worker processes, on PostgreSQL and then on SQLite, ``bench/flush_workers.py``); all run
-by default.
+``bench/dashboard.py``), ``workers`` (write-behind flush throughput with 1, 2 and 4
+worker processes, on PostgreSQL and then on SQLite, ``bench/flush_workers.py``) and
+``ring`` (hits through a ring of three Redis nodes against one server, ``bench/ring.py``);
+all run by default.
 
 Method. The operations compared with each other run interleaved, in rounds: each round
 runs a small batch of every variant (in an order that rotates from round to round) and
@@ -42,7 +43,7 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("core", "serializer", "write-behind", "stampede", "dashboard", "workers")
+SECTIONS = ("core", "serializer", "write-behind", "stampede", "dashboard", "workers", "ring")
 
 # -- set-up before Django -------------------------------------------------------------
 
@@ -634,6 +635,11 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
                 print(flush=True)
                 command = [sys.executable, "-m", "bench.flush_workers", "--db", db]
                 subprocess.run(command, check=False)
+        if "ring" in args.only:
+            from bench import ring
+
+            print()
+            missed["ring"] = ring.run_section(args, started)
     finally:
         # Sent now, while the server runs: not at exit, once the benchmark has stopped it.
         stats.flush()

@@ -34,6 +34,13 @@ class _Key:
 # reference is written from it.
 KEYS: dict[str, _Key] = {
     "CACHE_ALIAS": _Key("default", (str,), "alias in CACHES of a django-redis cache", None),
+    "NODES": _Key(
+        (),
+        (list, tuple),
+        "aliases in CACHES of the Redis nodes of a consistent-hash ring, each a name or "
+        '{"alias": name, "weight": n}; two or more replace CACHE_ALIAS (see Scaling out)',
+        None,
+    ),
     "DEFAULT_TTL": _Key(3600, (int,), "seconds an entry lives unless CacheMeta.ttl says"),
     "TTL_JITTER": _Key(0.1, (int, float), "fraction of the TTL taken off at random"),
     "KEY_PREFIX": _Key("cachestrat", (str,), "first part of every Redis key", None),
@@ -113,6 +120,7 @@ class Settings:
 
     # Set from KEYS in __init__; declared for the type checker.
     CACHE_ALIAS: str
+    NODES: list | tuple
     DEFAULT_TTL: int
     TTL_JITTER: float
     KEY_PREFIX: str
@@ -139,6 +147,8 @@ class Settings:
     serializer: Serializer
     #: What signs and verifies what the app stores in Redis; None when ``SIGN`` is False.
     signer: Signer | None
+    #: ``NODES`` read: ``(alias, weight)`` per node, in the order given (empty: no ring).
+    ring: tuple[tuple[str, int], ...]
 
     def __init__(self, user: Any):
         if user is None:
@@ -182,6 +192,43 @@ class Settings:
         for name in ("BATCH_SIZE", "MAX_RETRIES", "STATS_RETENTION"):
             if getattr(self, name) < 1:
                 raise ImproperlyConfigured(f"CACHESTRAT[{name!r}] must be >= 1.")
+        self.ring = _ring_nodes(self.NODES)
+
+
+def _ring_nodes(nodes: list | tuple) -> tuple[tuple[str, int], ...]:
+    """Read ``NODES``: each an alias of ``CACHES``, or ``{"alias": ..., "weight": n}``."""
+    caches = getattr(django_settings, "CACHES", {})
+    found: dict[str, int] = {}
+    for node in nodes:
+        if isinstance(node, str):
+            alias, weight = node, 1
+        elif isinstance(node, dict) and isinstance(node.get("alias"), str):
+            unknown = set(node) - {"alias", "weight"}
+            if unknown:
+                raise ImproperlyConfigured(
+                    f"CACHESTRAT['NODES'] entry {node!r} has unknown keys "
+                    f"{', '.join(sorted(map(str, unknown)))}; it takes 'alias' and 'weight'."
+                )
+            alias, weight = node["alias"], node.get("weight", 1)
+        else:
+            raise ImproperlyConfigured(
+                f"CACHESTRAT['NODES'] entries are aliases of CACHES or "
+                f'{{"alias": name, "weight": n}} dicts, not {node!r}.'
+            )
+        if type(weight) is not int or weight < 1:
+            # The ring gives a node points in proportion to its weight: a whole number.
+            raise ImproperlyConfigured(
+                f"CACHESTRAT['NODES'] weight of {alias!r} must be an int >= 1, not {weight!r}."
+            )
+        if alias not in caches:
+            raise ImproperlyConfigured(
+                f"CACHESTRAT['NODES'] names {alias!r}, which is not in CACHES "
+                f"({', '.join(caches) or 'empty'})."
+            )
+        if alias in found:
+            raise ImproperlyConfigured(f"CACHESTRAT['NODES'] names {alias!r} twice.")
+        found[alias] = weight
+    return tuple(found.items())
 
 
 #: The shortest secret ``SIGNING_KEYS`` takes: a MAC key guessed is every entry forged.
@@ -238,6 +285,7 @@ def settings() -> Settings:
 
 @receiver(setting_changed, dispatch_uid="cachestrat.conf.reload")
 def _reload(*, setting: str, **kwargs: Any) -> None:
-    # The MAC keys may be derived from SECRET_KEY and its fallbacks.
-    if setting in ("CACHESTRAT", "SECRET_KEY", "SECRET_KEY_FALLBACKS"):
+    # NODES are checked against CACHES; the MAC keys may be derived from SECRET_KEY and
+    # its fallbacks.
+    if setting in ("CACHESTRAT", "CACHES", "SECRET_KEY", "SECRET_KEY_FALLBACKS"):
         settings.cache_clear()

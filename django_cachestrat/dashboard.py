@@ -3,7 +3,8 @@
 Per cached model: its strategy and TTL and its statistics (``stats.snapshot()``, added up
 over every process that shares the cache); over the chosen period, the hit rate and the
 requests per minute of all models (``stats.series``); and what the Redis server says of
-itself (``INFO``). A Redis that cannot be reached leaves those parts empty, with a note.
+itself (``INFO``; on a ring, each node's). A Redis that cannot be reached leaves those
+parts empty, with a note.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class Overview:
     requests_chart: charts.Chart | None
     server: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: On a ring, each node's figures (``name`` first); empty on one server.
+    nodes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def hit_rate_shown(self) -> str:
@@ -95,14 +98,16 @@ def overview(period: str = "1h") -> Overview:
         rate_chart, requests_chart = _charts(PERIODS[period])
     except CacheUnavailable as exc:
         problems.append(f"The statistics' time series could not be read ({exc}).")
+    server, nodes = _servers(problems)
     return Overview(
         period=period,
         rows=rows,
         hit_rate=stats.hit_rate(hits, misses),
         hit_rate_chart=rate_chart,
         requests_chart=requests_chart,
-        server=_server(problems),
+        server=server,
         problems=problems,
+        nodes=nodes,
     )
 
 
@@ -125,21 +130,61 @@ def _charts(minutes: int) -> tuple[charts.Chart, charts.Chart]:
     )
 
 
-def _server(problems: list[str]) -> dict[str, Any]:
-    """Return what the Redis server says of its memory, keys and own hit rate."""
-    try:
-        info = backends.get(conf.settings().CACHE_ALIAS).info()
-    except CacheUnavailable as exc:
-        problems.append(f"Redis cannot be reached ({exc}).")
-        return {}
-    hits, misses = info.get("keyspace_hits", 0), info.get("keyspace_misses", 0)
-    keys = sum(db.get("keys", 0) for name, db in info.items() if name.startswith("db"))
-    return {
-        "version": info.get("redis_version"),
-        "memory": info.get("used_memory_human"),
-        "peak memory": info.get("used_memory_peak_human"),
-        "keys": keys,
-        "hit rate": f"{100 * hits / (hits + misses):.1f}%" if hits + misses else "-",
-        "clients": info.get("connected_clients"),
-        "uptime (s)": info.get("uptime_in_seconds"),
+def _servers(problems: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Return what the Redis server says of itself; on a ring, also each node's figures.
+
+    One ``INFO`` a node. A ring's cards add up its nodes (keys, hits, clients); a node
+    that cannot be reached is listed as such, and named among the problems.
+    """
+    nodes = backends.get(conf.settings().CACHE_ALIAS).nodes
+    infos: list[tuple[Any, dict[str, Any] | None]] = []
+    for node in nodes:
+        try:
+            infos.append((node, node.info()))
+        except CacheUnavailable as exc:
+            infos.append((node, None))
+            what = f"Redis node {node.name!r}" if len(nodes) > 1 else "Redis"
+            problems.append(f"{what} cannot be reached ({exc}).")
+    answered = [info for _, info in infos if info is not None]
+    if not answered:
+        return {}, []
+    hits = sum(info.get("keyspace_hits", 0) for info in answered)
+    misses = sum(info.get("keyspace_misses", 0) for info in answered)
+    first = answered[0]
+    server = {
+        "version": first.get("redis_version"),
+        "memory": first.get("used_memory_human") if len(nodes) == 1 else None,
+        "peak memory": first.get("used_memory_peak_human") if len(nodes) == 1 else None,
+        "keys": sum(_keys(info) for info in answered),
+        "hit rate": _rate(hits, misses),
+        "clients": sum(info.get("connected_clients", 0) for info in answered),
+        "uptime (s)": first.get("uptime_in_seconds"),
     }
+    if len(nodes) == 1:
+        return server, []
+    del server["memory"], server["peak memory"], server["uptime (s)"]
+    server["nodes"] = f"{len(answered)} of {len(nodes)} up"
+    return server, [_node_figures(node, info) for node, info in infos]
+
+
+def _node_figures(node, info: dict[str, Any] | None) -> dict[str, Any]:
+    """Return one ring node's line: its alias, state, memory, keys, hit rate, uptime."""
+    if info is None:
+        return {"node": node.name, "state": "down"}
+    return {
+        "node": node.name,
+        "state": "up" if getattr(node, "settled", True) else "not settled (rebalance)",
+        "memory": info.get("used_memory_human"),
+        "keys": _keys(info),
+        "hit_rate": _rate(info.get("keyspace_hits", 0), info.get("keyspace_misses", 0)),
+        "clients": info.get("connected_clients"),
+        "uptime": info.get("uptime_in_seconds"),
+    }
+
+
+def _keys(info: dict[str, Any]) -> int:
+    return sum(db.get("keys", 0) for name, db in info.items() if name.startswith("db"))
+
+
+def _rate(hits: int, misses: int) -> str:
+    return f"{100 * hits / (hits + misses):.1f}%" if hits + misses else "-"

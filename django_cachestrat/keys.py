@@ -162,6 +162,31 @@ def behind_batch(prefix: str, label: str, batch: str) -> str:
     return f"{prefix}:{{{label}}}:wb:batch:{batch}"
 
 
+#: The hash tag of the statistics keys (``stats``), and of the ring record (``ring_record``).
+STATS_TAG = "stats"
+RING_TAG = "ring"
+
+
+def hash_tag(key: str) -> str:
+    """Return a key's hash tag: what lies between its first ``{`` and the next ``}``.
+
+    As Redis Cluster reads it; every key built here has one. A row's tag holds a ``:``
+    (``app.model:pk``, or ``app.model:field=value`` for a lookup); a model's (its version,
+    its write-behind queue) is the bare label; ``stats`` and ``ring`` are the others.
+    """
+    start = key.find("{")
+    if start != -1:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+def ring_record(prefix: str) -> str:
+    """Key of a node's ring record: which ring of nodes it serves (``backends.ring``)."""
+    return f"{prefix}:{{{RING_TAG}}}:record"
+
+
 def stats(prefix: str) -> Mapping[str, str]:
     """Keys of the statistics every process adds to (one hash tag, ``{stats}``).
 
@@ -170,7 +195,7 @@ def stats(prefix: str) -> Mapping[str, str]:
     entries and bytes per model (JSON, short-lived); ``minute``: the prefix of the
     per-minute hashes (``stats_minute``).
     """
-    tag = f"{prefix}:{{stats}}"
+    tag = f"{prefix}:{{{STATS_TAG}}}"
     return MappingProxyType(
         {"total": f"{tag}:total", "census": f"{tag}:census", "minute": f"{tag}:m"}
     )
@@ -178,4 +203,4 @@ def stats(prefix: str) -> Mapping[str, str]:
 
 def stats_minute(prefix: str, minute: int) -> str:
     """Key of the hash of counters added during ``minute`` (epoch seconds // 60)."""
-    return f"{prefix}:{{stats}}:m:{minute}"
+    return f"{prefix}:{{{STATS_TAG}}}:m:{minute}"

@@ -5,7 +5,7 @@ import redis
 from django.conf import settings
 from django.db import connections
 
-from django_cachestrat import backends, conf, signing
+from django_cachestrat import backends, conf, keys, signing
 from django_cachestrat.signals import (
     cache_error,
     cache_fill,
@@ -18,25 +18,122 @@ from django_cachestrat.signals import (
 )
 
 
+class RingClient:
+    """The suite's ring seen as one client (``CACHESTRAT_TEST_RING``), for tests that look at keys.
+
+    A command goes to the node of its (first) key, as the app places it; a model's keys,
+    which every node has, are read on the first node. ``scan_iter`` walks every node.
+    """
+
+    _ROUTED = frozenset(
+        [
+            "get",
+            "set",
+            "exists",
+            "rpush",
+            "hlen",
+            "ttl",
+            "pttl",
+            "zcard",
+            "zadd",
+            "hkeys",
+            "hget",
+            "hgetall",
+            "blpop",
+            "type",
+        ]
+    )
+
+    def __init__(self):
+        from django_cachestrat.backends.ring import Placement
+
+        cfg = conf.settings()
+        self.placement = Placement(cfg.ring)
+        self.clients = {
+            alias: redis.Redis.from_url(settings.CACHES[alias]["LOCATION"]) for alias, _ in cfg.ring
+        }
+        self.first = self.clients[cfg.ring[0][0]]
+
+    def client(self, key):
+        tag = keys.hash_tag(key.decode() if isinstance(key, bytes) else key)
+        return self.clients[self.placement.owner(tag)] if ":" in tag else self.first
+
+    def __getattr__(self, name):
+        if name in self._ROUTED:
+
+            def routed(key, *args, **kwargs):
+                first = key[0] if isinstance(key, list | tuple) else key
+                return getattr(self.client(first), name)(key, *args, **kwargs)
+
+            return routed
+        return getattr(self.first, name)  # info, config_resetstat, script_load: the first node
+
+    def delete(self, *names):
+        return sum(self.client(name).delete(name) for name in names)
+
+    def scan_iter(self, *args, **kwargs):
+        for client in self.clients.values():
+            yield from client.scan_iter(*args, **kwargs)
+
+    def close(self):
+        for client in self.clients.values():
+            client.close()
+
+
 @pytest.fixture
 def raw_redis():
-    """A plain client on the suite's Redis."""
-    client = redis.Redis.from_url(settings.CACHES["default"]["LOCATION"])
+    """A plain client on the suite's Redis (on a ring, a ``RingClient``)."""
+    if len(conf.settings().ring) > 1:
+        client = RingClient()
+    else:
+        client = redis.Redis.from_url(settings.CACHES["default"]["LOCATION"])
     yield client
     client.close()
 
 
+def node_clients():
+    """A plain client on each node of the suite's cache: one, or the ring's
+    (``CACHESTRAT_TEST_RING``)."""
+    aliases = [alias for alias, _ in conf.settings().ring] or [conf.settings().CACHE_ALIAS]
+    return [redis.Redis.from_url(settings.CACHES[alias]["LOCATION"]) for alias in aliases]
+
+
+def nodes_of(*names):
+    """The nodes of the suite's cache holding the keys ``names`` (one, off a ring)."""
+    transport = backends.get(conf.settings().CACHE_ALIAS)
+    return {transport.node(name) for name in names}
+
+
+def settle_ring():
+    """Write the ring records of the configured ring on its nodes, as a rebalance would."""
+    from django_cachestrat.backends.ring import Placement, Record
+
+    cfg = conf.settings()
+    placement = Placement(cfg.ring)
+    for (alias, _), client in zip(cfg.ring, node_clients(), strict=True):
+        record = Record(placement.fingerprint, 1, alias, placement.nodes)
+        client.set(keys.ring_record(cfg.KEY_PREFIX), record.dumps())
+        client.close()
+
+
 @pytest.fixture(autouse=True)
 def clean_cache(raw_redis):
-    """Every test starts with none of our keys and a fresh transport (breaker closed)."""
+    """Every test starts with none of our keys and a fresh transport (breaker closed).
+
+    On a ring, on every node, and with the ring settled.
+    """
     prefix = conf.settings().KEY_PREFIX
 
     def wipe():
-        keys = list(raw_redis.scan_iter(f"{prefix}:*", count=1000))
-        if keys:
-            raw_redis.delete(*keys)
+        for client in node_clients():
+            keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
 
     wipe()
+    if len(conf.settings().ring) > 1:
+        settle_ring()
     backends.reset()
     yield
     backends.reset()

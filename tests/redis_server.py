@@ -119,11 +119,32 @@ def caches_at(url: str, timeout: float = 0.3) -> dict:
 
 
 def unreachable_caches() -> dict:
-    """A ``CACHES`` setting pointing at a port where no Redis listens."""
-    return caches_at(f"redis://127.0.0.1:{free_port()}/0")
+    """A ``CACHES`` setting pointing at a port where no Redis listens.
+
+    With ``CACHESTRAT_TEST_RING``, every node of the suite's ring (their aliases) too.
+    """
+    caches = caches_at(f"redis://127.0.0.1:{free_port()}/0")
+    for n in range(1, int(os.environ.get("CACHESTRAT_TEST_RING", "0") or 0)):
+        caches[f"node{n}"] = caches["default"]
+    return caches
 
 
 _shared: Server | None = None
+
+
+def ring_urls(count: int) -> list[str]:
+    """URLs of ``count`` more servers for a ring (``CACHESTRAT_TEST_RING``), started once.
+
+    ``REDIS_RING_URLS`` (comma-separated) when given: worker processes the tests start
+    inherit it, and use the servers this process started.
+    """
+    given = [u for u in os.environ.get("REDIS_RING_URLS", "").split(",") if u]
+    while len(given) < count:
+        server = Server().start()
+        atexit.register(server.stop)
+        given.append(server.url)
+    os.environ["REDIS_RING_URLS"] = ",".join(given)
+    return given[:count]
 
 
 def url() -> str:

@@ -109,6 +109,14 @@ CACHESTRAT = {
     **json.loads(os.environ.get("CACHESTRAT_TEST_OVERRIDES", "{}")),
 }
 
+# CACHESTRAT_TEST_RING=N runs the suite on a ring of N nodes: the suite's Redis ("default")
+# and N - 1 more servers ("node1", ...); conftest.py settles the ring before each test.
+RING = int(os.environ.get("CACHESTRAT_TEST_RING", "0") or 0)
+if RING >= 2:
+    for _n, _url in enumerate(redis_server.ring_urls(RING - 1), start=1):
+        CACHES[f"node{_n}"] = {**CACHES["default"], "LOCATION": _url}
+    CACHESTRAT["NODES"] = list(CACHES)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -134,6 +134,11 @@ class ClaimsFirst:
             other()
         return self.transport.script(script, *args)
 
+    @property
+    def nodes(self):
+        # A queue claims from each node's queue: this one stands for the only node.
+        return (self,)
+
     def __getattr__(self, name):
         return getattr(self.transport, name)
 

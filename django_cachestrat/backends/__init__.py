@@ -1,4 +1,8 @@
-"""Transports, one per cache alias, built on first use and dropped when settings change."""
+"""Transports, one per cache alias, built on first use and dropped when settings change.
+
+``CACHESTRAT["NODES"]`` with two or more aliases makes the transport a ring of those
+nodes (``ring.RingTransport``); otherwise it is one ``RedisTransport``.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +17,28 @@ from django_redis import get_redis_connection
 
 from django_cachestrat import conf
 from django_cachestrat.backends.redis import CacheUnavailable, RedisTransport, WriteUncertain
+from django_cachestrat.backends.ring import RingNode, RingTransport
 
-__all__ = ["CacheUnavailable", "RedisTransport", "WriteUncertain", "get", "reset"]
+__all__ = [
+    "CacheUnavailable",
+    "RedisTransport",
+    "RingTransport",
+    "Transport",
+    "WriteUncertain",
+    "connect",
+    "get",
+    "reset",
+]
+
+#: What ``get`` returns: one server, or a ring of them.
+Transport = RedisTransport | RingTransport
 
 _lock = threading.Lock()
-_transports: dict[str, RedisTransport] = {}
+_transports: dict[str, Transport] = {}
 
 
-def get(alias: str) -> RedisTransport:
-    """Return the transport of cache ``alias``, building it on first use."""
+def get(alias: str) -> Transport:
+    """Return the transport of cache ``alias`` (the ring, with ``NODES``), built on first use."""
     transport = _transports.get(alias)
     if transport is None:
         with _lock:
@@ -31,7 +48,21 @@ def get(alias: str) -> RedisTransport:
     return transport
 
 
-def _build(alias: str) -> RedisTransport:
+def _build(alias: str) -> Transport:
+    options = conf.settings()
+    if len(options.ring) < 2:
+        return connect(options.ring[0][0] if options.ring else alias)
+    nodes = [connect(name, ring=True) for name, _ in options.ring]
+    return RingTransport(
+        [node for node in nodes if isinstance(node, RingNode)],
+        options.ring,
+        prefix=options.KEY_PREFIX,
+        connect=connect,
+    )
+
+
+def connect(alias: str, *, ring: bool = False) -> RedisTransport:
+    """Return a new transport to the server of cache ``alias`` (a ``RingNode`` if ``ring``)."""
     if alias not in django_settings.CACHES:
         raise ImproperlyConfigured(
             f"CACHESTRAT['CACHE_ALIAS'] is {alias!r}, which is not in CACHES "
@@ -45,12 +76,21 @@ def _build(alias: str) -> RedisTransport:
             "needs a Redis connection."
         ) from exc
     options = conf.settings()
-    return RedisTransport(
-        client,
-        cooldown=options.FAILURE_COOLDOWN,
-        max_pending=options.MAX_PENDING_INVALIDATIONS,
-        resends=options.RESENDS,
+    cooldown, kept, resends = (
+        options.FAILURE_COOLDOWN,
+        options.MAX_PENDING_INVALIDATIONS,
+        options.RESENDS,
     )
+    if ring:
+        return RingNode(
+            client,
+            recheck=cooldown,
+            cooldown=cooldown,
+            max_pending=kept,
+            resends=resends,
+            name=alias,
+        )
+    return RedisTransport(client, cooldown=cooldown, max_pending=kept, resends=resends, name=alias)
 
 
 def reset() -> None:

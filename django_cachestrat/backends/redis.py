@@ -1,8 +1,9 @@
 """The transport: every Redis command and script the app sends goes through here.
 
 Policy (when to read, fill or invalidate) lives in ``strategies`` and ``write_behind``;
-this module only moves bytes, in terms of keys and scripts, never connections, so that a
-ring of nodes or a Redis Cluster can later take a key to its node here and nowhere else.
+this module only moves bytes, in terms of keys and scripts, never connections. Where keys
+live is the transport's to say (``node``, ``split``, ``nodes``): here, one server holds
+them all; a ring of nodes (``backends.ring``) or a Redis Cluster answers otherwise.
 
 Every public method raises ``CacheUnavailable`` instead of a Redis error, behind a
 ``CircuitBreaker``; invalidations that could not be sent go to an ``InvalidationReplay``
@@ -61,13 +62,34 @@ class RedisTransport:
         resends: int = 3,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        name: str = "",
     ):
         self._client = client
+        #: The cache alias it talks to (for logs and the dashboard).
+        self.name = name
         self._clock = clock
         self.breaker = CircuitBreaker(cooldown, clock=monotonic)
         self.replay = InvalidationReplay(max_pending)
         self.kept_writes = KeptWrites(max_pending)
         self.resends = resends
+
+    # -- where keys live ------------------------------------------------------------------
+    # One server holds every key. Callers ask these where a call is inherently per node
+    # (a model's keys exist on each node of a ring, each copy covering that node's rows),
+    # or to send each node its share of a batch of rows.
+
+    @property
+    def nodes(self) -> tuple[RedisTransport, ...]:
+        """The servers, each with its own copy of the model-level keys: this one."""
+        return (self,)
+
+    def node(self, key: str) -> RedisTransport:
+        """Return the server that holds ``key`` (a row's or the statistics'): this one."""
+        return self
+
+    def split(self, keys: Sequence[str]) -> list[tuple[RedisTransport, Sequence[int]]]:
+        """Group the positions of ``keys`` by the server holding each: all here (none: no group)."""
+        return [(self, range(len(keys)))] if keys else []
 
     # -- the breaker ---------------------------------------------------------------------
 
@@ -87,6 +109,13 @@ class RedisTransport:
         if self.breaker.succeeded():
             logger.warning("django_cachestrat: Redis answers again; using the cache.")
         return result
+
+    def _call_invalidation(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """As ``_call``, for a deletion or a version bump: always safe to send.
+
+        A ring node whose record is not settled refuses everything else (``ring``).
+        """
+        return self._call(fn, *args)
 
     def _failed(self, exc: Exception) -> None:
         if self.breaker.failed():
@@ -408,7 +437,7 @@ class RedisTransport:
         ops: list[Op] = [("SET", key, "1", "PX", tombstone_ms) for key in tombstones]
         ops.append(("DEL", *keys))
         try:
-            self.execute(ops)
+            self._call_invalidation(self._execute, ops)
         except CacheUnavailable:
             self.replay.keep(version_key, keys)
             raise
@@ -416,7 +445,9 @@ class RedisTransport:
     def bump(self, version_key: str) -> None:
         """Bump a model's version; kept for replay if Redis cannot be reached."""
         try:
-            self.version(version_key, bump=True)
+            self._call_invalidation(
+                self._execute, [(scripts.VERSION, [version_key], [self._now_us(), "1"])]
+            )
         except CacheUnavailable:
             self.replay.keep(version_key, None)
             raise

@@ -38,17 +38,31 @@ def read(transport, prefix: str, *, fresh: bool = False) -> dict:
 
 
 def take(transport, prefix: str) -> dict:
-    """Walk the keyspace now; see ``read`` for what is returned."""
+    """Walk the keyspace now (of every node, on a ring); see ``read`` for what is returned."""
+    found: dict[str, list[int]] = {}
+    exact = True
+    for node in transport.nodes:
+        counted, whole = _count(node, prefix)
+        exact = exact and whole
+        for label, (n, size) in counted.items():
+            figures = found.setdefault(label, [0, 0])
+            figures[0] += n
+            figures[1] += size
+    return {"at": time.time(), "exact": exact, "models": found}
+
+
+def _count(node, prefix: str) -> tuple[dict[str, list[int]], bool]:
+    """Count one server's entries and bytes per model; also whether it was walked whole."""
     pattern = f"{prefix}:{{*}}:entry"
     head = len(prefix) + 2  # "<prefix>:{"
     found: dict[str, list[int]] = {}
     cursor, pages = 0, 0
     while True:
-        ((cursor, names),) = transport.execute([("SCAN", cursor, "MATCH", pattern, "COUNT", PAGE)])
+        ((cursor, names),) = node.execute([("SCAN", cursor, "MATCH", pattern, "COUNT", PAGE)])
         pages += 1
         cursor = int(cursor)
         if names:
-            sizes = transport.execute([("MEMORY", "USAGE", name) for name in names])
+            sizes = node.execute([("MEMORY", "USAGE", name) for name in names])
             for name, size in zip(names, sizes, strict=True):
                 if size is None:
                     continue  # expired since the scan saw it
@@ -60,7 +74,7 @@ def take(transport, prefix: str) -> dict:
             break
     exact = cursor == 0
     if not exact:
-        (size,) = transport.execute([("DBSIZE",)])
+        (size,) = node.execute([("DBSIZE",)])
         scale = max(1.0, size / (pages * PAGE))
         found = {label: [round(n * scale), round(b * scale)] for label, (n, b) in found.items()}
-    return {"at": time.time(), "exact": exact, "models": found}
+    return found, exact

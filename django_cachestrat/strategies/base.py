@@ -116,12 +116,25 @@ class Strategy:
         cfg = conf.settings()
         if not cfg.ENABLED or not pks or transactions.written(using, opts.label):
             return self._from_db(model, using, pks)
-        transport = backends.get(cfg.CACHE_ALIAS)
-        prefix = cfg.KEY_PREFIX
+        entry_keys = keys.entries(cfg.KEY_PREFIX, opts.label, pks)
+        version_key = keys.version(cfg.KEY_PREFIX, opts.label)
+        groups = backends.get(cfg.CACHE_ALIAS).split(entry_keys)
+        if len(groups) == 1:
+            node = groups[0][0]
+            return self._read_node(node, model, opts, using, pks, [version_key, *entry_keys])
+        # A ring: each node's rows with that node's version, one round trip a node.
+        found: dict[object, models.Model] = {}
+        for node, where in groups:
+            part = [pks[i] for i in where]
+            names = [version_key, *(entry_keys[i] for i in where)]
+            found.update(self._read_node(node, model, opts, using, part, names))
+        return {pk: found[pk] for pk in pks if pk in found}
+
+    def _read_node(self, transport, model, opts, using, pks: list, names: list) -> dict:
+        """Read rows ``pks`` from the node holding them: ``names`` are its version and entries."""
         label = opts.label
-        names = keys.entries(prefix, label, pks)
         try:
-            version, *entries = transport.mget([keys.version(prefix, label), *names])
+            version, *entries = transport.mget(names)
         except CacheUnavailable:
             count(label, recorder.DEGRADED_READS, len(pks))
             return self._from_db(model, using, pks)
@@ -133,7 +146,7 @@ class Strategy:
         stale = []
         early = []
         decoded = (
-            codec.decode_many(opts, entries, version, using, model, names, ages=bool(now))
+            codec.decode_many(opts, entries, version, using, model, names[1:], ages=bool(now))
             if version is not None
             else [None] * len(pks)
         )
@@ -182,7 +195,6 @@ class Strategy:
             return self._lookup_db(model, using, name, value)  # let the database say what is wrong
         if value is None or not cfg.ENABLED or transactions.written(using, opts.label):
             return self._lookup_db(model, using, name, value)
-        transport = backends.get(cfg.CACHE_ALIAS)
         prefix = cfg.KEY_PREFIX
         lookup = _Lookup(
             model,
@@ -193,6 +205,8 @@ class Strategy:
             keys.lookup(prefix, opts.label, field.attname, value),
             keys.lookup_fill(prefix, opts.label, field.attname, value),
         )
+        # The pointer's node (on a ring, maybe not its row's) does the whole lookup.
+        transport = backends.get(cfg.CACHE_ALIAS).node(lookup.pointer)
         try:
             raw = transport.get(lookup.pointer)
         except CacheUnavailable:
@@ -256,6 +270,12 @@ class Strategy:
         now = int(time.time() * 1000)
         entry, life = _encode_fill(opts, cfg, version, obj, delta, now, row_keys[0])
         pointer = pointer_item(cfg, lookup, str(obj.pk).encode(), ttl(opts, cfg))
+        if backends.get(cfg.CACHE_ALIAS).node(row_keys[0]) is not transport:
+            # On a ring, a row on another node than its pointer: the version read with the
+            # pointer's lease is not its node's, so only the pointer is stored; the row
+            # fills on its first read by pk.
+            self._store_pointer(transport, token, lookup.fill_keys, pointer)
+            return obj
         try:
             filled = transport.fill_lookup(token, pointer, (row_keys, entry, life))
         except CacheUnavailable:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import Sequence
 from functools import partial
 
 from django.core.exceptions import ValidationError
@@ -77,8 +76,24 @@ class WriteBehind(Strategy):
         cfg = conf.settings()
         if not cfg.ENABLED or not pks or transactions.written(using, opts.label):
             return self._with_pending(model, using, pks, _superseded(kept))
+        views = Views(model)
+        groups = views.by_node(pks)
+        if len(groups) == 1:
+            node = groups[0][0]
+            if node is not views.transport:
+                views = Views(model, node)
+            return self._read_views(views, model, opts, using, pks)
+        # A ring: each node's rows with that node's version, one round trip a node.
+        found: dict[object, models.Model] = {}
+        for node, part in groups:
+            found.update(self._read_views(Views(model, node), model, opts, using, part))
+        return {pk: found[pk] for pk in pks if pk in found}
+
+    def _read_views(self, source, model, opts, using, pks: list) -> dict[object, models.Model]:
+        """Read rows ``pks`` through ``source`` (``Views`` bound to the node holding them all)."""
+        node = source.transport
         try:
-            version, views = Views(model).read(pks)
+            version, views = source.read(pks)
         except CacheUnavailable:
             recorder.count(opts.label, recorder.DEGRADED_READS, len(pks))
             return self._from_db(model, using, pks)
@@ -100,7 +115,7 @@ class WriteBehind(Strategy):
         if not missing:
             return found
         send(signals.cache_miss, model, len(missing))
-        found.update(reads.fill(_ViewForm(self, model, using, seen), missing))
+        found.update(reads.fill(_ViewForm(self, model, using, node, seen), missing))
         return {pk: found[pk] for pk in pks if pk in found}
 
     def _decode(self, opts, pk, view, version, using, model):
@@ -336,7 +351,7 @@ class WriteBehind(Strategy):
                 # The view a write merges into is the row it will be flushed to: read from
                 # the flush database, not from a replica that may lag behind it.
                 using = flush_alias(model)
-                if pk not in reads.fill(_ViewForm(self, model, using), [pk]):
+                if pk not in reads.fill(_ViewForm(self, model, using, pending.node(pk)), [pk]):
                     raise model.DoesNotExist(
                         f"{model._meta.object_name} pk={pk!r} does not exist."
                     ) from None
@@ -574,23 +589,25 @@ def _record_committed(writes: dict) -> None:
     be written at all (deleted meanwhile) is logged as an error, and the others go on.
     """
     items = list(writes.items())
-    try:
-        outcomes: Sequence[Recorded | NeedsView | NotACounter | None] = record_all(
-            [(model, pk, w.fields, w.deltas, w.full, w.superseded) for (model, pk), w in items]
-        )
-    except WriteUncertain:
-        logger.warning(_UNCERTAIN, "a committed transaction", len(items))
-        return
-    except CacheUnavailable:
+    outcomes = record_all(
+        [(model, pk, w.fields, w.deltas, w.full, w.superseded) for (model, pk), w in items]
+    )
+    # On a ring, some nodes may have taken their rows' writes and others not.
+    uncertain = sum(isinstance(outcome, WriteUncertain) for outcome in outcomes)
+    unreachable = sum(isinstance(outcome, CacheUnavailable) for outcome in outcomes) - uncertain
+    if uncertain:
+        logger.warning(_UNCERTAIN, "a committed transaction", uncertain)
+    if unreachable:
         logger.warning(
             "django_cachestrat: Redis is unreachable; %d write-behind write(s) of a committed "
             "transaction go to the database now.",
-            len(items),
+            unreachable,
         )
-        outcomes = [None] * len(items)
     to_flush = set()
     for ((model, pk), w), outcome in zip(items, outcomes, strict=True):
         strategy = model.cache_strategy
+        if isinstance(outcome, WriteUncertain):
+            continue  # Redis may have it: never the database too; sent again when it answers
         if isinstance(outcome, Recorded):
             recorder.count(options.get(model).label, recorder.BEHIND_WRITES, 1)
         try:
@@ -603,7 +620,7 @@ def _record_committed(writes: dict) -> None:
                     outcome,
                 )
                 strategy._write_now(model, pk, w.fields, w.deltas)
-            elif outcome is None:
+            elif isinstance(outcome, CacheUnavailable):
                 if w.fields or w.deltas:
                     strategy._write_now(model, pk, w.fields, w.deltas)
             elif isinstance(outcome, NeedsView):
@@ -685,9 +702,9 @@ class _ViewForm(reads.Form):
     script read.
     """
 
-    def __init__(self, strategy: WriteBehind, model, using, seen=None):
-        self.views = Views(model)
-        super().__init__(model, using, self.views.transport)
+    def __init__(self, strategy: WriteBehind, model, using, node, seen=None):
+        self.views = Views(model, node)  # the node holding the rows the form reads
+        super().__init__(model, using, node)
         self.strategy = strategy
         self.opts = options.get(model)
         self.version = b"0"

@@ -94,24 +94,30 @@ def write_behind_models() -> list[type[models.Model]]:
 
 
 def flush(
-    models_to_flush: list[type[models.Model]] | None = None, *, max_batches: int | None = None
+    models_to_flush: list[type[models.Model]] | None = None,
+    *,
+    max_batches: int | None = None,
+    transport=None,
 ) -> FlushReport:
     """Flush pending writes until none are ready (or ``max_batches`` were written).
 
-    Then prune the ``AppliedBatch`` markers no flush can need any more.
+    Then prune the ``AppliedBatch`` markers no flush can need any more. On a ring, each
+    node's queue is flushed (a node that cannot be reached is passed over). ``transport``:
+    the cache's by default (``cachestrat_rebalance`` drains the nodes of a previous ring).
     """
     cfg = conf.settings()
     report = FlushReport()
     for model in models_to_flush or write_behind_models():
-        queue = Queue(model)
-        settle_open_cuts(model)
+        queue = Queue(model, transport)
+        settle_open_cuts(model, transport)
         while max_batches is None or report.batches < max_batches:
             started = time.monotonic()
             batch = queue.claim(cfg.BATCH_SIZE, cfg.VISIBILITY_TIMEOUT)
             if batch is None:
                 break
             apply(model, queue, batch, report, deadline=started + cfg.VISIBILITY_TIMEOUT)
-    prune()
+    if transport is None:  # one node's view of the batches in flight is not enough to prune
+        prune()
     return report
 
 
@@ -190,7 +196,7 @@ def _write_locked(model, using: str, queue: Queue, batch_id: str, pks: list, mar
     (``_set_foreign_aside``).
     """
     _lock_rows(model, using, pks)
-    settle_cuts(model, using, pks, batch_id)
+    settle_cuts(model, using, pks, batch_id, queue.transport)
     if applied.applied(using, markers):
         return []
     batch = queue.contents(batch_id, pks)
@@ -286,7 +292,7 @@ def _lock_rows(model, using: str, pks: list, *, skip_locked: bool = False) -> li
     return list(pks)
 
 
-def settle_cuts(model, using: str, pks: list, batch_id: str | None = None) -> None:
+def settle_cuts(model, using: str, pks: list, batch_id: str | None = None, transport=None) -> None:
     """Settle what direct writes set aside of rows ``pks``, which the caller has locked.
 
     A direct write whose marker is committed committed: drop. Else it rolled back (it
@@ -294,7 +300,7 @@ def settle_cuts(model, using: str, pks: list, batch_id: str | None = None) -> No
     that batch (the caller writes it now), the part of an earlier batch only if that
     batch is not in the database already.
     """
-    pending = PendingWrites(model)
+    pending = PendingWrites(model, transport)
     cuts = pending.cuts_of(pks)
     if not cuts:
         return
@@ -314,26 +320,27 @@ def settle_cuts(model, using: str, pks: list, batch_id: str | None = None) -> No
         pending.settle(cut, committed=False, keep_batch=into or not written, into_batch=into)
 
 
-def settle_open_cuts(model) -> None:
+def settle_open_cuts(model, transport=None) -> None:
     """Settle what direct writes set aside and nobody settled at their commit.
 
     Those that rolled back (their pending writes go back to be flushed), and those whose
     process died after the commit or found Redis down then. A row still locked by a
     direct write that is running is left for the next flush (on SQLite, the lock of the
-    database is waited for).
+    database is waited for). On a ring, node by node.
     """
-    try:
-        cuts = PendingWrites(model).cuts()
-    except CacheUnavailable:
-        return
-    if not cuts:
-        return
-    using = flush_alias(model)
-    pks = list(dict.fromkeys(cut.pk for cut in cuts))
-    with transaction.atomic(using=using):
-        locked = _lock_rows(model, using, pks, skip_locked=True)
-        if locked:
-            settle_cuts(model, using, locked)
+    for node in PendingWrites(model, transport).transport.nodes:
+        try:
+            cuts = PendingWrites(model, node).cuts()
+        except CacheUnavailable:
+            continue
+        if not cuts:
+            continue
+        using = flush_alias(model)
+        pks = list(dict.fromkeys(cut.pk for cut in cuts))
+        with transaction.atomic(using=using):
+            locked = _lock_rows(model, using, pks, skip_locked=True)
+            if locked:
+                settle_cuts(model, using, locked, transport=node)
 
 
 def _ack(queue: Queue, batch: Batch, pks, ttl: int) -> bool:
@@ -503,21 +510,21 @@ def _ttl(opts, cfg) -> int:
     return opts.ttl or cfg.DEFAULT_TTL
 
 
-def drain(*, reclaim: bool = False) -> FlushReport:
+def drain(*, reclaim: bool = False, transport=None) -> FlushReport:
     """Flush until nothing is ready, as for a deploy or a shutdown.
 
     ``reclaim=True`` also takes over batches other workers claimed and have not
     acknowledged (run it when those workers are stopped); they are applied exactly once
-    whatever point their worker reached.
+    whatever point their worker reached. ``transport``: as for ``flush``.
     """
     models_ = write_behind_models()
     if reclaim:
         for model in models_:
-            Queue(model).expire_inflight()
+            Queue(model, transport).expire_inflight()
     report = FlushReport()
     for model in models_:
         while True:
-            step = flush([model])
+            step = flush([model], transport=transport)
             report.merge(step)
             if not step.batches or step.requeued:
                 break  # nothing left, or only rows waiting for their retry time

@@ -104,27 +104,35 @@ def pending(
     summaries = []
     found: list[tuple[Queue, PendingRow]] = []
     for model in chosen:
-        queue = Queue(model)
-        rows, batches = _index(queue)
-        if rows or batches:
-            summaries.append(ModelSummary(queue.opts.label, len(rows), batches))
-        found += [(queue, row) for row in rows]
+        waiting, flying = 0, 0
+        for queue in _queues(model):
+            rows, batches = _index(queue)
+            waiting += len(rows)
+            flying += batches
+            found += [(queue, row) for row in rows]
+        if waiting or flying:
+            summaries.append(ModelSummary(options.get(model).label, waiting, flying))
     found.sort(key=lambda item: item[1].since, reverse=True)
     shown = found[: max(0, limit)]
-    by_queue: dict[str, tuple[Queue, list[PendingRow]]] = {}
+    by_queue: dict[int, tuple[Queue, list[PendingRow]]] = {}
     for queue, row in shown:
-        by_queue.setdefault(queue.opts.label, (queue, []))[1].append(row)
+        by_queue.setdefault(id(queue), (queue, []))[1].append(row)
     for queue, rows in by_queue.values():
         _writes(queue, rows)
     return summaries, [row for _, row in shown], len(found)
 
 
+def _queues(model: type[models.Model]) -> list[Queue]:
+    """Return the model's queue on each node (one, on one server)."""
+    return [Queue(model, node) for node in Queue(model).transport.nodes]
+
+
 def backlog(model: type[models.Model]) -> tuple[int, dt.datetime | None]:
     """Return how many rows of ``model`` have unflushed writes, and the oldest one's time.
 
-    Two round trips at most, reading the queue's indexes (not the writes).
+    Two round trips at most (a node), reading the queue's indexes (not the writes).
     """
-    rows, _ = _index(Queue(model))
+    rows = [row for queue in _queues(model) for row in _index(queue)[0]]
     return len(rows), min((row.since for row in rows), default=None)
 
 

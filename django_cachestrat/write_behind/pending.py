@@ -9,6 +9,7 @@ script (``RECORD``), so a save is one round trip and counters add up on the serv
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
 import threading
 from collections.abc import Iterable, Sequence
@@ -17,11 +18,19 @@ from typing import Any, NamedTuple
 from django.db import models
 
 from django_cachestrat import codec, keys
-from django_cachestrat.backends import scripts
+from django_cachestrat.backends import CacheUnavailable, scripts
 from django_cachestrat.backends.scripts import Recorded
 from django_cachestrat.write_behind import applied
 from django_cachestrat.write_behind.queue import Queue, decode_writes
 from django_cachestrat.write_behind.state import ModelState, member
+
+logger = logging.getLogger("django_cachestrat")
+
+#: Logged for rows of a ring's node that could not be reached by a direct write's ``cut``.
+_NOT_CUT = (
+    "django_cachestrat: Redis node unreachable; unflushed writes of %s rows %s, written "
+    "directly, will be flushed over them (%s)."
+)
 
 #: How long a row remembers a writer's recent writes (``RECORD``'s anti-replay window):
 #: far longer than any copy of a write that timed out can wait in the server.
@@ -49,8 +58,9 @@ class NotACounter(Exception):
     """An increment named a field whose cached value is not an integer."""
 
 
-#: What ``record_all`` says of one write: its ``Recorded`` status, or the refusal.
-Outcome = Recorded | NeedsView | NotACounter
+#: What ``record_all`` says of one write: its ``Recorded`` status, the refusal, or the
+#: ``CacheUnavailable`` (a ``WriteUncertain`` too) of the node it was sent to.
+Outcome = Recorded | NeedsView | NotACounter | CacheUnavailable
 
 
 class Layer(NamedTuple):
@@ -155,17 +165,26 @@ class PendingWrites(ModelState):
         All of them, or those of ``among`` (checked in Redis, one round trip either way).
         """
         if among is None:
-            first, second = self.transport.execute(
-                [("ZRANGE", self.queue["dirty"], 0, -1), ("HKEYS", self.queue["busy"])]
-            )
-            return list(dict.fromkeys(self.opts.to_pk(m.decode()) for m in [*first, *second]))
+            found: list[bytes] = []
+            for node in self.transport.nodes:  # each node's queue has its own rows
+                first, second = node.execute(
+                    [("ZRANGE", self.queue["dirty"], 0, -1), ("HKEYS", self.queue["busy"])]
+                )
+                found += [*first, *second]
+            return list(dict.fromkeys(self.opts.to_pk(m.decode()) for m in found))
         if not among:
             return []
-        members = [member(pk) for pk in among]
-        first, second = self.transport.execute(
-            [("ZMSCORE", self.queue["dirty"], *members), ("HMGET", self.queue["busy"], *members)]
-        )
-        return [pk for pk, a, b in zip(among, first, second, strict=True) if a or b]
+        waiting: set[Any] = set()
+        for node, part in self.by_node(among):
+            members = [member(pk) for pk in part]
+            first, second = node.execute(
+                [
+                    ("ZMSCORE", self.queue["dirty"], *members),
+                    ("HMGET", self.queue["busy"], *members),
+                ]
+            )
+            waiting.update(pk for pk, a, b in zip(part, first, second, strict=True) if a or b)
+        return [pk for pk in among if pk in waiting]
 
     def layers(self, pks: Sequence[Any]) -> dict[Any, list[Layer]]:
         """Return, for each of ``pks`` with unflushed writes, its layers of writes.
@@ -176,6 +195,13 @@ class PendingWrites(ModelState):
         values whose MAC does not verify are left out (the flush dead-letters them);
         increments are the sums Redis holds (a read's bound: see the README's Security).
         """
+        found: dict[Any, list[Layer]] = {}
+        for node, part in self.by_node(pks):
+            found.update(self._layers(node, part))
+        return found
+
+    def _layers(self, node, pks: Sequence[Any]) -> dict[Any, list[Layer]]:
+        """``layers`` of rows ``pks``, which are all on ``node`` (two round trips)."""
         ops: list[tuple] = [("ZRANGE", self.queue["cuts"], 0, -1)]
         for pk in pks:
             row = self.row(pk)
@@ -184,14 +210,14 @@ class PendingWrites(ModelState):
                 ("HGETALL", row["fields"]),
                 ("HGETALL", row["deltas"]),
             ]
-        cut_members, *replies = self.transport.execute(ops)
+        cut_members, *replies = node.execute(ops)
         wanted = set(map(member, pks))
         cuts = [c for c in map(self._parse_cut, cut_members) if member(c.pk) in wanted]
-        cut_parts = self.transport.execute(
+        cut_parts = node.execute(
             [("HGETALL", key) for c in cuts for key in self._cut_keys(c.pk, c.id)]
         )
         found: dict[Any, list[Layer]] = {}
-        queue = Queue(self.model)
+        queue = Queue(self.model, node)
         for n, pk in enumerate(pks):
             busy, fields, deltas = replies[3 * n : 3 * n + 3]
             stack = found.setdefault(pk, [])
@@ -249,17 +275,41 @@ class PendingWrites(ModelState):
                     [member(pk), cut_id, deadline, self._tag(pk), *names],
                 )
             )
-        return [self._parse_cut(entry) for entry in self.transport.execute(ops) if entry]
+        made: list[Cut] = []
+        failed: CacheUnavailable | None = None
+        for node, where in self.transport.split([op[1][0] for op in ops]):  # by row
+            try:
+                replies = node.execute([ops[i] for i in where])
+            except CacheUnavailable as exc:
+                # On a ring, the other nodes' rows are set aside all the same.
+                failed = exc
+                skipped = ", ".join(repr(items[i][0]) for i in where)
+                if len(ops) > len(where):
+                    logger.warning(_NOT_CUT, self.opts.label, skipped, exc)
+                continue
+            made += [self._parse_cut(entry) for entry in replies if entry]
+        if failed is not None and not made:
+            raise failed
+        return made
 
     def cuts(self) -> list[Cut]:
         """Return the writes set aside by direct writes and not settled yet, oldest first."""
-        (found,) = self.transport.execute([("ZRANGE", self.queue["cuts"], 0, -1)])
+        found: list[Cut] = []
+        for node in self.transport.nodes:  # oldest first per node
+            found += self._cuts(node)
+        return found
+
+    def _cuts(self, node) -> list[Cut]:
+        (found,) = node.execute([("ZRANGE", self.queue["cuts"], 0, -1)])
         return [self._parse_cut(m) for m in found]
 
     def cuts_of(self, pks: Iterable[Any]) -> list[Cut]:
         """Return the unsettled cuts of rows ``pks``."""
-        wanted = set(map(member, pks))
-        return [c for c in self.cuts() if member(c.pk) in wanted]
+        found = []
+        for node, part in self.by_node(list(pks)):
+            wanted = set(map(member, part))
+            found += [c for c in self._cuts(node) if member(c.pk) in wanted]
+        return found
 
     def settle(self, cut: Cut, *, committed: bool, keep_batch: bool, into_batch: bool) -> None:
         """Settle a cut: drop it (its direct write ``committed``) or put it back.
@@ -274,7 +324,7 @@ class PendingWrites(ModelState):
             target = list(self.batch_row(cut.pk, cut.batch))
         else:
             target = [row["fields"], row["deltas"]]
-        self.transport.script(
+        self.node(cut.pk).script(
             scripts.CUT_SETTLE,
             [
                 self.queue["cuts"],
@@ -325,27 +375,37 @@ def record_all(
 ) -> list[Outcome]:
     """Record several writes ``(model, pk, fields, deltas, full, superseded)`` at once.
 
-    One round trip. Each write's outcome is what ``PendingWrites.record`` would return
-    for it, or the ``NeedsView``/``NotACounter`` it would raise. Writes to one row must
-    be merged into one beforehand (the batch's calls must be independent).
+    One round trip (a node: on a ring, one per node holding some of the rows). Each
+    write's outcome is what ``PendingWrites.record`` would return for it, the
+    ``NeedsView``/``NotACounter`` it would raise, or the ``CacheUnavailable`` (or
+    ``WriteUncertain``) of its node: one node failing leaves the others' writes
+    recorded. Writes to one row must be merged into one beforehand (the batch's calls
+    must be independent).
     """
     stores: dict[type[models.Model], PendingWrites] = {}
-    ops = []
-    for model, pk, fields, deltas, full, superseded in writes:
+    ops: list[tuple[int, tuple]] = []
+    for n, (model, pk, fields, deltas, full, superseded) in enumerate(writes):
         store = stores.get(model)
         if store is None:
             store = stores[model] = PendingWrites(model)
         if fields or deltas or superseded:
-            ops.append(store._record_op(pk, fields, deltas, full, superseded))
+            ops.append((n, store._record_op(pk, fields, deltas, full, superseded)))
+    outcomes: list[Outcome] = [Recorded.RECORDED] * len(writes)  # nothing to record: done
+    if not ops:
+        return outcomes
     transport = next(iter(stores.values())).transport
-    replies = iter(transport.execute(ops, once=True) if ops else ())
-    outcomes: list[Outcome] = []
-    for _, pk, fields, deltas, _, superseded in writes:
-        if not (fields or deltas or superseded):
-            outcomes.append(Recorded.RECORDED)  # nothing to record
-            continue
+    for node, where in transport.split([op[1][0] for _, op in ops]):  # by the row's view
         try:
-            outcomes.append(_outcome(pk, deltas, next(replies)))
-        except (NeedsView, NotACounter) as exc:
-            outcomes.append(exc)
+            replies: list = node.execute([ops[i][1] for i in where], once=True)
+        except CacheUnavailable as exc:
+            replies = [exc] * len(where)
+        for i, reply in zip(where, replies, strict=True):
+            n = ops[i][0]
+            if isinstance(reply, CacheUnavailable):
+                outcomes[n] = reply
+                continue
+            try:
+                outcomes[n] = _outcome(writes[n][1], writes[n][3], reply)
+            except (NeedsView, NotACounter) as exc:
+                outcomes[n] = exc
     return outcomes

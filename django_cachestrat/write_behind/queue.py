@@ -16,13 +16,14 @@ rows back that the new owner is writing.
 
 from __future__ import annotations
 
+import random
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from django_cachestrat import codec, conf, keys
-from django_cachestrat.backends import scripts
+from django_cachestrat.backends import CacheUnavailable, scripts
 from django_cachestrat.signing import Unverified
 from django_cachestrat.write_behind.state import ModelState, member
 
@@ -45,12 +46,14 @@ class Batch:
     pks: list[Any] = field(default_factory=list)
     rows: dict[Any, tuple[dict[str, Any], dict[str, int]]] = field(default_factory=dict)
     deadline: int | None = None
+    #: The node whose queue it was claimed from (on a ring, each node has its own).
+    node: Any = None
     #: Per pk, the writes whose MAC did not verify: field name -> why (never written).
     forged: dict[Any, dict[str, str]] = field(default_factory=dict)
 
 
 class Queue(ModelState):
-    """The write-behind queue of one model."""
+    """The write-behind queue of one model (on a ring, one on each node)."""
 
     def _now_ms(self) -> int:
         return int(self.transport.now() * 1000)
@@ -66,82 +69,107 @@ class Queue(ModelState):
         stop every flush for as long as the batch is held. A claim whose rows another
         worker took first (both read the same head of ``dirty``) looks again, instead of
         ending this worker's flush while rows wait. None: no row can be claimed now.
+
+        On a ring, from the first node (in turn) that has some; a node that cannot be
+        reached is passed over, unless none can.
         """
+        nodes = self.transport.nodes
+        failed: list[CacheUnavailable] = []
+        start = random.randrange(len(nodes))  # so that workers start on different nodes
+        for node in nodes[start:] + nodes[:start]:
+            try:
+                batch = self._claim(node, limit, visibility)
+            except CacheUnavailable as exc:
+                failed.append(exc)
+                continue
+            if batch is not None:
+                return batch
+        if len(failed) == len(nodes):
+            raise failed[0]
+        return None
+
+    def _claim(self, node, limit: int, visibility: float) -> Batch | None:
+        """Claim from ``node``'s queue, as ``claim`` says."""
         for _ in range(CLAIM_TRIES):
             now = self._now_ms()
             deadline = now + int(visibility * 1000)
-            stale, held = self.transport.execute(
+            stale, held = node.execute(
                 [
                     ("ZRANGEBYSCORE", self.queue["inflight"], "-inf", now, "LIMIT", 0, 1),
                     ("HKEYS", self.queue["busy"]),
                 ]
             )
-            if stale and (batch := self._reclaim(stale[0].decode(), now, deadline)):
+            if stale and (batch := self._reclaim(node, stale[0].decode(), now, deadline)):
                 return batch
             # The first ``limit`` rows in no batch are among these (unless other workers
             # claim meanwhile: CLAIM checks each row again, atomically).
             window = limit + len(held)
-            (candidates,) = self.transport.execute(
+            (candidates,) = node.execute(
                 [("ZRANGEBYSCORE", self.queue["dirty"], "-inf", now, "LIMIT", 0, window)]
             )
             busy = set(held)
             free = [self.opts.to_pk(c.decode()) for c in candidates if c not in busy][:limit]
             if not free:
                 return None
-            if batch := self._claim_rows(free, now, deadline):
+            if batch := self._claim_rows(node, free, now, deadline):
                 return batch
         return None
 
-    def _reclaim(self, batch_id: str, now: int, deadline: int) -> Batch | None:
+    def _reclaim(self, node, batch_id: str, now: int, deadline: int) -> Batch | None:
         """Take over batch ``batch_id``, whose deadline passed; None if another worker did."""
         members_key = keys.behind_batch(self.prefix, self.opts.label, batch_id)
-        members = self.transport.script(
+        members = node.script(
             scripts.RECLAIM, [self.queue["inflight"], members_key], [batch_id, now, deadline]
         )
         if not members:
             return None
-        return Batch(batch_id, [self.opts.to_pk(m.decode()) for m in members], deadline=deadline)
+        pks = [self.opts.to_pk(m.decode()) for m in members]
+        return Batch(batch_id, pks, deadline=deadline, node=node)
 
-    def _claim_rows(self, pks: list, now: int, deadline: int) -> Batch | None:
+    def _claim_rows(self, node, pks: list, now: int, deadline: int) -> Batch | None:
         """Claim those of rows ``pks`` still in no batch; None if other workers took all."""
         batch_id = f"{now:x}-{secrets.token_hex(6)}"
-        claimed = self.transport.script(
+        claimed = node.script(
             scripts.CLAIM,
             self._batch_keys(batch_id, pks, pending=True),
             [batch_id, deadline, *map(member, pks)],
         )
         if not claimed:
             return None
-        return Batch(batch_id, [self.opts.to_pk(c.decode()) for c in claimed], deadline=deadline)
+        pks = [self.opts.to_pk(c.decode()) for c in claimed]
+        return Batch(batch_id, pks, deadline=deadline, node=node)
 
     def contents(self, batch_id: str, pks: Iterable[Any]) -> Batch:
         """Read what batch ``batch_id`` holds for ``pks``, as a flush writes it.
 
-        With ``SIGN`` on, only what verifies: the saved values whose MAC does, and per
-        counter the sum of the signed increment records that do (a second round trip
-        reads them), never the sum Redis holds. What does not is in ``Batch.forged``.
+        One round trip a node, and with ``SIGN`` on a second one: only what verifies, the
+        saved values whose MAC does and per counter the sum of the signed increment
+        records that do, never the sum Redis holds. What does not is in ``Batch.forged``.
         """
         pks = list(pks)
-        replies = self.transport.execute(
-            [("HGETALL", key) for pk in pks for key in self.batch_row(pk, batch_id)]
-        )
-        records: list[Any] = [None] * len(pks)
-        if self.cfg.signer is not None:
-            wanted = [
-                (n, name, keys.behind_increments(self.batch_row(pk, batch_id)[1], name))
-                for n, pk in enumerate(pks)
-                for name in map(bytes.decode, replies[2 * n + 1])
-            ]
-            lists = self.transport.execute([("LRANGE", key, 0, -1) for *_, key in wanted])
-            records = [{} for _ in pks]
-            for (n, name, _), found in zip(wanted, lists, strict=True):
-                records[n][name] = found
         batch = Batch(batch_id, pks)
-        for n, pk in enumerate(pks):
-            writes = decode_writes(replies[2 * n], replies[2 * n + 1], self.row_tag(pk), records[n])
-            batch.rows[pk] = (writes.fields, writes.deltas)
-            if writes.forged:
-                batch.forged[pk] = writes.forged
+        for node, part in self.by_node(pks):
+            replies = node.execute(
+                [("HGETALL", key) for pk in part for key in self.batch_row(pk, batch_id)]
+            )
+            records: list[Any] = [None] * len(part)
+            if self.cfg.signer is not None:
+                wanted = [
+                    (n, name, keys.behind_increments(self.batch_row(pk, batch_id)[1], name))
+                    for n, pk in enumerate(part)
+                    for name in map(bytes.decode, replies[2 * n + 1])
+                ]
+                lists = node.execute([("LRANGE", key, 0, -1) for *_, key in wanted])
+                records = [{} for _ in part]
+                for (n, name, _), found in zip(wanted, lists, strict=True):
+                    records[n][name] = found
+            for n, pk in enumerate(part):
+                tag = self.row_tag(pk)
+                writes = decode_writes(replies[2 * n], replies[2 * n + 1], tag, records[n])
+                batch.rows[pk] = (writes.fields, writes.deltas)
+                if writes.forged:
+                    batch.forged[pk] = writes.forged
+        batch.rows = {pk: batch.rows[pk] for pk in pks}  # in the order asked
         return batch
 
     def ack(self, batch: Batch, pks: Sequence[Any], ttl: int) -> bool:
@@ -153,7 +181,7 @@ class Queue(ModelState):
         for pk in pks:
             script_keys += [*self.batch_row(pk, batch.id), self.row(pk)["view"]]
         args = [batch.id, ttl, batch.deadline, *map(member, pks)]
-        return bool(self.transport.script(scripts.ACK, script_keys, args))
+        return bool((batch.node or self.transport).script(scripts.ACK, script_keys, args))
 
     def requeue(self, batch: Batch, pks: Sequence[Any], delay: float) -> bool:
         """Put rows of the batch back as pending, claimable again after ``delay`` seconds.
@@ -162,7 +190,7 @@ class Queue(ModelState):
         """
         when = self._now_ms() + int(delay * 1000)
         return bool(
-            self.transport.script(
+            (batch.node or self.transport).script(
                 scripts.REQUEUE,
                 self._batch_keys(batch.id, pks, pending=True),
                 [batch.id, when, batch.deadline, *map(member, pks)],
@@ -180,43 +208,55 @@ class Queue(ModelState):
 
     def failed(self, pk: Any) -> int:
         """Count a failed flush of row ``pk``; return how many it has had."""
-        (attempts,) = self.transport.execute([("HINCRBY", self.queue["attempts"], member(pk), 1)])
+        (attempts,) = self.node(pk).execute([("HINCRBY", self.queue["attempts"], member(pk), 1)])
         return attempts
 
     def finished(self, pks: Sequence[Any]) -> None:
         """Forget the failure counts of rows ``pks`` (written, or dead-lettered)."""
-        if pks:
-            self.transport.execute([("HDEL", self.queue["attempts"], *map(member, pks))])
+        for node, part in self.by_node(pks):
+            node.execute([("HDEL", self.queue["attempts"], *map(member, part))])
 
     def drop_views(self, pks: Sequence[Any]) -> None:
         """Delete rows' views (their writes were dead-lettered: the views are not the rows)."""
-        if pks:
-            self.transport.execute([("DEL", *(self.row(pk)["view"] for pk in pks))])
+        for node, part in self.by_node(pks):
+            node.execute([("DEL", *(self.row(pk)["view"] for pk in part))])
 
     def expire_inflight(self) -> None:
         """Make every batch in flight reclaimable now (its workers are known to be gone).
 
         Their claims end: a worker still running could no longer acknowledge its batch.
         """
-        batches = self.in_flight()
-        if batches:
-            args = [x for b in batches for x in (0, b)]
-            self.transport.execute([("ZADD", self.queue["inflight"], "XX", *args)])
+        for node in self.transport.nodes:
+            (batches,) = node.execute([("ZRANGE", self.queue["inflight"], 0, -1)])
+            if batches:
+                args = [x for b in batches for x in (0, b)]
+                node.execute([("ZADD", self.queue["inflight"], "XX", *args)])
 
     def release_trigger(self) -> None:
         """Let the next size trigger queue another flush (one has started)."""
-        self.transport.execute([("DEL", self.queue["trigger"])])
+        for node in self.transport.nodes:
+            try:
+                node.execute([("DEL", self.queue["trigger"])])
+            except CacheUnavailable:
+                pass  # its flag lapses on its own; the other nodes' flush goes on
 
     def in_flight(self) -> list[str]:
         """Return the ids of the batches in flight (claimed, not acknowledged)."""
-        (batches,) = self.transport.execute([("ZRANGE", self.queue["inflight"], 0, -1)])
-        return [b.decode() for b in batches]
+        found = []
+        for node in self.transport.nodes:
+            (batches,) = node.execute([("ZRANGE", self.queue["inflight"], 0, -1)])
+            found += [b.decode() for b in batches]
+        return found
 
     def counts(self) -> tuple[int, int]:
-        """Return ``(rows waiting to be claimed, batches in flight)``."""
-        waiting, flying = self.transport.execute(
-            [("ZCARD", self.queue["dirty"]), ("ZCARD", self.queue["inflight"])]
-        )
+        """Return ``(rows waiting to be claimed, batches in flight)``, over every node."""
+        waiting = flying = 0
+        for node in self.transport.nodes:
+            rows, batches = node.execute(
+                [("ZCARD", self.queue["dirty"]), ("ZCARD", self.queue["inflight"])]
+            )
+            waiting += rows
+            flying += batches
         return waiting, flying
 
 

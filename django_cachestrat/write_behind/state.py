@@ -24,15 +24,33 @@ def pairs(flat: Sequence[bytes]) -> dict[str, bytes]:
 
 
 class ModelState:
-    """Where one model's write-behind state lives in Redis, and the transport to it."""
+    """Where one model's write-behind state lives in Redis, and the transport to it.
 
-    def __init__(self, model: type[models.Model]):
+    ``transport``: the cache's (default), or one node of a ring. A row's state is on the
+    row's node; the model's queue is on every node, each copy holding the rows that node
+    holds: a method about rows sends each node its rows (``by_node``), one about the
+    whole model asks every node (``transport.nodes``).
+    """
+
+    def __init__(self, model: type[models.Model], transport: backends.Transport | None = None):
         self.model = model
         self.opts = options.get(model)
         self.cfg = conf.settings()
-        self.transport = backends.get(self.cfg.CACHE_ALIAS)
+        self.transport = transport or backends.get(self.cfg.CACHE_ALIAS)
         self.prefix = self.cfg.KEY_PREFIX
         self.queue = keys.behind_model(self.prefix, self.opts.label)
+
+    def node(self, pk: Any) -> backends.RedisTransport:
+        """Return the node holding row ``pk``'s keys (the transport itself, on one server)."""
+        return self.transport.node(keys.entry(self.prefix, self.opts.label, pk))
+
+    def by_node(self, pks: Sequence[Any]) -> list[tuple[backends.RedisTransport, list[Any]]]:
+        """Group ``pks`` by the node holding each row, in first-seen order (none: no group)."""
+        nodes = self.transport.nodes
+        if len(nodes) == 1:  # one server: no key to build
+            return [(nodes[0], list(pks))] if pks else []
+        groups = self.transport.split(keys.entries(self.prefix, self.opts.label, pks))
+        return [(node, [pks[i] for i in where]) for node, where in groups]
 
     def row(self, pk: Any) -> dict[str, str]:
         """Return the keys of row ``pk``: view, fields, deltas, lease."""

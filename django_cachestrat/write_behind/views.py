@@ -113,4 +113,5 @@ class Views(ModelState):
 
     def release(self, pks: Sequence[Any], token: str) -> None:
         """Give back the fill leases ``token`` holds of rows ``pks``; wake their waiters."""
-        self.transport.release([self.fill_keys(pk) for pk in pks], token)
+        for node, part in self.by_node(pks):
+            node.release([self.fill_keys(pk) for pk in part], token)
