@@ -41,6 +41,9 @@ class RingClient:
             "hgetall",
             "blpop",
             "type",
+            "hset",
+            "hincrby",
+            "lrange",
         ]
     )
 

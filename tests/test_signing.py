@@ -17,7 +17,7 @@ from django_cachestrat import conf, keys, options, signing, stats
 from django_cachestrat.models import DeadLetter
 from django_cachestrat.tasks import flush_write_behind
 from django_cachestrat.write_behind import flusher
-from tests.conftest import unsigned
+from tests.conftest import nodes_of, unsigned
 from tests.models import Author, Book, Member
 from tests.worker import wait_until
 
@@ -35,6 +35,12 @@ def signing_keys(*secrets, **more):
 
 def entry(model, pk):
     return keys.entry("cstest", options.get(model).label, pk)
+
+
+def same_node(*names):
+    """Whether the keys are on one node: on a ring (``CACHESTRAT_TEST_RING``) an entry
+    copied to another node carries the version of the node it came from, a silent miss."""
+    return len(nodes_of(*names)) == 1
 
 
 def errors(label):
@@ -93,8 +99,9 @@ def test_a_valid_entry_copied_to_another_rows_key_is_a_miss(
         got = Book.objects.get_many_cached([first.pk, second.pk])
     assert (got[first.pk].title, got[second.pk].title) == ("Dune", "Emma")
     assert got[second.pk].pk == second.pk
-    assert events("error", Book) == 1
-    assert errors("tests.Book") == 1
+    if same_node(entry(Book, first.pk), entry(Book, second.pk)):
+        assert events("error", Book) == 1
+        assert errors("tests.Book") == 1
 
 
 def test_a_no_such_row_entry_copied_onto_a_row_is_a_miss(books, raw_redis, events):
@@ -103,7 +110,8 @@ def test_a_no_such_row_entry_copied_onto_a_row_is_a_miss(books, raw_redis, event
         Book.objects.get_cached(pk=999_999)  # caches "no such row" under 999999's key
     raw_redis.set(entry(Book, book.pk), raw_redis.get(entry(Book, 999_999)))
     assert Book.objects.get_cached(pk=book.pk).title == "Dune"  # not DoesNotExist
-    assert events("error", Book) == 1
+    if same_node(entry(Book, book.pk), entry(Book, 999_999)):
+        assert events("error", Book) == 1
 
 
 def test_a_write_through_store_copied_to_another_rows_key_is_a_miss(raw_redis, events):
@@ -112,11 +120,12 @@ def test_a_write_through_store_copied_to_another_rows_key_is_a_miss(raw_redis, e
     for author in (ann, bob):
         author.age = 40
         author.save()  # stored by the write-through save, after its commit
-    assert raw_redis.exists(entry(Author, ann.pk), entry(Author, bob.pk)) == 2
+    assert raw_redis.exists(entry(Author, ann.pk)) and raw_redis.exists(entry(Author, bob.pk))
     raw_redis.set(entry(Author, bob.pk), raw_redis.get(entry(Author, ann.pk)))
     got = Author.objects.get_cached(pk=bob.pk)
     assert (got.pk, got.name) == (bob.pk, "Bob")
-    assert events("error", Author) == 1
+    if same_node(entry(Author, ann.pk), entry(Author, bob.pk)):
+        assert events("error", Author) == 1
 
 
 def test_an_entry_put_back_after_its_time_is_a_silent_miss(raw_redis, events):
