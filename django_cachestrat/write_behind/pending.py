@@ -119,6 +119,10 @@ class PendingWrites(ModelState):
     def _record_op(self, pk, fields, deltas, full, superseded=()) -> tuple:
         row = self.row(pk)
         now = self.transport.now()
+        writer, number = _next_write()
+        tag = self.row_tag(pk)
+        counters = self.opts.counters
+        signer = self.cfg.signer
         args: list[Any] = [
             member(pk),
             int(now * 1000),
@@ -127,13 +131,20 @@ class PendingWrites(ModelState):
             len(fields),
         ]
         for name, value in fields.items():
-            args += [name, codec.encode_value(value)]
+            # The pending form (signed), then the view's: "" when it is the same bytes.
+            stored = codec.seal_value(tag, name, value)
+            plain = codec.plain_in_view(name, value, counters) and signer is not None
+            args += [name, stored, codec.encode_value(value) if plain else b""]
         args.append(len(deltas))
         for name, amount in deltas.items():
-            args += [name, int(amount)]
+            # Redis sums the amounts; the signed record of each is what a flush writes.
+            record = (
+                signer.seal_increment(tag, name, int(amount), writer, number) if signer else b""
+            )
+            args += [name, int(amount), record]
         args += [self.cfg.BATCH_SIZE, max(1, int(self.cfg.FLUSH_INTERVAL * 1000))]
         superseded = list(superseded)
-        args += [len(superseded), *superseded, *_next_write(), SEEN_TTL, self.opts.fingerprint]
+        args += [len(superseded), *superseded, writer, number, SEEN_TTL, self.opts.fingerprint]
         script_keys = [
             row["view"],
             row["fields"],
@@ -180,7 +191,9 @@ class PendingWrites(ModelState):
 
         Oldest first: the batch in flight, then what direct writes not known to be
         committed set aside (taken from the batch, then not claimed), then the writes
-        not yet claimed. A layer is void if any of its markers is committed.
+        not yet claimed. A layer is void if any of its markers is committed. Saved
+        values whose MAC does not verify are left out (the flush dead-letters them);
+        increments are the sums Redis holds (a read's bound: see the README's Security).
         """
         found: dict[Any, list[Layer]] = {}
         for node, part in self.by_node(pks):
@@ -212,17 +225,18 @@ class PendingWrites(ModelState):
                 batch_id = busy.decode()
                 batch = queue.contents(batch_id, [pk]).rows[pk]
                 stack.append(Layer((batch_id, applied.row_marker(batch_id, pk)), *batch))
+            tag = self.row_tag(pk)
             for i, cut in enumerate(cuts):
                 if cut.pk != pk:
                     continue
                 cf, cd, bf, bd = cut_parts[4 * i : 4 * i + 4]
                 if cut.batch and (bf or bd):
                     void = (cut.marker, cut.batch, applied.row_marker(cut.batch, pk))
-                    stack.append(Layer(void, *decode_writes(bf, bd)))
+                    stack.append(Layer(void, *decode_writes(bf, bd, tag)[:2]))
                 if cf or cd:
-                    stack.append(Layer((cut.marker,), *decode_writes(cf, cd)))
+                    stack.append(Layer((cut.marker,), *decode_writes(cf, cd, tag)[:2]))
             if fields or deltas:
-                stack.append(Layer((), *decode_writes(fields, deltas)))
+                stack.append(Layer((), *decode_writes(fields, deltas, tag)[:2]))
             if not stack:
                 del found[pk]
         return found
