@@ -304,12 +304,19 @@ _OBJECT = b"\x00"
 
 
 def encode_value(value: object) -> bytes:
-    """Encode one field value for a write-behind hash."""
+    """Encode one field value for a write-behind hash.
+
+    Raises ``Unstorable`` for a value the serializer cannot carry (a ``FieldFile``, a
+    custom field's object where check ``cachestrat.E007`` was silenced).
+    """
     if value is None:
         return _NULL
     if type(value) is int:
         return str(value).encode()
-    return _OBJECT + conf.settings().serializer.dumps((value,))
+    try:
+        return _OBJECT + conf.settings().serializer.dumps((value,))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise Unstorable(f"a value the serializer cannot carry: {exc}") from None
 
 
 def decode_value(data: bytes) -> object:

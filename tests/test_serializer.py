@@ -12,7 +12,7 @@ import msgpack
 import pytest
 from django.contrib.postgres.fields import ArrayField, HStoreField
 from django.core import checks
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.test import override_settings
 from django.test.utils import isolate_apps
 
@@ -566,3 +566,45 @@ def test_pickle_stays_available_as_an_opt_in(django_assert_num_queries):
 def test_the_check_leaves_a_broken_setting_to_check_settings():
     with override_settings(CACHESTRAT={"SERIALIZER": "no.such.Serializer"}):
         assert not [e for e in check_models() if e.id == "cachestrat.E007"]
+
+
+def test_a_row_the_serializer_cannot_carry_is_served_from_the_database(
+    settings, django_assert_num_queries, caplog
+):
+    """With check E007 silenced, a fill that meets a value the serializer refuses serves
+    the row and stores nothing (by pk and by lookup): never an error for the reader."""
+    settings.CACHESTRAT = {
+        **settings.CACHESTRAT,
+        "SERIALIZER": "tests.serializers.RefusesMarked",
+    }
+    book = Book.objects.create(title="unstorable dune", isbn="u-1")
+    for _ in range(2):  # nothing stored: each read asks the database
+        with django_assert_num_queries(1):
+            assert Book.objects.get_cached(pk=book.pk).title == "unstorable dune"
+    with django_assert_num_queries(1):
+        assert Book.objects.get_many_cached([book.pk])[book.pk].title == "unstorable dune"
+    with django_assert_num_queries(1):
+        assert Book.objects.get_cached(isbn="u-1").pk == book.pk
+    assert "is not cached" in caplog.text
+
+
+def test_a_write_behind_row_the_serializer_cannot_carry_is_written_at_once(
+    settings, django_assert_num_queries, caplog
+):
+    """Its view is never stored and its writes go to the database at once, in a
+    transaction too: no write is lost, no error reaches the caller."""
+    settings.CACHESTRAT = {
+        **settings.CACHESTRAT,
+        "SERIALIZER": "tests.serializers.RefusesMarked",
+    }
+    row = PageStats.objects.create(path="unstorable/a")
+    assert PageStats.objects.get_cached(pk=row.pk).path == "unstorable/a"
+    row.views = 5
+    row.save()
+    assert PageStats.objects.get(pk=row.pk).views == 5  # not deferred: in the table now
+    with transaction.atomic():
+        row.views = 7
+        row.save()
+    assert PageStats.objects.get(pk=row.pk).views == 7
+    assert PageStats.objects.get_cached(pk=row.pk).views == 7
+    assert "cannot carry" in caplog.text

@@ -11,6 +11,7 @@ that wrote the model, and reads while Redis is down, go to the database.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import secrets
@@ -40,6 +41,8 @@ from django_cachestrat.signing import Unverified
 from django_cachestrat.strategies import reads
 from django_cachestrat.strategies.reads import send
 
+logger = logging.getLogger("django_cachestrat")
+
 
 def ttl(opts: options.CacheOptions, cfg: conf.Settings) -> int:
     """Return the seconds a new entry lives: the model's TTL less a random jitter.
@@ -61,6 +64,15 @@ def _encode_fill(
     fresh = ttl(opts, cfg)
     entry = codec.encode(opts, version, obj, expires=now + fresh * 1000, delta=delta, key=key)
     return entry, fresh + opts.grace
+
+
+def _not_stored(opts, exc: Exception) -> None:
+    """Log a row read from the database that cannot be stored: it is served, not cached.
+
+    A value the serializer cannot carry, where check ``cachestrat.E007`` was silenced:
+    each read of the row reads the database.
+    """
+    logger.warning("django_cachestrat: a row of %s is not cached: %s", opts.label, exc)
 
 
 class _Lookup(NamedTuple):
@@ -268,8 +280,13 @@ class Strategy:
             keys.gone(prefix, opts.label, obj.pk),
         )
         now = int(time.time() * 1000)
-        entry, life = _encode_fill(opts, cfg, version, obj, delta, now, row_keys[0])
         pointer = pointer_item(cfg, lookup, str(obj.pk).encode(), ttl(opts, cfg))
+        try:
+            entry, life = _encode_fill(opts, cfg, version, obj, delta, now, row_keys[0])
+        except codec.Unstorable as exc:
+            _not_stored(opts, exc)
+            self._store_pointer(transport, token, lookup.fill_keys, pointer)
+            return obj
         if backends.get(cfg.CACHE_ALIAS).node(row_keys[0]) is not transport:
             # On a ring, a row on another node than its pointer: the version read with the
             # pointer's lease is not its node's, so only the pointer is stored; the row
@@ -505,7 +522,12 @@ class Entries(reads.Form):
             obj = rows.get(pk)
             key = self._entry(pk)
             if obj is not None:
-                value = _encode_fill(opts, cfg, self.version, obj, delta, now, key)
+                try:
+                    value = _encode_fill(opts, cfg, self.version, obj, delta, now, key)
+                except codec.Unstorable as exc:
+                    _not_stored(opts, exc)
+                    unfilled.append(self._fills(pk))
+                    continue
                 items.append((self._fills(pk), key, *value))
             elif cfg.NEGATIVE_TTL:
                 expires = now + cfg.NEGATIVE_TTL * 1000

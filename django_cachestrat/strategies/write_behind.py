@@ -38,6 +38,9 @@ from django_cachestrat.write_behind.views import Views
 
 logger = logging.getLogger("django_cachestrat")
 
+_UNSTORABLE = (
+    "django_cachestrat: a write-behind write of %s pk=%r is written to the database now: %s."
+)
 _UNCERTAIN = (
     "django_cachestrat: Redis did not answer write-behind write(s) of %s (%d), even sent "
     "again; kept, and sent again when it answers (each counts once)."
@@ -365,6 +368,9 @@ class WriteBehind(Strategy):
             return False
         except NotACounter as exc:
             raise ValueError(f"increment_behind(): {exc} is NULL or not an integer.") from None
+        except codec.Unstorable as exc:
+            logger.warning(_UNSTORABLE, options.get(model).label, pk, exc)
+            return False
         except WriteUncertain:
             # Redis may have it: never the database too. Sent again when Redis answers.
             logger.warning(_UNCERTAIN, options.get(model).label, 1)
@@ -623,6 +629,9 @@ def _record_committed(writes: dict) -> None:
             elif isinstance(outcome, CacheUnavailable):
                 if w.fields or w.deltas:
                     strategy._write_now(model, pk, w.fields, w.deltas)
+            elif isinstance(outcome, codec.Unstorable):
+                logger.warning(_UNSTORABLE, options.get(model).label, pk, outcome)
+                strategy._write_now(model, pk, w.fields, w.deltas)
             elif isinstance(outcome, NeedsView):
                 strategy._record_or_write(model, pk, w.fields, w.deltas, full=w.full)
             elif outcome is Recorded.FLUSH_NOW:
@@ -763,7 +772,12 @@ class _ViewForm(reads.Form):
             else:
                 unfilled.append(pk)
         try:
-            send(signals.cache_fill, self.model, views.fill(token, items, self.version))
+            try:
+                send(signals.cache_fill, self.model, views.fill(token, items, self.version))
+            except codec.Unstorable as exc:
+                # A value the serializer cannot carry: the rows are served, not stored.
+                logger.warning("django_cachestrat: rows of %s are not cached: %s", opts.label, exc)
+                unfilled += [item[0] for item in items]
             if unfilled:
                 views.release(unfilled, token)
         except CacheUnavailable:

@@ -58,9 +58,10 @@ class NotACounter(Exception):
     """An increment named a field whose cached value is not an integer."""
 
 
-#: What ``record_all`` says of one write: its ``Recorded`` status, the refusal, or the
-#: ``CacheUnavailable`` (a ``WriteUncertain`` too) of the node it was sent to.
-Outcome = Recorded | NeedsView | NotACounter | CacheUnavailable
+#: What ``record_all`` says of one write: its ``Recorded`` status, the refusal, the
+#: ``CacheUnavailable`` (a ``WriteUncertain`` too) of the node it was sent to, or
+#: ``Unstorable``: a value the serializer cannot carry (for the database at once).
+Outcome = Recorded | NeedsView | NotACounter | CacheUnavailable | codec.Unstorable
 
 
 class Layer(NamedTuple):
@@ -377,20 +378,23 @@ def record_all(
 
     One round trip (a node: on a ring, one per node holding some of the rows). Each
     write's outcome is what ``PendingWrites.record`` would return for it, the
-    ``NeedsView``/``NotACounter`` it would raise, or the ``CacheUnavailable`` (or
-    ``WriteUncertain``) of its node: one node failing leaves the others' writes
-    recorded. Writes to one row must be merged into one beforehand (the batch's calls
+    ``NeedsView``/``NotACounter``/``Unstorable`` it would raise, or the
+    ``CacheUnavailable`` (or ``WriteUncertain``) of its node: one node failing leaves the
+    others' writes recorded. Writes to one row must be merged into one beforehand (the batch's calls
     must be independent).
     """
     stores: dict[type[models.Model], PendingWrites] = {}
     ops: list[tuple[int, tuple]] = []
+    outcomes: list[Outcome] = [Recorded.RECORDED] * len(writes)  # nothing to record: done
     for n, (model, pk, fields, deltas, full, superseded) in enumerate(writes):
         store = stores.get(model)
         if store is None:
             store = stores[model] = PendingWrites(model)
         if fields or deltas or superseded:
-            ops.append((n, store._record_op(pk, fields, deltas, full, superseded)))
-    outcomes: list[Outcome] = [Recorded.RECORDED] * len(writes)  # nothing to record: done
+            try:
+                ops.append((n, store._record_op(pk, fields, deltas, full, superseded)))
+            except codec.Unstorable as exc:
+                outcomes[n] = exc
     if not ops:
         return outcomes
     transport = next(iter(stores.values())).transport
