@@ -765,18 +765,20 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     rows = [
         Row("get_cached hit, statistics on vs off", samples, "stats on", "stats off", 1.03),
         Row(
+            # What the MAC alone costs (no goal: issue 12's goal is the default against
+            # the previous default, the rows marked "(before)").
             "get_cached(pk=) hit, signed vs no MAC",
             samples,
             "get_cached MAC",
             "get_cached no MAC",
-            1.05,
+            None,
         ),
         Row(
             f"get_many_cached({size}) hit, signed vs no MAC",
             samples,
             "get_many MAC",
             "get_many no MAC",
-            1.05,
+            None,
         ),
         *(
             Row(
