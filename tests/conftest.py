@@ -85,7 +85,8 @@ class ClusterClient:
     """The suite's Redis Cluster (``CACHESTRAT_TEST_CLUSTER``) seen as one server, for tests
     that look at keys: a command names keys as on one server, and they are renamed as the
     app names them on the cluster (``backends.cluster.placed``); a model's keys are the first
-    shard's copy. ``scan_iter`` names what it finds as on one server.
+    shard's copy (``delete`` deletes every copy). ``scan_iter`` names what it finds as on one
+    server.
     """
 
     _ROUTED = RingClient._ROUTED
@@ -123,7 +124,16 @@ class ClusterClient:
         return _summed(self.cluster.info(*section, target_nodes="primaries").values())
 
     def delete(self, *names):
-        return sum(self.cluster.delete(self.key(name)) for name in names)
+        """Delete keys; a model's key on every shard (as if Redis lost it)."""
+        from django_cachestrat.backends.cluster import placed
+
+        shards = conf.settings().SHARDS
+        found = 0
+        for name in names:
+            text = name.decode() if isinstance(name, bytes) else name
+            copies = {placed(text, shard, shards) for shard in range(shards)}
+            found += sum(self.cluster.delete(copy) for copy in copies)
+        return found
 
     def scan_iter(self, *args, **kwargs):
         from django_cachestrat.backends.cluster import unplaced

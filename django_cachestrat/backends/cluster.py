@@ -36,12 +36,12 @@ from django_redis.pool import ConnectionFactory
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import SlotNotCoveredError
+from redis.exceptions import RedisError, SlotNotCoveredError
 from redis.retry import Retry
 
 from django_cachestrat import keys
 from django_cachestrat.backends import scripts
-from django_cachestrat.backends.redis import Op, RedisTransport
+from django_cachestrat.backends.redis import CacheUnavailable, Op, RedisTransport
 from django_cachestrat.backends.ring import Routed
 
 logger = logging.getLogger("django_cachestrat")
@@ -108,7 +108,7 @@ class ClusterConnectionFactory(ConnectionFactory):
 
     _clients: dict[str, RedisCluster] = {}
 
-    def connect(self, url: str) -> RedisCluster:  # type: ignore[override]
+    def connect(self, url: str) -> RedisCluster:
         """Return the process's ``RedisCluster`` for ``url`` (made on first use)."""
         client = self._clients.get(url)
         if client is None:
@@ -134,8 +134,10 @@ class _Pool:
 
 
 class ShardClient:
-    """The ``RedisCluster`` client seen by one shard: the calls ``RedisTransport`` makes of a
-    ``redis.Redis``, with their keys renamed into the cluster layout (``placed``).
+    """The ``RedisCluster`` client seen by one shard, with keys renamed (``placed``).
+
+    It answers the calls ``RedisTransport`` makes of a ``redis.Redis``, with their keys
+    renamed into the cluster layout, and the keys in replies named back.
 
     Cluster errors that mean "this slot cannot be served now" (``SlotNotCoveredError``) are
     raised as a ``ConnectionError``, so the transport falls back to the database; other
@@ -149,9 +151,9 @@ class ShardClient:
         self.prefix = prefix
         self.connection_pool = _Pool(client)
 
-    def key(self, name: str) -> str:
+    def key(self, name: str | bytes) -> str:
         """Return ``name`` as this shard names it on the cluster."""
-        return placed(name, self.shard, self.shards)
+        return placed(name.decode() if isinstance(name, bytes) else name, self.shard, self.shards)
 
     def command(self, args: Sequence[Any]) -> list[Any]:
         """Return a plain command's words with its keys renamed."""
@@ -205,7 +207,8 @@ class ShardClient:
         if index >= len(primaries):
             return 0, []
         node = primaries[index]
-        inner, names = self._run(self.cluster.get_redis_connection(node).scan, inner, *words)
+        connection = self.cluster.get_redis_connection(node)
+        inner, names = self._run(connection.execute_command, "SCAN", inner, *words)
         found = [unplaced(n.decode()).encode() for n in names]
         if int(inner) == 0:
             index, inner = index + 1, 0
@@ -242,11 +245,6 @@ class ShardClient:
         if popped is None:
             return None
         return unplaced(popped[0].decode()).encode(), popped[1]
-
-    def info(self) -> dict[str, Any]:
-        """``INFO`` of the first primary (the dashboard's figures per node: see README)."""
-        primaries = sorted(self.cluster.get_primaries(), key=lambda node: node.name)
-        return self._run(self.cluster.info, target_nodes=primaries[0])
 
     def pipeline(self, transaction: bool = False) -> ShardPipeline:
         """Return a pipeline whose commands go to their slots' masters (one round)."""
@@ -337,6 +335,22 @@ class ClusterNode(RedisTransport):
         return replies
 
 
+class Primary:
+    """One master of a cluster, as the dashboard lists servers: a name and its ``INFO``."""
+
+    def __init__(self, client: RedisCluster, node: Any):
+        self.name = node.name
+        self._client = client
+        self._node = node
+
+    def info(self) -> dict[str, Any]:
+        """Return the master's ``INFO``; ``CacheUnavailable`` if it cannot be reached."""
+        try:
+            return self._client.get_redis_connection(self._node).info()
+        except RedisError as exc:
+            raise CacheUnavailable(str(exc)) from exc
+
+
 class ClusterTransport(Routed):
     """The transport over a Redis Cluster: ``shards`` ``ClusterNode``s over one client.
 
@@ -349,6 +363,12 @@ class ClusterTransport(Routed):
         self.nodes: tuple[ClusterNode, ...] = tuple(nodes)
         self.stats_node = self.nodes[0]
         self._node_of = functools.lru_cache(maxsize=1 << 16)(self._place)
+
+    @property
+    def servers(self) -> list[Primary]:
+        """The cluster's masters now (from the client's slot table), by name."""
+        client = self.nodes[0]._client.cluster
+        return [Primary(client, n) for n in sorted(client.get_primaries(), key=lambda n: n.name)]
 
     def _place(self, key: str) -> ClusterNode | None:
         tag = keys.hash_tag(key)

@@ -200,6 +200,11 @@ class Routed:
     def _everywhere(self) -> list[RedisTransport]:
         return list(self.nodes)
 
+    @property
+    def servers(self) -> Sequence[Any]:
+        """The servers, each with a ``name`` and ``info()`` (the dashboard's): the nodes."""
+        return self.nodes
+
     # -- where keys live ---------------------------------------------------------------
 
     def node(self, key: str) -> Any:
@@ -323,8 +328,11 @@ class Routed:
 
 
 class RingTransport(Routed):
-    """The transport over a ring of ``RingNode``s: a row's keys go to the node its tag hashes
-    to, a model's keys are on every node, the statistics on the first (see ``Routed``)."""
+    """The transport over a ring of ``RingNode``s (see ``Routed``).
+
+    A row's keys go to the node its tag hashes to, a model's keys are on every node, the
+    statistics on the first.
+    """
 
     def __init__(
         self,

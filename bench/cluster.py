@@ -1,0 +1,75 @@
+"""The cluster section of the benchmark (``python -m bench.run --only cluster``).
+
+A Redis Cluster of 3 masters with a replica each (``tests.redis_cluster``, started by this
+section), reached through ``ClusterConnectionFactory`` with the default ``SHARDS`` (16),
+against one server (the benchmark's ``default``), in one run: ``get_cached(pk=)`` hits and
+``get_many_cached(100)`` hits of ``bench.models.CacheAsideItem`` (PostgreSQL), the
+transports swapped as in the ring section (``bench.ring.swapped``). No goal: the issue
+asks for the figure. A hit is one ``MGET`` on one master; a bulk read one ``MGET`` per
+shard holding some of the rows, one after another.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.ring import swapped
+from bench.run import Row, create_schema, interleaved, prime, print_summary, print_table, seed
+
+
+def run_section(args: argparse.Namespace, started: bool) -> list[str]:
+    from django.conf import settings
+    from django.test import override_settings
+
+    from bench.models import CacheAsideItem
+    from django_cachestrat import backends
+    from tests.redis_cluster import Cluster
+
+    cluster = Cluster().start()
+    caches = dict(settings.CACHES)
+    factory = "django_cachestrat.backends.cluster.ClusterConnectionFactory"
+    caches["cluster"] = {
+        **settings.CACHES["default"],
+        "LOCATION": cluster.url,
+        "OPTIONS": {**settings.CACHES["default"].get("OPTIONS", {}), "CONNECTION_FACTORY": factory},
+    }
+    try:
+        with override_settings(
+            CACHES=caches, CACHESTRAT={**settings.CACHESTRAT, "CACHE_ALIAS": "cluster"}
+        ):
+            model = CacheAsideItem
+            create_schema([model])
+            pks = seed([model], args.rows)[model]
+            on_cluster = backends.get("cluster")
+            single = backends.connect("default")
+            transports = backends._transports  # the bench swaps them; the app never does
+            size = args.bulk_size
+            chunks = [pks[i : i + size] for i in range(0, len(pks) - size + 1, size)]
+            for transport in (single, on_cluster):
+                transports["cluster"] = transport
+                prime(model, pks, size)
+            get, many = swapped(transports, "cluster", model.objects, pks, chunks)
+            point = interleaved(
+                {"cluster": get(on_cluster), "single": get(single)},
+                args.rounds,
+                args.point_batch,
+                warmup=500,
+            )
+            bulk = interleaved(
+                {"cluster": many(on_cluster), "single": many(single)},
+                args.rounds,
+                args.bulk_batch,
+                warmup=20,
+            )
+            transports["cluster"] = on_cluster
+            shards = len(on_cluster.nodes)
+    finally:
+        backends.reset()
+        cluster.stop()
+    rows = [
+        Row("get_cached(pk=) hit, cluster / one server", point, "cluster", "single", None),
+        Row(f"get_many_cached({size}) hit, cluster / one server", bulk, "cluster", "single", None),
+    ]
+    print(f"Redis Cluster (3 masters, a replica each; {shards} shards) against one server:")
+    print_table(rows)
+    return print_summary([], "cluster")
