@@ -71,15 +71,19 @@ def test_after_a_failover_the_app_serves_and_no_acknowledged_write_is_lost(on_cl
     done = dict.fromkeys(rows, 0)
 
     def increments(rounds):
+        deferred = []
         for _ in range(rounds):
             for pk in rows:
-                PageStats.objects.increment_behind(pk, views=1)  # returned: acknowledged
+                # Returned: acknowledged (recorded in Redis, or written to the database).
+                deferred.append(PageStats.objects.increment_behind(pk, views=1))
                 done[pk] += 1
+        return set(deferred)
 
-    increments(3)
+    assert increments(3) == {True}
     dead = cluster.kill_master_of(placed(entry(PageStats, rows[0]), 0, SHARDS))
-    # While its replica is not yet promoted, that master's rows go to the database.
-    increments(2)
+    # While its replica is not yet promoted, that master's rows go to the database, the
+    # others' to Redis.
+    assert increments(2) == {True, False}
     cluster.wait_promoted(dead)
     # Back: every row reads without error, and the dead master's rows hit again once its
     # shards' breakers let a call through (FAILURE_COOLDOWN).
