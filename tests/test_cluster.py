@@ -103,3 +103,27 @@ def test_after_a_failover_the_app_serves_and_no_acknowledged_write_is_lost(on_cl
     in_db = dict(PageStats.objects.filter(pk__in=rows).values_list("pk", "views"))
     assert in_db == done
     cluster.restart(dead)
+
+
+def test_the_cluster_layout_names_back_and_rows_never_spell_a_model_key():
+    from django_cachestrat.backends.cluster import unplaced
+
+    label = "tests.pagestats"
+    model = [keys.version("cstest", label), *keys.behind_model("cstest", label).values()]
+    rows = [
+        name
+        for pk in (1, "wb", "version", "a b")
+        for name in (
+            keys.entry("cstest", label, pk),
+            *keys.behind_row("cstest", label, pk).values(),
+            *keys.writes("cstest", label, pk),
+            keys.lookup("cstest", label, "path", pk),
+        )
+    ]
+    stats = list(keys.stats("cstest").values())
+    names = list(dict.fromkeys(model + rows + stats))
+    for shard in range(SHARDS):
+        on_cluster = [placed(name, shard, SHARDS) for name in names]
+        assert [unplaced(name) for name in on_cluster] == names
+        assert len(set(on_cluster)) == len(on_cluster)
+    assert placed(stats[0], 3, SHARDS) == stats[0]  # one slot for the statistics

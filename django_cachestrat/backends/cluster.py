@@ -35,8 +35,9 @@ from typing import Any
 from django_redis.pool import ConnectionFactory
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, SlotNotCoveredError
+from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
 from redis.retry import Retry
 
 from django_cachestrat import keys
@@ -287,8 +288,12 @@ class ShardPipeline:
             words: list[Any] = list(args)
         else:
             words = self.client.command(args)
-            name = str(words[0]).upper()
-            self.last_key = words[3] if name == "EVALSHA" and int(words[2]) else words[1]
+            names = _named(words)
+            if len({key_slot(n.encode()) for n in names}) > 1:
+                # Named to a node, the command skips redis-py's own check: ours, so a
+                # cross-slot call is our bug, raised, not an outage the breaker hides.
+                raise RedisClusterException(f"keys of several slots in one command: {names}")
+            self.last_key = names[0]
         node = self.client._run(self.client.cluster.get_node_from_key, self.last_key)
         self.pipe.execute_command(*words, target_nodes=node)
 
@@ -296,6 +301,16 @@ class ShardPipeline:
         """Send the queued commands; replies in order (``script_load``'s first)."""
         replies = self.client._run(self.pipe.execute, raise_on_error=raise_on_error)
         return [*self.loaded, *replies]
+
+
+def _named(words: Sequence[Any]) -> list[str]:
+    # The keys a renamed command names (for its slot).
+    name = str(words[0]).upper()
+    if name == "EVALSHA":
+        return list(words[3 : 3 + int(words[2])])
+    if name in _ALL_KEYS:
+        return list(words[1:])
+    return [words[2] if name == "MEMORY" else words[1]]
 
 
 class ClusterNode(RedisTransport):
