@@ -119,6 +119,10 @@ class ClusterClient:
             return routed
         return getattr(self.cluster, name)
 
+    def config_resetstat(self):
+        """Reset the statistics of every primary (redis-py asks one node)."""
+        return self.cluster.config_resetstat(target_nodes="primaries")
+
     def info(self, *section):
         """``INFO`` of every primary, numbers summed (commands counted over the cluster)."""
         return _summed(self.cluster.info(*section, target_nodes="primaries").values())

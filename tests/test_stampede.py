@@ -392,7 +392,8 @@ def test_a_waiter_makes_three_round_trips(book, raw_redis, monkeypatch, django_a
     for script in REGISTRY.values():  # as in a running app: no SCRIPT LOAD to count
         raw_redis.script_load(script.source)
     opts = options.get(Book)
-    backends.get("default").version(keys.version("cstest", opts.label))  # as after any fill
+    node = backends.get("default").node(keys.entry("cstest", opts.label, book.pk))
+    node.version(keys.version("cstest", opts.label))  # as after any fill
     invalidate(book)
     lease, waiters, _ = keys.fill("cstest", opts.label, book.pk)
     raw_redis.set(lease, "filler", px=10_000)  # another reader fills: this one waits
@@ -409,7 +410,7 @@ def test_a_waiter_makes_three_round_trips(book, raw_redis, monkeypatch, django_a
         while raw_redis.get(waiters) != b"1" and time.monotonic() < deadline:
             time.sleep(0.01)
         entry = codec_entry(Book.objects.get(pk=book.pk))  # what a filler would store
-        backends.get("default").fill_many(
+        node.fill_many(
             [(keys.fill("cstest", opts.label, book.pk), entry_key(book.pk), entry, 60)], "filler"
         )
 
@@ -433,7 +434,8 @@ def entry_key(pk):
 def codec_entry(obj):
     from django_cachestrat import backends, codec
 
-    version = backends.get("default").version(keys.version("cstest", options.get(Book).label))
+    node = backends.get("default").node(entry_key(obj.pk))  # its node's version
+    version = node.version(keys.version("cstest", options.get(Book).label))
     return codec.encode(options.get(Book), version, obj)
 
 
