@@ -6,7 +6,8 @@ against one server (the benchmark's ``default``), in one run: ``get_cached(pk=)`
 ``get_many_cached(100)`` hits of ``bench.models.CacheAsideItem`` (PostgreSQL), the
 transports swapped as in the ring section (``bench.ring.swapped``). No goal: the issue
 asks for the figure. A hit is one ``MGET`` on one master; a bulk read one ``MGET`` per
-shard holding some of the rows, one after another.
+shard holding some of the rows, one after another. It also times what ``REPLICA_ACKS``
+costs a write-behind write: a write's pipeline with ``WAIT 1`` against the same without.
 """
 
 from __future__ import annotations
@@ -61,6 +62,27 @@ def run_section(args: argparse.Namespace, started: bool) -> list[str]:
                 args.bulk_batch,
                 warmup=20,
             )
+            # What REPLICA_ACKS costs a write-behind write: a WAIT in its pipeline.
+            client = on_cluster.nodes[0]._client.cluster
+            key = "bench:{cluster|0}:wait"
+            master = client.get_node_from_key(key)
+
+            def write(wait):
+                def op(i):
+                    pipe = client.pipeline(transaction=False)
+                    pipe.execute_command("SET", key, i, target_nodes=master)
+                    if wait:
+                        pipe.execute_command("WAIT", 1, 100, target_nodes=master)
+                    return pipe.execute()
+
+                return op
+
+            acks = interleaved(
+                {"wait": write(True), "plain": write(False)},
+                args.rounds,
+                args.write_batch,
+                warmup=50,
+            )
             transports["cluster"] = on_cluster
             shards = len(on_cluster.nodes)
     finally:
@@ -69,6 +91,7 @@ def run_section(args: argparse.Namespace, started: bool) -> list[str]:
     rows = [
         Row("get_cached(pk=) hit, cluster / one server", point, "cluster", "single", None),
         Row(f"get_many_cached({size}) hit, cluster / one server", bulk, "cluster", "single", None),
+        Row("a write's pipeline with WAIT 1 / without (REPLICA_ACKS)", acks, "wait", "plain", None),
     ]
     print(f"Redis Cluster (3 masters, a replica each; {shards} shards) against one server:")
     print_table(rows)
