@@ -461,6 +461,59 @@ class Setup:
             for model in self.models
         }
         self.now = dt.datetime.now(dt.UTC)
+        self._prime_unsigned()
+
+    def _prime_unsigned(self) -> None:
+        """Fill two more sets of entries of the same rows, without a MAC, under prefixes of
+        their own: one with the default serializer, one with the previous default (pickle
+        with codec-4's plan, ``bench.serializer.Codec4Pickle``).
+
+        The comparisons read one set or another by switching the loaded setting's signer,
+        prefix and serializer (what ``SIGN: False`` with another ``KEY_PREFIX`` and
+        ``SERIALIZER`` would give), the same three attribute writes in every variant.
+        """
+        from django.conf import settings
+
+        from bench.serializer import Codec4Pickle
+        from django_cachestrat import conf, signing
+
+        cfg = conf.settings()
+        self.signed = (cfg.signer, cfg.KEY_PREFIX, cfg.serializer)
+        # The same keys, remembering nothing: every entry's MAC is computed (a cold read).
+        secrets = [settings.SECRET_KEY, *settings.SECRET_KEY_FALLBACKS]
+        cold = signing.Signer.from_secrets(secrets)
+        cold.remember = lambda name, data: None  # type: ignore[method-assign]
+        self.cold = (cold, cfg.KEY_PREFIX, cfg.serializer)
+        self.plain = (None, f"{cfg.KEY_PREFIX}-nomac", cfg.serializer)
+        self.previous = (None, f"{cfg.KEY_PREFIX}-nomac-pickle", Codec4Pickle.of_model(self.WT))
+        for variant in (self.plain, self.previous):
+            clear_redis(self.client, variant[1], owned=False)
+            cfg.signer, cfg.KEY_PREFIX, cfg.serializer = variant
+            try:
+                prime(self.WT, self.wt_pks, self.size)
+            finally:
+                self.restore()
+
+    def restore(self) -> None:
+        """Set the loaded setting back to what it was: signing, the default serializer."""
+        from django_cachestrat import conf
+
+        cfg = conf.settings()
+        cfg.signer, cfg.KEY_PREFIX, cfg.serializer = self.signed
+
+    def variant(self, how: str, op):
+        """``op`` with entries ``signed`` (the default), ``cold`` (signed, remembering no
+        entry as verified), ``plain`` (no MAC) or ``previous`` (no MAC, pickle)."""
+        from django_cachestrat import conf
+
+        cfg = conf.settings()
+        signer, prefix, serializer = getattr(self, how)
+
+        def run(i):
+            cfg.signer, cfg.KEY_PREFIX, cfg.serializer = signer, prefix, serializer
+            return op(i)
+
+        return run
 
     # -- operations, each called with an operation index --
 
@@ -608,6 +661,9 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
         if not started:  # leave a shared server as we found it
             client = get_redis_connection("default")
             clear_redis(client, conf.settings().KEY_PREFIX, owned=False)
+            # The entries and writes without a MAC the signing comparisons made.
+            for suffix in ("-nomac", "-nomac-pickle"):
+                clear_redis(client, conf.settings().KEY_PREFIX + suffix, owned=False)
     if len(missed) > 1:
         total = sum(len(m) for m in missed.values())
         print()
@@ -685,6 +741,22 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
         args.bulk_batch,
         warmup=50,
     )
+    # Signed entries against the same rows' entries without a MAC, side by side.
+    signed = {}
+    try:
+        for name, op, batch, warmup in (
+            ("get_cached", b.get_cached, args.point_batch, 500),
+            ("get_many", b.get_many, args.bulk_batch, 50),
+        ):
+            variants = {
+                f"{name} MAC": b.variant("signed", op),
+                f"{name} MAC cold": b.variant("cold", op),
+                f"{name} no MAC": b.variant("plain", op),
+                f"{name} pickle no MAC": b.variant("previous", op),
+            }
+            signed.update(interleaved(variants, args.rounds, batch, warmup=warmup))
+    finally:
+        b.restore()
     assert connection.get_autocommit()  # each save is its own transaction
     writes = interleaved(
         {
@@ -704,9 +776,46 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     last = b.write_objs[b.WT][-1]
     assert b.WT.objects.get_cached(pk=last.pk).count == last.count, "write-through did not store"
 
-    samples = {**counted, **point, **bulk, **writes}
+    samples = {**counted, **point, **bulk, **signed, **writes}
     rows = [
         Row("get_cached hit, statistics on vs off", samples, "stats on", "stats off", 1.03),
+        Row(
+            "get_cached(pk=) hit, signed vs no MAC",
+            samples,
+            "get_cached MAC",
+            "get_cached no MAC",
+            1.05,
+        ),
+        Row(
+            f"get_many_cached({size}) hit, signed vs no MAC",
+            samples,
+            "get_many MAC",
+            "get_many no MAC",
+            1.05,
+        ),
+        *(
+            Row(
+                f"  same, no entry remembered: {op}",
+                samples,
+                f"{op} MAC cold",
+                f"{op} no MAC",
+                None,
+            )
+            for op in ("get_cached", "get_many")
+        ),
+        *(
+            Row(
+                f"{label} hit, default (MAC) vs pickle, no MAC (before)",
+                samples,
+                f"{op} MAC",
+                f"{op} pickle no MAC",
+                1.05,
+            )
+            for label, op in (
+                ("get_cached(pk=)", "get_cached"),
+                (f"get_many_cached({size})", "get_many"),
+            )
+        ),
         Row(
             "get_cached(pk=) hit vs Redis GET (floor)",
             samples,
@@ -771,6 +880,13 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
         f"""
   statistics on vs off: get_cached hits with CACHESTRAT["STATS"] True vs False, interleaved
     (on: counted in process, sent by the background thread once a second).
+  signed vs no MAC: the same rows' entries with their MAC (the default) and without
+    (SIGN off, another KEY_PREFIX), read alternately; the default serializer in both.
+    "no entry remembered": a signer that remembers no entry as verified (signing.py
+    Signer.remember), so every read computes every MAC, as for rows not read lately.
+    "pickle, no MAC (before)": the previous default, pickle with codec-4's plan
+    (bench.serializer.Codec4Pickle) and no MAC, its own entries of the same rows.
+    {mac_cost(b)}
   ours / base: get_cached = WriteThroughItem.objects.get_cached(pk=); GET = redis-py GET of
     that row's entry key on the same pool; ORM get = WriteThroughItem.objects.get(pk=);
     get_many_cached / in_bulk / MGET: {size} pks, MGET of the version key + {size} entry keys;
@@ -786,6 +902,30 @@ def measure(args: argparse.Namespace, b: Setup) -> list[str]:
     if not one_trip:
         missed.append(f"get_many_cached({size}) in one round trip")
     return print_summary(missed)
+
+
+def mac_cost(b: Setup) -> str:
+    """Time the MAC of one entry alone (tag, and verify), on a real entry's bytes."""
+    import timeit
+
+    from django_cachestrat import signing
+
+    entry = b.client.get(b.entry_keys[0])
+    name, body, tag = b.entry_keys[0].encode(), entry[signing.TAG :], entry[: signing.TAG]
+    signer = b.signed[0]
+    check = signer.checker(signing.ENTRY)
+    assert check(name, body, tag)
+    n = 20_000
+
+    def best(fn) -> float:
+        return min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e9
+
+    signs = best(lambda: signer.tag(signing.ENTRY, name, body))
+    checks = best(lambda: check(name, body, tag))
+    return (
+        f"raw MAC of one {len(entry)}-byte entry (keyed BLAKE2b, 16 bytes): tag {signs:.0f} ns, "
+        f"verify {checks:.0f} ns (best of 5 x {n:,})"
+    )
 
 
 def print_summary(missed: list[str], section: str = "") -> list[str]:

@@ -22,6 +22,7 @@ benchmark flushes explicitly, and counts the tasks the saves queued.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import re
@@ -102,7 +103,7 @@ class Behind:
 
         clear_redis(self.client, cfg.KEY_PREFIX, started)
         create_schema([WriteBehindItem, PlainItem, AppliedBatch, DeadLetter])
-        n = max(args.behind_rows, 2 * HOT + COALESCE_ROWS)
+        n = max(args.behind_rows, 4 * HOT + COALESCE_ROWS + 2)
         self.pks = seed([WriteBehindItem], n)[WriteBehindItem]
         self.plain_pks = seed([PlainItem], 2 * HOT)[PlainItem]
         self.findings: list[str] = []
@@ -335,6 +336,179 @@ def ingest_rounds(args: argparse.Namespace) -> int:
     return max(4, args.rounds // 2)
 
 
+class Unsigned:
+    """Switch the loaded setting between signing (the default) and no MAC, another prefix.
+
+    What ``SIGN: False`` with another ``KEY_PREFIX`` gives, without reloading the setting:
+    both variants of a comparison set the same two attributes before each op.
+    """
+
+    def __init__(self):
+        from django_cachestrat import conf
+
+        cfg = conf.settings()
+        self.signed = (cfg.signer, cfg.KEY_PREFIX)
+        self.plain = (None, f"{cfg.KEY_PREFIX}-nomac")
+
+    def set(self, on: bool) -> None:
+        from django_cachestrat import conf
+
+        # The loaded setting of now: an override_settings (the floor's) loads another.
+        cfg = conf.settings()
+        cfg.signer, cfg.KEY_PREFIX = self.signed if on else self.plain
+
+    def wrap(self, on: bool, op):
+        def run(i):
+            self.set(on)
+            return op(i)
+
+        return run
+
+    @contextlib.contextmanager
+    def off(self):
+        self.set(False)
+        try:
+            yield
+        finally:
+            self.set(True)
+
+
+def measure_signing(b: Behind) -> dict:
+    """Write-behind save() and increment_behind() with a MAC and without, interleaved on
+    rows of their own; then what a hot counter's pending increments cost in memory, in
+    increment_behind() and at the flush, signed or not."""
+    from django_cachestrat.write_behind.views import Views
+
+    mac = Unsigned()
+    first = 2 * HOT + COALESCE_ROWS
+    save_pks, inc_pks = b.pks[first : first + HOT], b.pks[first + HOT : first + 2 * HOT]
+    hot_signed, hot_plain = b.pks[-1], b.pks[-2]
+    get_many, increment = b.WB.objects.get_many_cached, b.WB.objects.increment_behind
+    with mac.off():
+        increment(save_pks[0], hits=0)  # the prefix's version key, as in _prime
+        b.flusher.drain()
+        plain_objs = [get_many(save_pks)[pk] for pk in save_pks]
+        get_many(inc_pks)
+    now = b.now
+
+    def plain_save(i):
+        obj = plain_objs[i % HOT]
+        obj.count += 1
+        obj.updated = now
+        obj.save()
+
+    def plain_increment(i):
+        increment(inc_pks[i % HOT], hits=1)
+
+    b.refresh_instances()
+    try:
+        samples = interleaved(
+            {
+                "save MAC": mac.wrap(True, b.behind_save),
+                "save no MAC": mac.wrap(False, plain_save),
+                "increment MAC": mac.wrap(True, b.increment),
+                "increment no MAC": mac.wrap(False, plain_increment),
+            },
+            ingest_rounds(b.args),
+            b.args.write_batch,
+            warmup=4 * b.args.write_batch,
+        )
+    finally:
+        mac.set(True)
+    b.flusher.drain()
+    b.check_flushed(b.save_pks + b.inc_pks)
+    with mac.off():
+        b.flusher.drain()
+        b.check_flushed(save_pks + inc_pks)
+    try:
+        memory = hot_rows(b, mac, {True: hot_signed, False: hot_plain})
+    finally:
+        mac.set(True)
+    # The rows written without a MAC changed in the database behind the signed views'
+    # back (another prefix): drop those views, as an invalidation would.
+    views = Views(b.WB)
+    b.client.delete(*(views.row(pk)["view"] for pk in [*save_pks, *inc_pks, hot_plain]))
+    return {"samples": samples, "memory": memory}
+
+
+HOT_COUNTS = (1, 100, 1_000, 10_000)
+
+
+def hot_rows(b: Behind, mac: Unsigned, pks: dict[bool, object]) -> dict[bool, list[tuple]]:
+    """Increment one row signed and one without a MAC ``n`` times each (for each of
+    ``HOT_COUNTS``, from nothing pending), interleaved; per mode and ``n``: ``(n, bytes of
+    the row's keys in Redis, median µs per increment_behind(), ms to flush the row)``."""
+    from django_cachestrat import conf, keys, options
+
+    increment = b.WB.objects.increment_behind
+    out: dict[bool, list[tuple]] = {True: [], False: []}
+    for n in HOT_COUNTS:
+        for on, pk in pks.items():
+            mac.set(on)
+            b.flusher.drain()
+            increment(pk, hits=0)  # a view with nothing pending yet but this
+            b.flusher.drain()
+        mac.set(True)
+        batch = min(n, 10)
+        timed = interleaved(
+            {on: mac.wrap(on, lambda i, pk=pk: increment(pk, hits=1)) for on, pk in pks.items()},
+            n // batch,
+            batch,
+            warmup=0,
+        )
+        for on, pk in pks.items():
+            mac.set(on)
+            row = keys.behind_row(conf.settings().KEY_PREFIX, options.get(b.WB).label, pk)
+            names = [row["view"], row["fields"], row["deltas"], row["seen"]]
+            names.append(keys.behind_increments(row["deltas"], "hits"))
+            size = sum(b.client.memory_usage(k, samples=0) or 0 for k in names)
+            t0 = time.perf_counter()
+            report = b.flusher.flush([b.WB])
+            flushed = (time.perf_counter() - t0) * 1000
+            if report.rows.get(b.label) != 1 or report.dead_letters:
+                raise RuntimeError(f"hot row flush reported {report}")
+            out[on].append((n, size, statistics.median(timed[on]), flushed))
+        mac.set(True)
+    return out
+
+
+def report_signing(b: Behind, signed: dict) -> list[str]:
+    samples, memory = signed["samples"], signed["memory"]
+    compared = (("write-behind save()", "save", 1.05), ("increment_behind()", "increment", None))
+    rows = [
+        Row(f"{what}, signed vs no MAC", samples, f"{op} MAC", f"{op} no MAC", goal)
+        for what, op, goal in compared
+    ]
+    print(
+        "4. Signing: the same ops with their MAC (the default) and without (SIGN off, another "
+        "KEY_PREFIX), interleaved on rows of their own; median µs, ratio of per-round ratios"
+    )
+    print_table(rows)
+    print(
+        "\n  A hot counter: one row incremented n times with nothing else pending (Redis "
+        "MEMORY USAGE of the row's view, pending hashes, seen hash and increment records; "
+        "median µs per increment_behind(), the two rows interleaved; the flush of that row):"
+    )
+    head = (
+        f"  {'n':>6} {'bytes signed':>13} {'no MAC':>9} {'per incr':>9} {'µs signed':>10} "
+        f"{'no MAC':>7} {'flush ms signed':>16} {'no MAC':>7}"
+    )
+    print(head)
+    print("  " + "-" * (len(head) - 2))
+    for (n, size, us, ms), (_, size0, us0, ms0) in zip(memory[True], memory[False], strict=True):
+        extra = (size - size0) / n
+        print(
+            f"  {n:>6} {size:>13,} {size0:>9,} {extra:>8.0f}B {us:>10.1f} {us0:>7.1f} "
+            f"{ms:>16.1f} {ms0:>7.1f}"
+        )
+    print(
+        "  per incr: what signing adds per pending increment (its signed record: 16-byte MAC, "
+        "amount, writer id, number), in bytes"
+    )
+    print()
+    return [f"signing: {r.label}" for r in rows if r.passed is False]
+
+
 def measure_coalescing(b: Behind) -> dict:
     """10,000 updates of 100 rows, then one flush: the statements it sends."""
     from django.db import connection
@@ -538,17 +712,19 @@ def run_section(args: argparse.Namespace, started: bool) -> list[str]:
     b.flusher.drain()
     b.check_flushed(b.save_pks + b.inc_pks)
     phases["ingest"], t = clock() - t, clock()
+    signed = measure_signing(b)
+    phases["signing"], t = clock() - t, clock()
     coal = measure_coalescing(b)
     phases["coalescing"], t = clock() - t, clock()
     flush = measure_flush(b, counter)
     phases["flush"] = clock() - t
-    missed = report(b, costs, samples, coal, flush, phases)
+    missed = report(b, costs, samples, coal, flush, phases, signed)
     if args.profile:
         profile(b)
     return missed
 
 
-def report(b: Behind, costs, samples, coal, flush, phases) -> list[str]:
+def report(b: Behind, costs, samples, coal, flush, phases, signed) -> list[str]:
     args, cfg = b.args, b.cfg
     pending = flush["pending"]
     took = ", ".join(f"{name} {seconds:.0f}" for name, seconds in phases.items())
@@ -744,6 +920,7 @@ def report(b: Behind, costs, samples, coal, flush, phases) -> list[str]:
     print()
 
     missed = [r.label for r in rows if r.passed is False]
+    missed += report_signing(b, signed)
     if not coal_pass:
         missed.append("coalescing: UPDATEs <= rows")
     findings = list(b.findings)

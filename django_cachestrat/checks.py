@@ -14,6 +14,8 @@
   Django makes through it (a reverse foreign key's ``add()``) drop nothing.
 - ``cachestrat.W002``: a write-behind model sets ``stale_ttl`` or ``early_refresh``, which
   only cache-aside and write-through entries use.
+- ``cachestrat.W003``: ``SIGN`` is off, so anyone who can write to Redis can forge cached
+  rows and write-behind writes (and, with pickle, run code in every process).
 """
 
 from __future__ import annotations
@@ -55,6 +57,17 @@ def check_settings(app_configs=None, **kwargs):
                 f"CACHES[{cfg.CACHE_ALIAS!r}] uses {backend!r}; django_cachestrat needs "
                 "django_redis.cache.RedisCache.",
                 id="cachestrat.E003",
+            )
+        ]
+    if not cfg.SIGN:
+        return [
+            checks.Warning(
+                "CACHESTRAT['SIGN'] is False: entries, lookup pointers and write-behind "
+                "writes carry no MAC, so anyone who can write to the cache's Redis can forge "
+                "cached rows and writes that a flush puts in the database.",
+                hint="Leave SIGN on unless Redis is private to this application "
+                "(see the README's Security section).",
+                id="cachestrat.W003",
             )
         ]
     return []

@@ -6,7 +6,9 @@ during a rolling deploy processes of two schemas share it, and each reads only i
 schema's entries (another's is a miss, silently: it is a deploy, not an error). The
 version tag lets ``invalidate_model`` retire every row at once; the values are the row's
 concrete fields in model order, rebuilt with ``Model.from_db`` as if the database had
-returned them.
+returned them. With ``SIGN`` on (the default) the entry is preceded by its MAC
+(``signing``), bound to the key it is stored under; ``expires`` (when it goes stale, plus
+the model's grace) is then also when a copy of it stops being accepted.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
+from time import time as time_now
 from typing import Any, NamedTuple, cast
 
 from django.conf import settings as django_settings
@@ -32,9 +35,10 @@ from django.db.models.signals import post_init, pre_init
 from django.dispatch.dispatcher import NO_RECEIVERS
 from django.utils import timezone
 
-from django_cachestrat import conf, signals
+from django_cachestrat import conf, keys, signals, signing
 from django_cachestrat.counters import recorder
 from django_cachestrat.options import CacheOptions
+from django_cachestrat.signing import TAG, Unverified
 
 logger = logging.getLogger("django_cachestrat")
 
@@ -48,14 +52,18 @@ def encode(
     version: bytes,
     instance: models.Model,
     *,
+    expires: int,
     clean: bool = False,
-    expires: int = 0,
     delta: int = 0,
+    key: str | None = None,
 ) -> bytes:
     """Return the entry bytes of ``instance``: ``fingerprint:version:expires:delta:values``.
 
-    ``expires`` (ms since the epoch) and ``delta`` (ms the fill took) serve models with
-    ``stale_ttl`` or ``early_refresh``.
+    ``expires`` (ms since the epoch: when the entry goes stale; the entry is not accepted
+    after it plus the model's ``grace``) and ``delta`` (ms the fill took) serve models with
+    ``stale_ttl`` or ``early_refresh``; with ``SIGN`` on, a signed entry whose ``expires``
+    passed is refused, so every entry stored needs one. ``key``: the Redis key it is
+    stored under, which its MAC binds (default: the row's entry key).
 
     ``clean=True`` runs each value through ``Field.to_python`` first, for instances the
     user filled in by hand (a ``"5"`` for an IntegerField must come back as ``5``); it
@@ -75,12 +83,18 @@ def encode(
             # instance may hold its value from before.
             raise Unstorable(f"{opts.generated[0]} is generated; its value is the database's")
         values = _clean(layout, values)
+    cfg = conf.settings()
     header = b"%s:%s:%d:%d:" % (opts.fingerprint.encode(), version, expires, delta)
     try:
-        payload = conf.settings().serializer.dumps(values)
+        payload = cfg.serializer.dumps(values)
     except (TypeError, ValueError, OverflowError) as exc:
         raise Unstorable(f"a value the serializer cannot carry: {exc}") from None
-    return header + payload
+    data = header + payload
+    if cfg.signer is None:
+        return data
+    if key is None:
+        key = keys.entry(cfg.KEY_PREFIX, opts.label, instance.pk)
+    return cfg.signer.tag(signing.ENTRY, key.encode(), data) + data
 
 
 #: A fingerprint's size: 6 bytes, 12 hex digits (what ``_HEADER`` expects).
@@ -97,6 +111,7 @@ def fingerprint(model: type[models.Model]) -> str:
     """
     schema = [
         CODEC_FORMAT,
+        signing.FORMAT,
         *(f"{f.attname}:{f.column}:{f.get_internal_type()}" for f in model._meta.concrete_fields),
     ]
     return hashlib.blake2b("|".join(schema).encode(), digest_size=_FP_BYTES).hexdigest()
@@ -289,12 +304,19 @@ _OBJECT = b"\x00"
 
 
 def encode_value(value: object) -> bytes:
-    """Encode one field value for a write-behind hash."""
+    """Encode one field value for a write-behind hash.
+
+    Raises ``Unstorable`` for a value the serializer cannot carry (a ``FieldFile``, a
+    custom field's object where check ``cachestrat.E007`` was silenced).
+    """
     if value is None:
         return _NULL
     if type(value) is int:
         return str(value).encode()
-    return _OBJECT + conf.settings().serializer.dumps((value,))
+    try:
+        return _OBJECT + conf.settings().serializer.dumps((value,))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise Unstorable(f"a value the serializer cannot carry: {exc}") from None
 
 
 def decode_value(data: bytes) -> object:
@@ -304,6 +326,60 @@ def decode_value(data: bytes) -> object:
     if data[:1] == _OBJECT:
         return conf.settings().serializer.loads(data[1:])[0]
     return int(data)
+
+
+# Write-behind values as they are stored: a pending field's (and a view's) value is signed,
+# bound to its row (the row's key tag, ``keys.behind_row_tag``) and its field's name, so
+# the same bytes move between the row's hashes (view, pending, batch, set aside) and
+# still verify. In a view, a counter's value stays plain digits: Redis adds to it.
+
+
+def seal_value(row: bytes, name: str, value: object) -> bytes:
+    """Encode a value of field ``name`` of the row tagged ``row`` for a pending hash."""
+    signer = conf.settings().signer
+    plain = encode_value(value)
+    return plain if signer is None else signer.seal_value(row, name, plain)
+
+
+def plain_in_view(name: str, value: object, counters: frozenset[str]) -> bool:
+    """Tell whether a view holds ``value`` of field ``name`` plain: a counter's int or None.
+
+    HINCRBY adds to it there, and no MAC could follow the sum.
+    """
+    return name in counters and (value is None or type(value) is int)
+
+
+def view_value(row: bytes, name: str, value: object, counters: frozenset[str]) -> bytes:
+    """Encode a value for a view: as ``seal_value``, plain for a counter's int (or None)."""
+    if plain_in_view(name, value, counters):
+        return encode_value(value)
+    return seal_value(row, name, value)
+
+
+def open_value(row: bytes, name: str, data: bytes) -> object:
+    """Decode what ``seal_value`` made; raise ``signing.Unverified`` on bytes it did not.
+
+    With ``SIGN`` off nothing is verified (and a signed value is read as it is).
+    """
+    signer = conf.settings().signer
+    if signer is None:
+        return decode_value(signing.plain_value(data))
+    return decode_value(signer.open_value(row, name, data))
+
+
+def open_view_value(row: bytes, name: str, data: bytes, counters: frozenset[str]) -> object:
+    """Decode what ``view_value`` made: a plain counter's value is an int or None, unsigned.
+
+    Plain digits are read as an int, never by the serializer; with ``SIGN`` on, any other
+    unsigned value of a counter but None's is refused (``signing.Unverified``).
+    """
+    if name in counters and data[:1] != signing.MARK:
+        if data.lstrip(b"-").isdigit():
+            return int(data)  # what HINCRBY adds to
+        if conf.settings().signer is not None and data != encode_value(None):
+            raise Unverified("a counter's value that is neither signed nor an integer")
+        return decode_value(data)
+    return open_value(row, name, data)
 
 
 class Entry(NamedTuple):
@@ -323,18 +399,26 @@ _new_entry = tuple.__new__
 
 
 def decode(
-    opts: CacheOptions, data: bytes, version: bytes, using: str, cls: type[models.Model]
+    opts: CacheOptions,
+    data: bytes,
+    version: bytes,
+    using: str,
+    cls: type[models.Model],
+    key: str,
 ) -> Entry | None:
     """Return the ``Entry`` ``data`` stands for, or None when it is stale or unreadable.
 
-    ``cls`` is the model asked for: the cached model itself or one of its proxies.
+    ``cls`` is the model asked for: the cached model itself or one of its proxies; ``key``
+    the Redis key ``data`` was read from, which a signed entry's MAC binds.
 
     An entry of an older model version (``invalidate_model``) or of another schema's
-    fingerprint (a deploy) is a silent miss. Unreadable bytes (no entry header, corrupted,
-    written by another program, or by another serializer) are logged and sent as
-    ``cache_error``; the caller counts them as a miss too.
+    fingerprint (a deploy) is a silent miss, and so is a signed entry past its time.
+    Unreadable bytes (no entry header, corrupted, written by another program, or by
+    another serializer) and, with ``SIGN`` on, bytes whose MAC does not verify (forged,
+    copied from another row's key, signed with a key no longer listed, not signed) are
+    logged and sent as ``cache_error``; the caller counts them as a miss too.
     """
-    return decode_many(opts, [data], version, using, cls)[0]
+    return decode_many(opts, [data], version, using, cls, [key])[0]
 
 
 def decode_many(
@@ -343,38 +427,58 @@ def decode_many(
     version: bytes,
     using: str,
     cls: type[models.Model],
+    names: Sequence[str],
     *,
     ages: bool = True,
 ) -> list[Entry | None]:
     """Decode several entries (None where there is none) as ``decode`` does each.
 
-    The hot loop of a read: what is the same for every row is looked up once. With
-    ``ages=False`` (a model that never looks at an entry's age) ``expires`` and ``delta``
-    are left 0.
+    ``names``: the key each was read from. The hot loop of a read: what is the same for
+    every row is looked up once. With ``ages=False`` (a model that never looks at an
+    entry's age) ``expires`` and ``delta`` are left 0.
     """
-    loads = conf.settings().serializer.loads
+    cfg = conf.settings()
+    loads = cfg.serializer.loads
     entry = _new_entry  # tuple.__new__: in C, where Entry(...) runs Python
     width = len(opts.fields)
     make = _builder(cls, opts, using)
     # This schema's entries of this version start with these bytes: one compare a row.
     head = b"%s:%s:" % (opts.fingerprint.encode(), version)
+    signer = cfg.signer
+    if signer is not None:
+        check = signer.checker(signing.ENTRY)
+        verified, remember = signer.verified, signer.remember
+        # A signed entry is used until it expires plus its grace: later, it is a copy.
+        oldest = int(time_now() * 1000) - opts.grace * 1000
+    start = 0 if signer is None else TAG
     out: list[Entry | None] = []
-    for data in datas:
+    for data, name in zip(datas, names, strict=True):
         if data is None:
             out.append(None)
             continue
-        if not data.startswith(head):
+        if not data.startswith(head, start):
             # Another schema's entry (a deploy) or an older version's: a plain miss. Bytes
             # that are no entry at all are not: they are reported.
-            if not _HEADER.match(data):
-                _unreadable(opts, ValueError("no entry header"))
+            problem = _foreign(opts, data, signer is not None)
+            if problem:
+                unreadable(opts, ValueError(problem))
             out.append(None)
             continue
         try:
+            if signer is not None:
+                body = data[TAG:]
+                if verified.get(name) != data:  # not the bytes last verified there
+                    if not check(name.encode(), body, data[:TAG]):
+                        raise Unverified("its MAC does not verify")
+                    remember(name, data)
+                data = body
             parts = data.split(b":", 4)
             if len(parts) != 5:
                 raise ValueError("no entry header")
             _, _, expires, delta, payload = parts
+            if signer is not None and int(expires) < oldest:
+                out.append(None)  # past its time: a copy of an older entry, put back
+                continue
             if not payload:
                 out.append(entry(Entry, (None, int(expires), int(delta))))
                 continue
@@ -386,7 +490,7 @@ def decode_many(
             else:
                 out.append(entry(Entry, (make(values), 0, 0)))
         except Exception as exc:
-            _unreadable(opts, exc)
+            unreadable(opts, exc)
             out.append(None)
     return out
 
@@ -396,19 +500,45 @@ def decode_many(
 _HEADER = re.compile(rb"[0-9a-f]{%d}:[0-9]+:[0-9]+:[0-9]+:" % (2 * _FP_BYTES))
 
 
-def _unreadable(opts: CacheOptions, exc: Exception) -> None:
-    """Log bytes under an entry key that cannot be read, and send ``cache_error``."""
+def _foreign(opts: CacheOptions, data: bytes, signed: bool) -> str | None:
+    """Say what is wrong with bytes under an entry key that are not this schema's entry.
+
+    None for an entry of another schema or an older version, signed or not as this
+    process signs (a deploy, ``invalidate_model``), and for a signed one when this process
+    does not sign (``SIGN`` turned off): a plain miss. Else the problem to report: no
+    entry header, or, when this process signs, an entry of this schema without a MAC.
+    """
+    if _HEADER.match(data, TAG if signed else 0):
+        return None
+    if signed:
+        if _HEADER.match(data) and data.startswith(opts.fingerprint.encode()):
+            return "an entry without a MAC (is SIGN off in another process?)"
+        return None if _HEADER.match(data) else "no entry header"
+    return None if _HEADER.match(data, TAG) else "no entry header"
+
+
+def unreadable(opts: CacheOptions, exc: Exception, what: str = "entry") -> None:
+    """Log bytes read from Redis that cannot be used, count them and send ``cache_error``.
+
+    ``what`` they were: an entry, a lookup pointer, a view. Unreadable or, with ``SIGN``
+    on, not verified (``signing.Unverified``): either way a miss for the caller.
+    """
     logger.warning(
-        "django_cachestrat: unreadable entry for %s (%s); treated as a miss.", opts.label, exc
+        "django_cachestrat: unreadable %s for %s (%s); treated as a miss.", what, opts.label, exc
     )
     recorder.count(opts.label, recorder.ERRORS, 1)
     if signals.cache_error.receivers:
         signals.cache_error.send(sender=opts.model, error=exc, model=opts.model)
 
 
-def encode_absent(opts: CacheOptions, version: bytes) -> bytes:
-    """Return the entry bytes that say the row does not exist (negative caching)."""
-    return b"%s:%s:0:0:" % (opts.fingerprint.encode(), version)
+def encode_absent(opts: CacheOptions, version: bytes, key: str, expires: int) -> bytes:
+    """Return the entry bytes that say the row does not exist (negative caching).
+
+    ``key``: the entry key it is stored under; ``expires``: when its TTL ends (ms).
+    """
+    data = b"%s:%s:%d:0:" % (opts.fingerprint.encode(), version, expires)
+    signer = conf.settings().signer
+    return data if signer is None else signer.tag(signing.ENTRY, key.encode(), data) + data
 
 
 def build(cls: type[models.Model], opts: CacheOptions, using: str, values: tuple):

@@ -19,6 +19,7 @@ from django.dispatch import receiver
 from django.utils.module_loading import import_string
 
 from django_cachestrat.serializers import Serializer
+from django_cachestrat.signing import Signer
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,20 @@ KEYS: dict[str, _Key] = {
         "django_cachestrat.serializers.MsgpackSerializer",
         (str,),
         "dotted path of a Serializer subclass",
+        None,
+    ),
+    "SIGN": _Key(
+        True,
+        (bool,),
+        "False stores entries, lookup pointers and write-behind writes without a MAC, so "
+        "anyone who can write to Redis can forge them",
+        None,
+    ),
+    "SIGNING_KEYS": _Key(
+        None,
+        (list, tuple, type(None)),
+        "secrets (str or bytes, 16 or more long) the MAC keys are derived from: the first "
+        "signs, every one listed verifies; None: SECRET_KEY, then SECRET_KEY_FALLBACKS",
         None,
     ),
     "LEASE_TIMEOUT": _Key(
@@ -132,6 +147,8 @@ class Settings:
     TTL_JITTER: float
     KEY_PREFIX: str
     SERIALIZER: str
+    SIGN: bool
+    SIGNING_KEYS: list[str | bytes] | tuple[str | bytes, ...] | None
     LEASE_TIMEOUT: float
     FILL_WAIT: float
     NEGATIVE_TTL: int
@@ -150,6 +167,8 @@ class Settings:
     STATS_RETENTION: int
     STATS_TOKEN: str
     serializer: Serializer
+    #: What signs and verifies what the app stores in Redis; None when ``SIGN`` is False.
+    signer: Signer | None
     #: ``NODES`` read: ``(alias, weight)`` per node, in the order given (empty: no ring).
     ring: tuple[tuple[str, int], ...]
 
@@ -182,6 +201,12 @@ class Settings:
                 "django_cachestrat.serializers.Serializer."
             )
         self.serializer = serializer_class()
+        # Listed keys are checked even with SIGN off, so turning it on cannot fail later.
+        signer = _signer(self.SIGNING_KEYS) if self.SIGN or self.SIGNING_KEYS else None
+        self.signer = signer if self.SIGN else None
+        if "\n" in self.KEY_PREFIX:
+            # A MAC binds the key name its bytes are stored under, ended by a newline.
+            raise ImproperlyConfigured("CACHESTRAT['KEY_PREFIX'] must not contain a newline.")
         if not 0 <= self.TTL_JITTER < 1:
             raise ImproperlyConfigured("CACHESTRAT['TTL_JITTER'] must be in [0, 1).")
         if self.STATS_INTERVAL <= 0:
@@ -228,6 +253,38 @@ def _ring_nodes(nodes: list | tuple) -> tuple[tuple[str, int], ...]:
     return tuple(found.items())
 
 
+#: The shortest secret ``SIGNING_KEYS`` takes: a MAC key guessed is every entry forged.
+MIN_SECRET = 16
+
+
+def _signer(secrets: Any) -> Signer:
+    """Return the signer of ``SIGNING_KEYS``, else of ``SECRET_KEY`` and its fallbacks.
+
+    The keys are derived here, once per load of the setting, never per call.
+    """
+    if secrets is None:
+        # Django raises its own ImproperlyConfigured for an empty SECRET_KEY.
+        fallbacks = getattr(django_settings, "SECRET_KEY_FALLBACKS", [])
+        return Signer.from_secrets([django_settings.SECRET_KEY, *fallbacks])
+    if not secrets:
+        raise ImproperlyConfigured(
+            "CACHESTRAT['SIGNING_KEYS'] is empty: list at least one secret (the first "
+            "signs), or leave the key out to derive it from SECRET_KEY."
+        )
+    for n, secret in enumerate(secrets):
+        if not isinstance(secret, str | bytes):
+            raise ImproperlyConfigured(
+                f"CACHESTRAT['SIGNING_KEYS'][{n}] must be str or bytes, not "
+                f"{type(secret).__name__}."
+            )
+        if len(secret) < MIN_SECRET:
+            raise ImproperlyConfigured(
+                f"CACHESTRAT['SIGNING_KEYS'][{n}] is {len(secret)} long; a secret must be "
+                f"at least {MIN_SECRET} long (a random one: secrets.token_urlsafe(32))."
+            )
+    return Signer.from_secrets(list(secrets))
+
+
 def _check_type(name: str, value: Any, spec: _Key) -> None:
     # bool is an int in Python; a True TTL is a mistake worth naming.
     wrong = not isinstance(value, spec.types) or (
@@ -250,5 +307,7 @@ def settings() -> Settings:
 
 @receiver(setting_changed, dispatch_uid="cachestrat.conf.reload")
 def _reload(*, setting: str, **kwargs: Any) -> None:
-    if setting in ("CACHESTRAT", "CACHES"):  # NODES are checked against CACHES
+    # NODES are checked against CACHES; the MAC keys may be derived from SECRET_KEY and
+    # its fallbacks.
+    if setting in ("CACHESTRAT", "CACHES", "SECRET_KEY", "SECRET_KEY_FALLBACKS"):
         settings.cache_clear()

@@ -109,6 +109,15 @@ def behind_row(prefix: str, label: str, pk: object) -> dict[str, str]:
     }
 
 
+def behind_increments(deltas: str, field: str) -> str:
+    """Key of the list of signed increment records beside field ``field`` of hash ``deltas``.
+
+    Any deltas hash of a row (pending, a batch's, set aside) has one per field it sums;
+    the Lua scripts build the same name (``deltas:field``), in the row's hash tag.
+    """
+    return f"{deltas}:{field}"
+
+
 def behind_batch_row(prefix: str, label: str, pk: object, batch: str) -> tuple[str, str]:
     """Keys of a row's fields and deltas while batch ``batch`` is flushing them."""
     tag = f"{prefix}:{{{label}:{token(pk)}}}"

@@ -22,6 +22,7 @@ ALLOWED = {
     "lookups": "a list of unique field names",
     "stale_ttl": "an int >= 0 (seconds an expired row may still be served while it refreshes)",
     "early_refresh": "a bool, or a float beta > 0 (XFetch: refresh before expiry)",
+    "counters": "a list of the integer fields increment_behind() may add to (write-behind)",
 }
 
 
@@ -40,6 +41,10 @@ class CacheOptions:
     fingerprint: str
     int_pk: bool = False  # an integer primary key: an int needs no to_python
     generated: tuple[str, ...] = ()  # generated fields: their values are the database's
+    #: Attnames of the fields ``increment_behind()`` may add to: ``CacheMeta.counters``, by
+    #: default every integer field but the pk. Redis adds to them in a write-behind view,
+    #: so their values there are the one part of a view that carries no MAC.
+    counters: frozenset[str] = frozenset()
 
     @property
     def pk_field(self) -> models.Field:
@@ -93,6 +98,9 @@ def errors(model: type[models.Model]) -> list[str]:
     early = getattr(cache_meta, "early_refresh", False)
     if not isinstance(early, bool | int | float) or (not isinstance(early, bool) and early <= 0):
         problems.append(f"{meta.label}.CacheMeta.early_refresh must be {ALLOWED['early_refresh']}.")
+    counters = getattr(cache_meta, "counters", None)
+    if counters is not None:
+        problems += [f"{meta.label}.CacheMeta.counters: {p}" for p in _counter_problems(model)]
     lookups = getattr(cache_meta, "lookups", ())
     if not isinstance(lookups, list | tuple) or not all(isinstance(n, str) for n in lookups):
         problems.append(f"{meta.label}.CacheMeta.lookups must be {ALLOWED['lookups']}.")
@@ -102,6 +110,34 @@ def errors(model: type[models.Model]) -> list[str]:
         if problem:
             problems.append(f"{meta.label}.CacheMeta.lookups: {problem}")
     return problems
+
+
+def _counter_problems(model: type[models.Model]) -> list[str]:
+    names = getattr(model.CacheMeta, "counters", None)  # type: ignore[attr-defined]
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        return [f"must be {ALLOWED['counters']}."]
+    problems = []
+    for name in names:
+        try:
+            field = model._meta.get_field(name)
+        except Exception:
+            problems.append(f"{name!r} is not a field of {model._meta.label}.")
+            continue
+        if not _is_counter(field):
+            problems.append(f"{name!r} is not an integer field other than the primary key.")
+    return problems
+
+
+def _is_counter(field: object) -> bool:
+    """Tell whether ``increment_behind()`` can add to ``field``: an integer, not the pk."""
+    return isinstance(field, models.IntegerField) and not field.primary_key
+
+
+def _counters(model: type[models.Model]) -> frozenset[str]:
+    names = getattr(getattr(model, "CacheMeta", None), "counters", None)
+    if names is None:
+        return frozenset(f.attname for f in model._meta.concrete_fields if _is_counter(f))
+    return frozenset(model._meta.get_field(n).attname for n in names)  # type: ignore[union-attr]
 
 
 def _lookup_problem(model: type[models.Model], name: str) -> str | None:
@@ -200,4 +236,5 @@ def _get(model: type[models.Model]) -> CacheOptions:
         fingerprint=_registry[model],
         int_pk=isinstance(meta.pk, models.IntegerField),
         generated=tuple(f.name for f in fields if f.generated),
+        counters=_counters(model),
     )

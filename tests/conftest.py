@@ -5,7 +5,7 @@ import redis
 from django.conf import settings
 from django.db import connections
 
-from django_cachestrat import backends, conf, keys
+from django_cachestrat import backends, conf, keys, signing
 from django_cachestrat.signals import (
     cache_error,
     cache_fill,
@@ -42,6 +42,9 @@ class RingClient:
             "hgetall",
             "blpop",
             "type",
+            "hset",
+            "hincrby",
+            "lrange",
         ]
     )
 
@@ -226,6 +229,31 @@ def clean_cache(raw_redis):
     backends.reset()
     yield
     backends.reset()
+
+
+def unsigned(key: str, data: bytes) -> bytes:
+    """Return an entry as the codec made it, its MAC checked and taken off (if signed)."""
+    signer = conf.settings().signer
+    if signer is None:
+        return data
+    assert signer.verifies(signing.ENTRY, key.encode(), data[signing.TAG :], data[: signing.TAG])
+    return data[signing.TAG :]
+
+
+def signed(key: str, body: bytes) -> bytes:
+    """Return entry bytes as the app stores them under ``key``: with a MAC, if it signs."""
+    signer = conf.settings().signer
+    return body if signer is None else signer.tag(signing.ENTRY, key.encode(), body) + body
+
+
+def pointer_pk(key: str, data: bytes) -> bytes:
+    """Return the pk a stored lookup pointer holds, its MAC checked (if signed)."""
+    signer = conf.settings().signer
+    if signer is None:
+        return data
+    import time
+
+    return signer.open_pointer(key, data, time.time())
 
 
 class Events:

@@ -109,6 +109,23 @@ class Visit(WriteBehindMixin, models.Model):
         base_manager_name = "objects"
 
 
+class Member(WriteBehindMixin, models.Model):
+    """Write-behind with a flag worth forging (tests/test_signing.py) and a declared counter."""
+
+    name = models.CharField(max_length=50, default="")
+    is_staff = models.BooleanField(default=False)
+    logins = models.IntegerField(default=0)
+    level = models.IntegerField(default=1)  # an integer field that is not a counter
+
+    objects = CachedManager()
+
+    class CacheMeta:
+        counters = ["logins"]
+
+    class Meta:
+        base_manager_name = "objects"
+
+
 class Gauge(WriteBehindMixin, models.Model):
     """Write-behind with a value the database fills in on insert (``db_default``)."""
 

@@ -11,7 +11,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from django_cachestrat import conf, keys, options
-from tests.conftest import nodes_of
+from tests.conftest import nodes_of, pointer_pk, signed, unsigned
 from tests.models import Author, AuthorProxy, Book, Novel, PageStats, Plain, Tag
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -176,7 +176,7 @@ def test_lookup_with_a_corrupted_pointer(book, raw_redis):
     pointer = keys.lookup("cstest", "tests.book", "isbn", "978-0441")
     raw_redis.set(pointer, b"\xff\xfe not a pk")
     assert Book.objects.get_cached(isbn="978-0441").pk == book.pk
-    assert raw_redis.get(pointer) == str(book.pk).encode()
+    assert pointer_pk(pointer, raw_redis.get(pointer)) == str(book.pk).encode()
 
 
 def test_get_many_cached(book, django_assert_num_queries, events):
@@ -255,14 +255,17 @@ def test_keys_for_any_pk_value(name, raw_redis, django_assert_num_queries):
 
 def test_corrupted_bytes_are_a_logged_miss(book, raw_redis, events, caplog):
     Book.objects.get_cached(pk=book.pk)
+    key = entry_key(Book, book.pk)
     # The version the entry was filled under (on a ring, its node's).
-    version = raw_redis.get(entry_key(Book, book.pk)).split(b":")[1]
-    head = b"%s:%s:0:0:" % (options.get(Book).fingerprint.encode(), version)
-    for junk in [b"garbage", head + b"not pickle", head + b"\x80\x05K\x01.", b""]:
-        raw_redis.set(entry_key(Book, book.pk), junk)
+    version = unsigned(key, raw_redis.get(key)).split(b":")[1]
+    head = b"%s:%s:%d:0:" % (options.get(Book).fingerprint.encode(), version, 2 * 10**12)
+    # Signed as the app signs (a MAC that verifies), so what fails is the payload.
+    junk = [signed(key, head + b"not pickle"), signed(key, head + b"\x80\x05K\x01.")]
+    for data in [b"garbage", *junk, b""]:
+        raw_redis.set(key, data)
         with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
             assert Book.objects.get_cached(pk=book.pk).title == "Dune"
-    assert events("error", Book) >= 2
+    assert events("error", Book) == 4
     assert "unreadable entry" in caplog.text
     # The miss refilled the entry with good bytes.
     assert Book.objects.get_cached(pk=book.pk).title == "Dune"
@@ -273,14 +276,14 @@ def test_foreign_bytes_are_a_logged_miss_and_other_versions_or_schemas_a_silent_
 ):
     Book.objects.get_cached(pk=book.pk)
     key = entry_key(Book, book.pk)
-    fp, version, rest = raw_redis.get(key).split(b":", 2)
+    fp, version, rest = unsigned(key, raw_redis.get(key)).split(b":", 2)
     older = b"%d" % (int(version) - 1)
     # An older version's entry (invalidate_model) and another schema's (a deploy): no error.
     for other in [b":".join([fp, older, rest]), b":".join([b"0123456789ab", version, rest])]:
-        raw_redis.set(key, other)
+        raw_redis.set(key, signed(key, other))
         with caplog.at_level(logging.WARNING, logger="django_cachestrat"):
             assert Book.objects.get_cached(pk=book.pk).title == "Dune"
-        assert raw_redis.get(key).startswith(b"%s:%s:" % (fp, version))  # refilled
+        assert unsigned(key, raw_redis.get(key)).startswith(b"%s:%s:" % (fp, version))  # refilled
     assert events("error", Book) == 0
     assert "unreadable entry" not in caplog.text
     # Bytes that are no entry at all: each is logged and sent as cache_error.
@@ -295,10 +298,11 @@ def test_foreign_bytes_are_a_logged_miss_and_other_versions_or_schemas_a_silent_
 
 def test_wrong_number_of_values_is_a_miss(book, raw_redis, events):
     Book.objects.get_cached(pk=book.pk)
+    key = entry_key(Book, book.pk)
     # The version the entry was filled under (on a ring, its node's).
-    version = raw_redis.get(entry_key(Book, book.pk)).split(b":")[1]
-    head = b"%s:%s:0:0:" % (options.get(Book).fingerprint.encode(), version)
-    raw_redis.set(entry_key(Book, book.pk), head + conf.settings().serializer.dumps((1, 2)))
+    version = unsigned(key, raw_redis.get(key)).split(b":")[1]
+    head = b"%s:%s:%d:0:" % (options.get(Book).fingerprint.encode(), version, 2 * 10**12)
+    raw_redis.set(key, signed(key, head + conf.settings().serializer.dumps((1, 2))))
     assert Book.objects.get_cached(pk=book.pk).title == "Dune"
     assert events("error", Book) == 1
 

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 from django.contrib.postgres.fields import ArrayField, HStoreField
 from django.core import checks
-from django.db import connection, models
+from django.db import connection, models, transaction
 from django.test import override_settings
 from django.test.utils import isolate_apps
 
@@ -21,6 +21,7 @@ from django_cachestrat.checks import check_models
 from django_cachestrat.serializers import MsgpackSerializer, PickleSerializer, Serializer
 from django_cachestrat.write_behind import flusher
 from django_cachestrat.write_behind.pending import PendingWrites
+from tests.conftest import signed, unsigned
 from tests.models import Author, Book, PageStats, Sample
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -183,9 +184,22 @@ def entry_key(model, pk):
 
 
 def head(raw_redis, model):
-    """A valid-looking header: this schema's fingerprint and the model's version."""
+    """A valid-looking header: this schema's fingerprint, the model's version, a future
+    expiry."""
     version = raw_redis.get(keys.version("cstest", options.get(model).label))
-    return b"%s:%s:0:0:" % (options.get(model).fingerprint.encode(), version)
+    return b"%s:%s:%d:0:" % (options.get(model).fingerprint.encode(), version, 2 * 10**12)
+
+
+def forged_value(tag, name, plain):
+    """A write-behind value as someone holding the signing key would store it."""
+    signer = conf.settings().signer
+    return plain if signer is None else signer.seal_value(tag, name, plain)
+
+
+def forged(key, data):
+    """``data`` as it would be stored under ``key`` by someone holding the signing key:
+    with a MAC that verifies (if the app signs), so that the serializer is what reads it."""
+    return signed(key, data)
 
 
 def test_an_entry_of_the_previous_format_is_a_silent_miss(
@@ -194,7 +208,7 @@ def test_an_entry_of_the_previous_format_is_a_silent_miss(
     book = Book.objects.create(title="Dune", isbn="1", price=Decimal("9.99"))
     Book.objects.get_cached(pk=book.pk)
     key = entry_key(Book, book.pk)
-    _, version, _ = raw_redis.get(key).split(b":", 2)
+    _, version, _ = unsigned(key, raw_redis.get(key)).split(b":", 2)
     # What the previous version wrote: its fingerprint (CODEC_FORMAT "codec-4"), pickled
     # values (the Decimal as a str).
     with monkeypatch.context() as patched:
@@ -211,7 +225,8 @@ def test_an_entry_of_the_previous_format_is_a_silent_miss(
         assert Book.objects.get_cached(pk=book.pk).title == "Dune"
     assert events("error") == 0
     assert counted_errors(Book) == errors
-    assert raw_redis.get(key).startswith(options.get(Book).fingerprint.encode())  # refilled
+    refilled = unsigned(key, raw_redis.get(key))
+    assert refilled.startswith(options.get(Book).fingerprint.encode())
 
 
 class Creates:
@@ -236,8 +251,9 @@ def test_a_pickle_that_would_run_code_is_an_unreadable_miss(
     Book.objects.get_cached(pk=book.pk)
     target = tmp_path / "pwned"
     width = len(Book._meta.concrete_fields)
+    key = entry_key(Book, book.pk)
     raw_redis.set(
-        entry_key(Book, book.pk), head(raw_redis, Book) + pickle.dumps((Creates(target),) * width)
+        key, forged(key, head(raw_redis, Book) + pickle.dumps((Creates(target),) * width))
     )
     errors = counted_errors(Book)
     with django_assert_num_queries(1):  # the database answers
@@ -254,7 +270,10 @@ def test_a_pickle_in_a_write_behind_view_is_an_unreadable_miss(
     target = tmp_path / "pwned"
     view = PendingWrites(PageStats).row(page.pk)["view"]
     assert raw_redis.hget(view, "note")  # the insert stored the view
-    raw_redis.hset(view, "note", b"\x00" + pickle.dumps((Creates(target),)))
+    tag = PendingWrites(PageStats).row_tag(page.pk)
+    raw_redis.hset(
+        view, "note", forged_value(tag, "note", b"\x00" + pickle.dumps((Creates(target),)))
+    )
     with django_assert_num_queries(1):
         assert PageStats.objects.get_cached(pk=page.pk).note == "ok"  # from the database
     assert not target.exists()
@@ -270,11 +289,11 @@ def test_a_pickle_as_a_pending_write_is_never_unpickled_nor_written(raw_redis, t
     fields = PendingWrites(PageStats).row(page.pk)["fields"]
     assert raw_redis.hget(fields, "note") is not None
     target = tmp_path / "pwned"
-    raw_redis.hset(fields, "note", b"\x00" + pickle.dumps((Creates(target),)))
-    try:
-        flusher.flush([PageStats])
-    except ValueError:
-        pass  # the flush stops at bytes it cannot read; what it does then is the MAC's part
+    tag = PendingWrites(PageStats).row_tag(page.pk)
+    raw_redis.hset(
+        fields, "note", forged_value(tag, "note", b"\x00" + pickle.dumps((Creates(target),)))
+    )
+    flusher.flush([PageStats])  # the value is dead-lettered, never unpickled
     assert not target.exists()
     assert PageStats.objects.get(pk=page.pk).note == "ok"
 
@@ -309,9 +328,9 @@ def test_bytes_that_are_not_ours_are_an_unreadable_miss(
 ):
     author = Author.objects.create(name="Ann", email="a@example.org", joined=datetime.now(UTC))
     Author.objects.get_cached(pk=author.pk)
+    key = entry_key(Author, author.pk)
     raw_redis.set(
-        entry_key(Author, author.pk),
-        head(raw_redis, Author) + payload(valid_payload(Author, author)),
+        key, forged(key, head(raw_redis, Author) + payload(valid_payload(Author, author)))
     )
     with django_assert_num_queries(1):
         assert Author.objects.get_cached(pk=author.pk).name == "Ann"
@@ -425,7 +444,7 @@ def test_a_value_the_serializer_cannot_carry_is_unstorable_not_an_error(django_a
     author = Author.objects.create(name="Ann", email="a@example.org")
     author.bio = {1, 2}  # a value no database would give back for a TextField
     with pytest.raises(codec.Unstorable, match="cannot carry"):
-        codec.encode(options.get(Author), b"1", author)
+        codec.encode(options.get(Author), b"1", author, expires=2 * 10**12)
 
 
 @pytest.mark.parametrize(
@@ -547,3 +566,45 @@ def test_pickle_stays_available_as_an_opt_in(django_assert_num_queries):
 def test_the_check_leaves_a_broken_setting_to_check_settings():
     with override_settings(CACHESTRAT={"SERIALIZER": "no.such.Serializer"}):
         assert not [e for e in check_models() if e.id == "cachestrat.E007"]
+
+
+def test_a_row_the_serializer_cannot_carry_is_served_from_the_database(
+    settings, django_assert_num_queries, caplog
+):
+    """With check E007 silenced, a fill that meets a value the serializer refuses serves
+    the row and stores nothing (by pk and by lookup): never an error for the reader."""
+    settings.CACHESTRAT = {
+        **settings.CACHESTRAT,
+        "SERIALIZER": "tests.serializers.RefusesMarked",
+    }
+    book = Book.objects.create(title="unstorable dune", isbn="u-1")
+    for _ in range(2):  # nothing stored: each read asks the database
+        with django_assert_num_queries(1):
+            assert Book.objects.get_cached(pk=book.pk).title == "unstorable dune"
+    with django_assert_num_queries(1):
+        assert Book.objects.get_many_cached([book.pk])[book.pk].title == "unstorable dune"
+    with django_assert_num_queries(1):
+        assert Book.objects.get_cached(isbn="u-1").pk == book.pk
+    assert "is not cached" in caplog.text
+
+
+def test_a_write_behind_row_the_serializer_cannot_carry_is_written_at_once(
+    settings, django_assert_num_queries, caplog
+):
+    """Its view is never stored and its writes go to the database at once, in a
+    transaction too: no write is lost, no error reaches the caller."""
+    settings.CACHESTRAT = {
+        **settings.CACHESTRAT,
+        "SERIALIZER": "tests.serializers.RefusesMarked",
+    }
+    row = PageStats.objects.create(path="unstorable/a")
+    assert PageStats.objects.get_cached(pk=row.pk).path == "unstorable/a"
+    row.views = 5
+    row.save()
+    assert PageStats.objects.get(pk=row.pk).views == 5  # not deferred: in the table now
+    with transaction.atomic():
+        row.views = 7
+        row.save()
+    assert PageStats.objects.get(pk=row.pk).views == 7
+    assert PageStats.objects.get_cached(pk=row.pk).views == 7
+    assert "cannot carry" in caplog.text

@@ -13,7 +13,7 @@ from django.test import override_settings
 from django_cachestrat import invalidate, keys, options
 from django_cachestrat.strategies.base import Strategy
 from tests import redis_server
-from tests.conftest import child_env, nodes_of
+from tests.conftest import child_env, nodes_of, signed, unsigned
 from tests.models import Book, Headline, PageStats, Quote
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -319,9 +319,10 @@ def _age(raw_redis, model, pk, *, expires_in_ms, delta_ms=0):
     """Rewrite an entry's header as if it had been filled long ago."""
     opts = options.get(model)
     key = keys.entry("cstest", opts.label, pk)
-    fp, version, _, _, payload = raw_redis.get(key).split(b":", 4)
+    fp, version, _, _, payload = unsigned(key, raw_redis.get(key)).split(b":", 4)
     expires = int(time.time() * 1000) + expires_in_ms
-    raw_redis.set(key, b"%s:%s:%d:%d:%s" % (fp, version, expires, delta_ms, payload), keepttl=True)
+    aged = b"%s:%s:%d:%d:%s" % (fp, version, expires, delta_ms, payload)
+    raw_redis.set(key, signed(key, aged), keepttl=True)
 
 
 def test_stale_rows_are_served_while_one_reader_refreshes(raw_redis, monkeypatch, events):
@@ -436,7 +437,8 @@ def codec_entry(obj):
 
     node = backends.get("default").node(entry_key(obj.pk))  # its node's version
     version = node.version(keys.version("cstest", options.get(Book).label))
-    return codec.encode(options.get(Book), version, obj)
+    expires = int(time.time() * 1000) + 60_000
+    return codec.encode(options.get(Book), version, obj, expires=expires)
 
 
 def test_an_invalidation_drops_what_fills_pushed_for_waiters(book, raw_redis):

@@ -265,11 +265,45 @@ return v
 
 # -- write-behind: recording writes -----------------------------------------------------------
 
+# The signed records of a deltas hash's increments (``signing``): beside each field of a
+# deltas hash ``D`` (pending, in a batch, set aside by a direct write), the list ``D:name``
+# holds one signed record per increment Redis summed into it, so a flush can write what
+# verifies rather than the sum. The lists follow their hash's fields wherever the scripts
+# move, merge or drop them. Their names are built from the hash's, so they share its hash
+# tag (the row's): like CUT's batch keys, they are not in KEYS.
+_INCREMENTS = """
+local function incs(deltas, name) return deltas .. ':' .. name end
+-- Append the list src to dst (renamed if dst has none); src is gone after.
+local function append_incs(src, dst)
+  if redis.call('EXISTS', src) == 0 then return end
+  if redis.call('EXISTS', dst) == 0 then
+    redis.call('RENAME', src, dst)
+    return
+  end
+  local n = redis.call('LLEN', src)
+  for i = 0, n - 1, 1000 do
+    redis.call('RPUSH', dst, unpack(redis.call('LRANGE', src, i, i + 999)))
+  end
+  redis.call('DEL', src)
+end
+-- Drop the lists of these fields of a deltas hash (a list of names).
+local function drop_incs(deltas, names)
+  for _, name in ipairs(names) do redis.call('DEL', incs(deltas, name)) end
+end
+-- Drop the lists of every field of a deltas hash (before the hash goes).
+local function drop_all_incs(deltas)
+  drop_incs(deltas, redis.call('HKEYS', deltas))
+end
+"""
+
 # KEYS: view, pending fields, pending deltas, dirty set, version, lease, trigger, seen,
 # busy, first. This one spans a row and its model (the dirty set, the version): see the
 # README on Redis Cluster. ARGV: pk, now (ms), full ('1'/'0'), initial version, nf, nf
-# (name, value) pairs, nd, nd (name, amount) pairs, BATCH_SIZE, trigger hold (ms), ns, ns
-# names, writer id, write number, seen TTL (s), the writer's schema fingerprint.
+# (name, value, view value) triples, nd, nd (name, amount, signed record) triples,
+# BATCH_SIZE, trigger hold (ms), ns, ns names, writer id, write number, seen TTL (s), the
+# writer's schema fingerprint. A value is its pending form (signed); the view's is the
+# same bytes ('' says so) but for a counter's, plain digits that HINCRBY adds to. A record
+# ('' when signing is off) goes to the list beside the deltas hash's field.
 # Each writer (a thread) numbers its writes; ``seen`` keeps, per writer, the highest
 # number recorded and a mask of the 30 before it, so a write sent again after its reply
 # timed out (the server may have run it anyway) is recorded once (the IPsec anti-replay
@@ -284,12 +318,13 @@ return v
 # full save replaces it.
 RECORD = _script(
     "record",
-    """
+    _INCREMENTS
+    + """
 local view, fields, deltas, dirty = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local nf = tonumber(ARGV[5])
-local d0 = 7 + 2 * nf
+local d0 = 7 + 3 * nf
 local nd = tonumber(ARGV[d0 - 1])
-local s0 = d0 + 2 * nd + 2
+local s0 = d0 + 3 * nd + 2
 local ns = tonumber(ARGV[s0])
 local w0 = s0 + ns + 1
 local writer, number, fp = ARGV[w0], tonumber(ARGV[w0 + 1]), ARGV[w0 + 3]
@@ -320,6 +355,7 @@ if ns > 0 then
   for j = 1, ns do names[j] = ARGV[s0 + j]; void[ARGV[s0 + j]] = true end
   redis.call('HDEL', fields, unpack(names))
   redis.call('HDEL', deltas, unpack(names))
+  drop_incs(deltas, names)
   if nf == 0 and nd == 0 then
     if redis.call('EXISTS', fields, deltas) == 0 then
       redis.call('ZREM', dirty, ARGV[1])
@@ -335,45 +371,56 @@ if not version then
   redis.call('SET', KEYS[5], version)
 end
 local names = {'__p', '__v', '__f'}
-for j = 1, nf do names[#names + 1] = ARGV[4 + 2 * j] end
-for j = 0, nd - 1 do names[#names + 1] = ARGV[d0 + 2 * j] end
+for j = 1, nf do names[#names + 1] = ARGV[3 + 3 * j] end
+for j = 0, nd - 1 do names[#names + 1] = ARGV[d0 + 3 * j] end
 local held = redis.call('HMGET', view, unpack(names))
 local valid = held[3] == fp and (held[1] == '1' or held[2] == version)
 if not valid and ARGV[3] ~= '1' then return -1 end
+-- What the view holds of saved field j: its pending value, or its own plain one.
+local function shown(j)
+  local v = ARGV[5 + 3 * j]
+  if v == '' then return ARGV[4 + 3 * j] end
+  return v
+end
 local saved = {}
-for j = 1, nf do saved[ARGV[4 + 2 * j]] = ARGV[5 + 2 * j] end
+for j = 1, nf do saved[ARGV[3 + 3 * j]] = shown(j) end
 -- An increment adds to the value saved with it, else to the view's.
 for j = 1, nd do
-  local name = ARGV[d0 + 2 * (j - 1)]
+  local name = ARGV[d0 + 3 * (j - 1)]
   local current = saved[name] or (valid and held[3 + nf + j])
   if not current or not tonumber(current) then return -2 end
 end
 if not valid then redis.call('DEL', view) end
 -- Only values that differ from the view are writes; a saved value replaces the
 -- field's earlier pending increments, which the view (and so the value) included.
-local set, changed = {}, {}
+local set, show, changed = {}, {}, {}
 for j = 1, nf do
-  local name, value = ARGV[4 + 2 * j], ARGV[5 + 2 * j]
+  local name, value = ARGV[3 + 3 * j], shown(j)
   if not valid or void[name] or held[3 + j] ~= value then
     set[#set + 1] = name
-    set[#set + 1] = value
+    set[#set + 1] = ARGV[4 + 3 * j]
+    show[#show + 1] = name
+    show[#show + 1] = value
     changed[#changed + 1] = name
   end
 end
 if #changed > 0 then
   redis.call('HSET', fields, unpack(set))
   redis.call('HDEL', deltas, unpack(changed))
+  drop_incs(deltas, changed)
 end
-set[#set + 1] = '__p'
-set[#set + 1] = '1'
-set[#set + 1] = '__v'
-set[#set + 1] = version
-set[#set + 1] = '__f'
-set[#set + 1] = fp
-redis.call('HSET', view, unpack(set))
+show[#show + 1] = '__p'
+show[#show + 1] = '1'
+show[#show + 1] = '__v'
+show[#show + 1] = version
+show[#show + 1] = '__f'
+show[#show + 1] = fp
+redis.call('HSET', view, unpack(show))
 for j = 0, nd - 1 do
-  redis.call('HINCRBY', view, ARGV[d0 + 2 * j], ARGV[d0 + 2 * j + 1])
-  redis.call('HINCRBY', deltas, ARGV[d0 + 2 * j], ARGV[d0 + 2 * j + 1])
+  local name, amount, record = ARGV[d0 + 3 * j], ARGV[d0 + 3 * j + 1], ARGV[d0 + 3 * j + 2]
+  redis.call('HINCRBY', view, name, amount)
+  redis.call('HINCRBY', deltas, name, amount)
+  if record ~= '' then redis.call('RPUSH', incs(deltas, name), record) end
 end
 redis.call('PERSIST', view)
 redis.call('DEL', KEYS[6])
@@ -381,8 +428,8 @@ seen()
 redis.call('ZADD', dirty, 'NX', ARGV[2], ARGV[1])
 -- Enough rows wait for a batch: the first writer to see it queues a flush (the trigger
 -- key, held for a flush interval, keeps the others from queueing one each).
-if redis.call('ZCARD', dirty) >= tonumber(ARGV[d0 + 2 * nd]) then
-  if redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[d0 + 2 * nd + 1]) then return 1 end
+if redis.call('ZCARD', dirty) >= tonumber(ARGV[d0 + 3 * nd]) then
+  if redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[d0 + 3 * nd + 1]) then return 1 end
 end
 return 0
 """,
@@ -503,7 +550,8 @@ end
 # was first written) goes to the first hash, where a requeued row's older one is kept.
 CLAIM = _script(
     "claim",
-    """
+    _INCREMENTS
+    + """
 local inflight, busy, dirty, members, first = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local claimed = {}
 for j = 1, #ARGV - 2 do
@@ -512,6 +560,9 @@ for j = 1, #ARGV - 2 do
   local since = redis.call('ZSCORE', dirty, pk)
   if since and redis.call('HEXISTS', busy, pk) == 0 then
     redis.call('HSETNX', first, pk, since)
+    for _, name in ipairs(redis.call('HKEYS', KEYS[k + 2])) do
+      append_incs(incs(KEYS[k + 2], name), incs(KEYS[k + 4], name))
+    end
     for m = 1, 2 do
       if redis.call('EXISTS', KEYS[k + m]) == 1 then
         redis.call('RENAME', KEYS[k + m], KEYS[k + m + 2])
@@ -555,11 +606,13 @@ if not claim or tonumber(claim) ~= tonumber(ARGV[3]) then return 0 end
 ACK = _script(
     "ack",
     _OWNED
+    + _INCREMENTS
     + """
 local inflight, busy, dirty, members, first = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 for j = 1, #ARGV - 3 do
   local pk = ARGV[j + 3]
   local k = 5 + (j - 1) * 3
+  drop_all_incs(KEYS[k + 2])
   redis.call('DEL', KEYS[k + 1], KEYS[k + 2])
   redis.call('HDEL', busy, pk)
   redis.call('HDEL', first, pk)
@@ -582,6 +635,7 @@ return 1
 REQUEUE = _script(
     "requeue",
     _OWNED
+    + _INCREMENTS
     + """
 local inflight, busy, dirty, members = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 for j = 1, #ARGV - 3 do
@@ -592,6 +646,9 @@ for j = 1, #ARGV - 3 do
     -- A value saved since the claim already includes this increment.
     if redis.call('HEXISTS', KEYS[k + 1], inc[i]) == 0 then
       redis.call('HINCRBY', KEYS[k + 2], inc[i], inc[i + 1])
+      append_incs(incs(KEYS[k + 4], inc[i]), incs(KEYS[k + 2], inc[i]))
+    else
+      redis.call('DEL', incs(KEYS[k + 4], inc[i]))
     end
   end
   local old = redis.call('HGETALL', KEYS[k + 3])
@@ -619,7 +676,8 @@ return 1
 # set aside.
 CUT = _script(
     "cut",
-    """
+    _INCREMENTS
+    + """
 local fields, deltas, dirty, busy, cuts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local pk = ARGV[1]
 local function move(src, dst, name)
@@ -629,9 +687,15 @@ local function move(src, dst, name)
   redis.call('HDEL', src, name)
   return 1
 end
+-- A delta goes with its signed records.
+local function move_delta(src, dst, name)
+  if move(src, dst, name) == 0 then return 0 end
+  append_incs(incs(src, name), incs(dst, name))
+  return 1
+end
 local moved = 0
 for j = 5, #ARGV do
-  moved = moved + move(fields, KEYS[6], ARGV[j]) + move(deltas, KEYS[7], ARGV[j])
+  moved = moved + move(fields, KEYS[6], ARGV[j]) + move_delta(deltas, KEYS[7], ARGV[j])
 end
 local batch = redis.call('HGET', busy, pk)
 if moved > 0 and redis.call('EXISTS', fields, deltas) == 0 then
@@ -642,7 +706,9 @@ local taken = 0
 if batch then
   local bf = ARGV[4] .. ':wb:' .. batch .. ':fields'
   local bd = ARGV[4] .. ':wb:' .. batch .. ':deltas'
-  for j = 5, #ARGV do taken = taken + move(bf, KEYS[8], ARGV[j]) + move(bd, KEYS[9], ARGV[j]) end
+  for j = 5, #ARGV do
+    taken = taken + move(bf, KEYS[8], ARGV[j]) + move_delta(bd, KEYS[9], ARGV[j])
+  end
 end
 if moved + taken == 0 then return false end
 local entry = pk .. '|' .. ARGV[2] .. '|' .. (taken > 0 and batch or '')
@@ -659,12 +725,16 @@ return entry
 # values win, and a value saved since already includes the increments set aside.
 CUT_SETTLE = _script(
     "cut_settle",
-    """
+    _INCREMENTS
+    + """
 local function merge(sf, sd, df, dd)
   local n = 0
   local inc = redis.call('HGETALL', sd)
   for i = 1, #inc, 2 do
-    if redis.call('HEXISTS', df, inc[i]) == 0 then redis.call('HINCRBY', dd, inc[i], inc[i + 1]) end
+    if redis.call('HEXISTS', df, inc[i]) == 0 then
+      redis.call('HINCRBY', dd, inc[i], inc[i + 1])
+      append_incs(incs(sd, inc[i]), incs(dd, inc[i]))
+    end
     n = n + 1
   end
   local old = redis.call('HGETALL', sf)
@@ -680,6 +750,8 @@ if ARGV[3] == '1' then
   end
   if n > 0 then redis.call('ZADD', KEYS[4], 'NX', ARGV[5], ARGV[2]) end
 end
+drop_all_incs(KEYS[6])
+drop_all_incs(KEYS[8])
 redis.call('DEL', KEYS[5], KEYS[6], KEYS[7], KEYS[8])
 return 1
 """,

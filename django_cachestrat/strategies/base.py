@@ -11,6 +11,7 @@ that wrote the model, and reads while Redis is down, go to the database.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import secrets
@@ -36,8 +37,11 @@ from django_cachestrat.backends import CacheUnavailable
 from django_cachestrat.backends.scripts import Acquired, LookupFilled
 from django_cachestrat.counters import recorder
 from django_cachestrat.counters.recorder import count
+from django_cachestrat.signing import Unverified
 from django_cachestrat.strategies import reads
 from django_cachestrat.strategies.reads import send
+
+logger = logging.getLogger("django_cachestrat")
 
 
 def ttl(opts: options.CacheOptions, cfg: conf.Settings) -> int:
@@ -49,14 +53,26 @@ def ttl(opts: options.CacheOptions, cfg: conf.Settings) -> int:
     return max(1, base - random.randint(0, int(base * cfg.TTL_JITTER)))
 
 
-def _encode_fill(opts, cfg, version: bytes, obj, delta: int, now: int) -> tuple[bytes, int]:
+def _encode_fill(
+    opts, cfg, version: bytes, obj, delta: int, now: int, key: str
+) -> tuple[bytes, int]:
     """Return the entry of a row read from the database, and its life in Redis (seconds).
 
-    ``delta``: how long the read took (ms); ``now``: the time (ms since the epoch).
+    ``delta``: how long the read took (ms); ``now``: the time (ms since the epoch);
+    ``key``: the entry key it is stored under.
     """
     fresh = ttl(opts, cfg)
-    expires = now + fresh * 1000 if opts.stale_ttl or opts.early_refresh else 0
-    return codec.encode(opts, version, obj, expires=expires, delta=delta), fresh + opts.grace
+    entry = codec.encode(opts, version, obj, expires=now + fresh * 1000, delta=delta, key=key)
+    return entry, fresh + opts.grace
+
+
+def _not_stored(opts, exc: Exception) -> None:
+    """Log a row read from the database that cannot be stored: it is served, not cached.
+
+    A value the serializer cannot carry, where check ``cachestrat.E007`` was silenced:
+    each read of the row reads the database.
+    """
+    logger.warning("django_cachestrat: a row of %s is not cached: %s", opts.label, exc)
 
 
 class _Lookup(NamedTuple):
@@ -142,7 +158,7 @@ class Strategy:
         stale = []
         early = []
         decoded = (
-            codec.decode_many(opts, entries, version, using, model, ages=bool(now))
+            codec.decode_many(opts, entries, version, using, model, names[1:], ages=bool(now))
             if version is not None
             else [None] * len(pks)
         )
@@ -258,13 +274,19 @@ class Strategy:
         started = time.monotonic()
         obj = self._read_by_value(lookup, transport, token, self._lookup_db)
         delta = int((time.monotonic() - started) * 1000)
-        entry, life = _encode_fill(opts, cfg, version, obj, delta, int(time.time() * 1000))
         row_keys = (
             keys.entry(prefix, opts.label, obj.pk),
             keys.lease(prefix, opts.label, obj.pk),
             keys.gone(prefix, opts.label, obj.pk),
         )
-        pointer = (lookup.fill_keys, lookup.pointer, str(obj.pk).encode(), ttl(opts, cfg))
+        now = int(time.time() * 1000)
+        pointer = pointer_item(cfg, lookup, str(obj.pk).encode(), ttl(opts, cfg))
+        try:
+            entry, life = _encode_fill(opts, cfg, version, obj, delta, now, row_keys[0])
+        except codec.Unstorable as exc:
+            _not_stored(opts, exc)
+            self._store_pointer(transport, token, lookup.fill_keys, pointer)
+            return obj
         if backends.get(cfg.CACHE_ALIAS).node(row_keys[0]) is not transport:
             # On a ring, a row on another node than its pointer: the version read with the
             # pointer's lease is not its node's, so only the pointer is stored; the row
@@ -289,7 +311,7 @@ class Strategy:
         try:
             return read(lookup.model, lookup.using, lookup.field.name, lookup.value)
         except lookup.model.DoesNotExist:  # type: ignore[attr-defined]  # as above
-            negative = (lookup.fill_keys, lookup.pointer, b"-", cfg.NEGATIVE_TTL)
+            negative = pointer_item(cfg, lookup, b"-", cfg.NEGATIVE_TTL)
             self._store_pointer(
                 transport, token, lookup.fill_keys, negative if cfg.NEGATIVE_TTL else None
             )
@@ -312,6 +334,16 @@ class Strategy:
         Raises ``DoesNotExist`` for a cached "no such row".
         """
         model, field = lookup.model, lookup.field
+        signer = conf.settings().signer
+        if signer is not None:
+            try:
+                opened = signer.open_pointer(lookup.pointer, raw, time.time())
+            except (Unverified, ValueError) as exc:
+                codec.unreadable(lookup.opts, exc, "lookup pointer")
+                return None
+            if opened is None:
+                return None  # past its TTL: a copy of an older pointer, put back
+            raw = opened
         if raw == b"-":
             # Answered by the cache: a hit for the statistics (no ``cache_hit`` is sent).
             count(lookup.opts.label, recorder.HITS, 1)
@@ -400,6 +432,17 @@ class Strategy:
         """Undo what ``before_save`` announced, after ``save()`` raised."""
 
 
+def pointer_item(cfg, lookup: _Lookup, pk: bytes, life: int) -> tuple:
+    """Return a pointer to store (``fill_many``'s item): to ``pk`` (or ``-``), for ``life`` s.
+
+    Signed, with the time its TTL ends, unless ``SIGN`` is off.
+    """
+    value = pk
+    if cfg.signer is not None:
+        value = cfg.signer.seal_pointer(lookup.pointer, pk, int(time.time()) + life)
+    return (lookup.fill_keys, lookup.pointer, value, life)
+
+
 def _xfetch(now: float, entry, beta: float) -> bool:
     # Vattani et al., "Optimal Probabilistic Cache Stampede Prevention" (VLDB 2015):
     # recompute early with a probability that grows as expiry nears, scaled by how long
@@ -448,7 +491,7 @@ class Entries(reads.Form):
 
     def decode(self, pk, raw):
         """Return the row an entry holds, ``reads.ABSENT``, or None (unusable)."""
-        entry = codec.decode(self.opts, raw, self.version, self.using, self.model)
+        entry = codec.decode(self.opts, raw, self.version, self.using, self.model, self._entry(pk))
         if entry is None:
             return None
         return reads.ABSENT if entry.obj is None else entry.obj
@@ -477,12 +520,19 @@ class Entries(reads.Form):
         items, unfilled = [], []
         for pk in pks:
             obj = rows.get(pk)
+            key = self._entry(pk)
             if obj is not None:
-                value = _encode_fill(opts, cfg, self.version, obj, delta, now)
-                items.append((self._fills(pk), self._entry(pk), *value))
+                try:
+                    value = _encode_fill(opts, cfg, self.version, obj, delta, now, key)
+                except codec.Unstorable as exc:
+                    _not_stored(opts, exc)
+                    unfilled.append(self._fills(pk))
+                    continue
+                items.append((self._fills(pk), key, *value))
             elif cfg.NEGATIVE_TTL:
-                absent = codec.encode_absent(opts, self.version)
-                items.append((self._fills(pk), self._entry(pk), absent, cfg.NEGATIVE_TTL))
+                expires = now + cfg.NEGATIVE_TTL * 1000
+                absent = codec.encode_absent(opts, self.version, key, expires)
+                items.append((self._fills(pk), key, absent, cfg.NEGATIVE_TTL))
             else:
                 unfilled.append(self._fills(pk))
         try:

@@ -25,12 +25,12 @@ from django.core.exceptions import ValidationError
 from django.db import connections, models, router, transaction
 from django.db.models import F
 
-from django_cachestrat import codec, conf, invalidation, options, signals, transactions
+from django_cachestrat import codec, conf, invalidation, keys, options, signals, transactions
 from django_cachestrat.backends import CacheUnavailable, WriteUncertain
 from django_cachestrat.backends.scripts import Recorded
 from django_cachestrat.counters import recorder
 from django_cachestrat.strategies import reads
-from django_cachestrat.strategies.base import Strategy, ttl
+from django_cachestrat.strategies.base import Strategy, pointer_item, ttl
 from django_cachestrat.strategies.reads import send
 from django_cachestrat.write_behind import applied
 from django_cachestrat.write_behind.pending import NeedsView, NotACounter, PendingWrites, record_all
@@ -38,6 +38,9 @@ from django_cachestrat.write_behind.views import Views
 
 logger = logging.getLogger("django_cachestrat")
 
+_UNSTORABLE = (
+    "django_cachestrat: a write-behind write of %s pk=%r is written to the database now: %s."
+)
 _UNCERTAIN = (
     "django_cachestrat: Redis did not answer write-behind write(s) of %s (%d), even sent "
     "again; kept, and sent again when it answers (each counts once)."
@@ -99,10 +102,13 @@ class WriteBehind(Strategy):
             return self._from_db(model, using, pks)
         found: dict[object, models.Model] = {}
         missing = []
+        seen = {}
         for pk, view in zip(pks, views, strict=True):
             obj = self._decode(opts, pk, view, version, using, model)
             if obj is None:
                 missing.append(pk)
+                if view:
+                    seen[pk] = view
             elif obj is not reads.ABSENT:
                 found[pk] = obj
         hits = len(pks) - len(missing)
@@ -112,7 +118,7 @@ class WriteBehind(Strategy):
         if not missing:
             return found
         send(signals.cache_miss, model, len(missing))
-        found.update(reads.fill(_ViewForm(self, model, using, node), missing))
+        found.update(reads.fill(_ViewForm(self, model, using, node, seen), missing))
         return {pk: found[pk] for pk in pks if pk in found}
 
     def _decode(self, opts, pk, view, version, using, model):
@@ -127,18 +133,18 @@ class WriteBehind(Strategy):
                 return reads.ABSENT
             return None
         pk_name = opts.pk_field.attname
+        tag = keys.behind_row_tag(conf.settings().KEY_PREFIX, opts.label, pk).encode()
+        read, counters = codec.open_view_value, opts.counters
         try:
             # The pk is the key's; a view may not repeat it.
             values = tuple(
-                pk if name == pk_name else codec.decode_value(view[name]) for name in opts.attnames
+                pk if name == pk_name else read(tag, name, view[name], counters)
+                for name in opts.attnames
             )
         except KeyError:
             return None  # a partial view: a miss
-        except Exception as exc:
-            logger.warning("django_cachestrat: unreadable view for %s (%s).", opts.label, exc)
-            recorder.count(opts.label, recorder.ERRORS, 1)
-            if signals.cache_error.receivers:
-                signals.cache_error.send(sender=model, error=exc, model=model)
+        except Exception as exc:  # unreadable, or a value whose MAC does not verify
+            codec.unreadable(opts, exc, "view")
             return None
         return codec.build(model, opts, using, values)
 
@@ -163,12 +169,8 @@ class WriteBehind(Strategy):
         One ``SELECT`` of the pk, and no write transaction when the row is cached.
         """
         pk = self._read_by_value(lookup, transport, token, _select_pk)
-        stored = (
-            lookup.fill_keys,
-            lookup.pointer,
-            str(pk).encode(),
-            ttl(lookup.opts, conf.settings()),
-        )
+        cfg = conf.settings()
+        stored = pointer_item(cfg, lookup, str(pk).encode(), ttl(lookup.opts, cfg))
         self._store_pointer(transport, token, lookup.fill_keys, stored)
         obj = self._read(lookup.model, lookup.opts, lookup.using, [pk]).get(pk)
         return obj if obj is not None else self._db_lookup(lookup)  # deleted since: ask again
@@ -366,6 +368,9 @@ class WriteBehind(Strategy):
             return False
         except NotACounter as exc:
             raise ValueError(f"increment_behind(): {exc} is NULL or not an integer.") from None
+        except codec.Unstorable as exc:
+            logger.warning(_UNSTORABLE, options.get(model).label, pk, exc)
+            return False
         except WriteUncertain:
             # Redis may have it: never the database too. Sent again when Redis answers.
             logger.warning(_UNCERTAIN, options.get(model).label, 1)
@@ -624,6 +629,9 @@ def _record_committed(writes: dict) -> None:
             elif isinstance(outcome, CacheUnavailable):
                 if w.fields or w.deltas:
                     strategy._write_now(model, pk, w.fields, w.deltas)
+            elif isinstance(outcome, codec.Unstorable):
+                logger.warning(_UNSTORABLE, options.get(model).label, pk, outcome)
+                strategy._write_now(model, pk, w.fields, w.deltas)
             elif isinstance(outcome, NeedsView):
                 strategy._record_or_write(model, pk, w.fields, w.deltas, full=w.full)
             elif outcome is Recorded.FLUSH_NOW:
@@ -661,6 +669,7 @@ def _new_view(instance: models.Model) -> dict[str, bytes] | None:
     opts = options.get(type(instance))
     state = instance.__dict__
     clean = codec.cleaners(type(instance))
+    tag = Views(type(instance)).row_tag(instance.pk)
     values = {}
     try:
         for field in opts.fields:
@@ -670,7 +679,8 @@ def _new_view(instance: models.Model) -> dict[str, bytes] | None:
                 return None
             # Encoded now: a mutable value (a JSONField's dict) changed in memory before
             # the commit is not what was inserted.
-            values[field.attname] = codec.encode_value(clean[field.attname](state[field.attname]))
+            value = clean[field.attname](state[field.attname])
+            values[field.attname] = codec.view_value(tag, field.attname, value, opts.counters)
     except (codec.Unstorable, ValidationError, TypeError, ValueError):
         return None  # a value to_python refuses is not known to be the database's either
     return values
@@ -701,12 +711,16 @@ class _ViewForm(reads.Form):
     script read.
     """
 
-    def __init__(self, strategy: WriteBehind, model, using, node):
+    def __init__(self, strategy: WriteBehind, model, using, node, seen=None):
         self.views = Views(model, node)  # the node holding the rows the form reads
         super().__init__(model, using, node)
         self.strategy = strategy
         self.opts = options.get(model)
         self.version = b"0"
+        #: Per pk, the view the read found and could not use: the same view again (a lease
+        #: script finds it "usable", as far as Redis can tell) is not decoded (or reported)
+        #: twice.
+        self.seen = seen or {}
 
     def acquire(self, pks, token):
         """Take leases, unless a usable view arrived since our read."""
@@ -723,6 +737,8 @@ class _ViewForm(reads.Form):
     def decode(self, pk, raw):
         """Return the row a view holds, ``reads.ABSENT``, or None (unusable)."""
         version, view = raw
+        if view and view == self.seen.get(pk):
+            return None
         return self.strategy._decode(self.opts, pk, view, version, self.using, self.model)
 
     def slots(self, pks):
@@ -756,7 +772,12 @@ class _ViewForm(reads.Form):
             else:
                 unfilled.append(pk)
         try:
-            send(signals.cache_fill, self.model, views.fill(token, items, self.version))
+            try:
+                send(signals.cache_fill, self.model, views.fill(token, items, self.version))
+            except codec.Unstorable as exc:
+                # A value the serializer cannot carry: the rows are served, not stored.
+                logger.warning("django_cachestrat: rows of %s are not cached: %s", opts.label, exc)
+                unfilled += [item[0] for item in items]
             if unfilled:
                 views.release(unfilled, token)
         except CacheUnavailable:
@@ -777,5 +798,10 @@ def _counter_field(model, name: str) -> models.Field:
         raise ValueError(
             f"increment_behind() adds to integer fields; {model._meta.label}.{name} is "
             f"{type(field).__name__}."
+        )
+    if field.attname not in options.get(model).counters:
+        raise ValueError(
+            f"increment_behind() adds to the fields CacheMeta.counters lists; "
+            f"{model._meta.label}.{name} is not one of them."
         )
     return field

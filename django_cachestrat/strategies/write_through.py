@@ -62,13 +62,14 @@ class WriteThrough(Strategy):
             return
         pk, token, epoch, contended, version = state
         opts = options.get(type(instance))
-        life = ttl(opts, conf.settings())
+        cfg = conf.settings()
+        life = ttl(opts, cfg)
         value = b""
         if update_fields is None:
-            aging = opts.stale_ttl or opts.early_refresh
-            expires = int(time.time() * 1000) + life * 1000 if aging else 0
+            expires = int(time.time() * 1000) + life * 1000
+            key = keys.entry(cfg.KEY_PREFIX, opts.label, pk)
             try:
-                value = codec.encode(opts, version, instance, clean=True, expires=expires)
+                value = codec.encode(opts, version, instance, clean=True, expires=expires, key=key)
             except codec.Unstorable:
                 pass
         if len(options.family(type(instance))) > 1:

@@ -54,6 +54,10 @@ class UnknownFields(Exception):
     """Pending writes name fields this process's model does not have (another schema's)."""
 
 
+class ForgedWrite(Exception):
+    """Pending writes whose MAC does not verify (not this app's, or not signed), or unreadable."""
+
+
 class ClaimExpired(DatabaseError):
     """The batch's visibility deadline passed before its commit: another worker may own it."""
 
@@ -195,11 +199,41 @@ def _write_locked(model, using: str, queue: Queue, batch_id: str, pks: list, mar
     settle_cuts(model, using, pks, batch_id, queue.transport)
     if applied.applied(using, markers):
         return []
-    rows = queue.contents(batch_id, pks).rows
-    foreign = _set_foreign_aside(model, using, rows)
-    _write(model, using, rows)
+    batch = queue.contents(batch_id, pks)
+    forged = _set_forged_aside(model, batch.forged)
+    foreign = _set_foreign_aside(model, using, batch.rows)
+    _write(model, using, batch.rows)
     applied.mark(using, markers[-1])
-    return foreign
+    return list(dict.fromkeys(forged + foreign))
+
+
+def _set_forged_aside(model, forged: dict) -> list:
+    """Dead-letter the writes whose MAC did not verify, naming each field and why.
+
+    ``forged``: per pk, field name -> why (``Queue.contents`` left them out of the rows,
+    so they are never written). Written by someone without the signing key (or signed
+    with a key no longer listed, or while ``SIGN`` was off): the dead letter keeps the
+    reason and none of the bytes as values, so a retry cannot write them. In the batch's
+    transaction, as ``_set_foreign_aside`` does. Return the rows' pks.
+    """
+    opts = options.get(model)
+    for pk, problems in forged.items():
+        names = ", ".join(sorted(problems))
+        why = "; ".join(f"{n}: {reason}" for n, reason in sorted(problems.items()))
+        error = ForgedWrite(
+            f"{opts.label} pk={pk}: the pending write(s) of {names} do not verify (or cannot "
+            f"be read) and were not written: {why}"
+        )
+        _keep_dead(opts, pk, {}, {}, error, 0)
+        logger.error(
+            "django_cachestrat: %s; moved to dead letters, the row's other writes are flushed.",
+            error,
+        )
+        # Counted and sent as reads count bytes that do not verify.
+        recorder.count(opts.label, recorder.ERRORS, 1)
+        if signals.cache_error.receivers:
+            signals.cache_error.send(sender=model, error=error, model=model)
+    return list(forged)
 
 
 def _set_foreign_aside(model, using: str, rows: dict) -> list:
@@ -416,8 +450,10 @@ def _one_by_one(model, queue: Queue, batch: Batch, using, report, deadline) -> N
         except Exception as exc:  # this row's own fault: integrity, data, missing row
             attempts = queue.failed(pk)
             if attempts >= cfg.MAX_RETRIES:
-                fields, deltas = queue.contents(batch.id, [pk]).rows[pk]  # as last written
+                last = queue.contents(batch.id, [pk])  # as last written
+                fields, deltas = last.rows[pk]
                 _dead_letter(opts, pk, fields, deltas, exc, attempts)
+                _set_forged_aside(model, last.forged)  # set aside in the rolled-back try
                 dead.append(pk)
             else:
                 failed.append((pk, attempts))
@@ -500,6 +536,9 @@ def retry_dead_letter(letter: DeadLetter) -> None:
     model = apps.get_model(letter.model)
     opts = options.get(model)
     fields = letter.saved_fields()
+    if not fields and not letter.deltas:  # a forged write's: nothing to put back
+        letter.delete()
+        return
     if not model.cache_strategy.record(
         model, opts.to_pk(letter.object_pk), fields, dict(letter.deltas), full=False
     ):

@@ -187,7 +187,8 @@ def _writes(queue: Queue, rows: list[PendingRow]) -> None:
     for row in rows:
         layers = [(next(replies), next(replies)) for _ in range(2 if row.batch else 1)]
         for raw_fields, raw_deltas in layers:
-            fields, deltas = decode_writes(raw_fields, raw_deltas)
+            # What does not verify is left out, never decoded (the flush dead-letters it).
+            fields, deltas, _ = decode_writes(raw_fields, raw_deltas, queue.row_tag(row.pk))
             # As a flush applies them: a saved value replaces the increments before it.
             for name, value in fields.items():
                 row.fields[name] = value

@@ -58,9 +58,10 @@ class NotACounter(Exception):
     """An increment named a field whose cached value is not an integer."""
 
 
-#: What ``record_all`` says of one write: its ``Recorded`` status, the refusal, or the
-#: ``CacheUnavailable`` (a ``WriteUncertain`` too) of the node it was sent to.
-Outcome = Recorded | NeedsView | NotACounter | CacheUnavailable
+#: What ``record_all`` says of one write: its ``Recorded`` status, the refusal, the
+#: ``CacheUnavailable`` (a ``WriteUncertain`` too) of the node it was sent to, or
+#: ``Unstorable``: a value the serializer cannot carry (for the database at once).
+Outcome = Recorded | NeedsView | NotACounter | CacheUnavailable | codec.Unstorable
 
 
 class Layer(NamedTuple):
@@ -119,6 +120,10 @@ class PendingWrites(ModelState):
     def _record_op(self, pk, fields, deltas, full, superseded=()) -> tuple:
         row = self.row(pk)
         now = self.transport.now()
+        writer, number = _next_write()
+        tag = self.row_tag(pk)
+        counters = self.opts.counters
+        signer = self.cfg.signer
         args: list[Any] = [
             member(pk),
             int(now * 1000),
@@ -127,13 +132,20 @@ class PendingWrites(ModelState):
             len(fields),
         ]
         for name, value in fields.items():
-            args += [name, codec.encode_value(value)]
+            # The pending form (signed), then the view's: "" when it is the same bytes.
+            stored = codec.seal_value(tag, name, value)
+            plain = codec.plain_in_view(name, value, counters) and signer is not None
+            args += [name, stored, codec.encode_value(value) if plain else b""]
         args.append(len(deltas))
         for name, amount in deltas.items():
-            args += [name, int(amount)]
+            # Redis sums the amounts; the signed record of each is what a flush writes.
+            record = (
+                signer.seal_increment(tag, name, int(amount), writer, number) if signer else b""
+            )
+            args += [name, int(amount), record]
         args += [self.cfg.BATCH_SIZE, max(1, int(self.cfg.FLUSH_INTERVAL * 1000))]
         superseded = list(superseded)
-        args += [len(superseded), *superseded, *_next_write(), SEEN_TTL, self.opts.fingerprint]
+        args += [len(superseded), *superseded, writer, number, SEEN_TTL, self.opts.fingerprint]
         script_keys = [
             row["view"],
             row["fields"],
@@ -180,7 +192,9 @@ class PendingWrites(ModelState):
 
         Oldest first: the batch in flight, then what direct writes not known to be
         committed set aside (taken from the batch, then not claimed), then the writes
-        not yet claimed. A layer is void if any of its markers is committed.
+        not yet claimed. A layer is void if any of its markers is committed. Saved
+        values whose MAC does not verify are left out (the flush dead-letters them);
+        increments are the sums Redis holds (a read's bound: see the README's Security).
         """
         found: dict[Any, list[Layer]] = {}
         for node, part in self.by_node(pks):
@@ -212,17 +226,18 @@ class PendingWrites(ModelState):
                 batch_id = busy.decode()
                 batch = queue.contents(batch_id, [pk]).rows[pk]
                 stack.append(Layer((batch_id, applied.row_marker(batch_id, pk)), *batch))
+            tag = self.row_tag(pk)
             for i, cut in enumerate(cuts):
                 if cut.pk != pk:
                     continue
                 cf, cd, bf, bd = cut_parts[4 * i : 4 * i + 4]
                 if cut.batch and (bf or bd):
                     void = (cut.marker, cut.batch, applied.row_marker(cut.batch, pk))
-                    stack.append(Layer(void, *decode_writes(bf, bd)))
+                    stack.append(Layer(void, *decode_writes(bf, bd, tag)[:2]))
                 if cf or cd:
-                    stack.append(Layer((cut.marker,), *decode_writes(cf, cd)))
+                    stack.append(Layer((cut.marker,), *decode_writes(cf, cd, tag)[:2]))
             if fields or deltas:
-                stack.append(Layer((), *decode_writes(fields, deltas)))
+                stack.append(Layer((), *decode_writes(fields, deltas, tag)[:2]))
             if not stack:
                 del found[pk]
         return found
@@ -363,20 +378,23 @@ def record_all(
 
     One round trip (a node: on a ring, one per node holding some of the rows). Each
     write's outcome is what ``PendingWrites.record`` would return for it, the
-    ``NeedsView``/``NotACounter`` it would raise, or the ``CacheUnavailable`` (or
-    ``WriteUncertain``) of its node: one node failing leaves the others' writes
-    recorded. Writes to one row must be merged into one beforehand (the batch's calls
+    ``NeedsView``/``NotACounter``/``Unstorable`` it would raise, or the
+    ``CacheUnavailable`` (or ``WriteUncertain``) of its node: one node failing leaves the
+    others' writes recorded. Writes to one row must be merged into one beforehand (the batch's calls
     must be independent).
     """
     stores: dict[type[models.Model], PendingWrites] = {}
     ops: list[tuple[int, tuple]] = []
+    outcomes: list[Outcome] = [Recorded.RECORDED] * len(writes)  # nothing to record: done
     for n, (model, pk, fields, deltas, full, superseded) in enumerate(writes):
         store = stores.get(model)
         if store is None:
             store = stores[model] = PendingWrites(model)
         if fields or deltas or superseded:
-            ops.append((n, store._record_op(pk, fields, deltas, full, superseded)))
-    outcomes: list[Outcome] = [Recorded.RECORDED] * len(writes)  # nothing to record: done
+            try:
+                ops.append((n, store._record_op(pk, fields, deltas, full, superseded)))
+            except codec.Unstorable as exc:
+                outcomes[n] = exc
     if not ops:
         return outcomes
     transport = next(iter(stores.values())).transport

@@ -20,10 +20,11 @@ import random
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from django_cachestrat import codec, keys
+from django_cachestrat import codec, conf, keys
 from django_cachestrat.backends import CacheUnavailable, scripts
+from django_cachestrat.signing import Unverified
 from django_cachestrat.write_behind.state import ModelState, member
 
 #: Times a claim looks again when other workers claimed its rows first (each such loss
@@ -47,6 +48,8 @@ class Batch:
     deadline: int | None = None
     #: The node whose queue it was claimed from (on a ring, each node has its own).
     node: Any = None
+    #: Per pk, the writes whose MAC did not verify: field name -> why (never written).
+    forged: dict[Any, dict[str, str]] = field(default_factory=dict)
 
 
 class Queue(ModelState):
@@ -137,15 +140,35 @@ class Queue(ModelState):
         return Batch(batch_id, pks, deadline=deadline, node=node)
 
     def contents(self, batch_id: str, pks: Iterable[Any]) -> Batch:
-        """Read what batch ``batch_id`` holds for ``pks`` (one round trip a node)."""
+        """Read what batch ``batch_id`` holds for ``pks``, as a flush writes it.
+
+        One round trip a node, and with ``SIGN`` on a second one: only what verifies, the
+        saved values whose MAC does and per counter the sum of the signed increment
+        records that do, never the sum Redis holds. What does not is in ``Batch.forged``.
+        """
         pks = list(pks)
         batch = Batch(batch_id, pks)
         for node, part in self.by_node(pks):
             replies = node.execute(
                 [("HGETALL", key) for pk in part for key in self.batch_row(pk, batch_id)]
             )
+            records: list[Any] = [None] * len(part)
+            if self.cfg.signer is not None:
+                wanted = [
+                    (n, name, keys.behind_increments(self.batch_row(pk, batch_id)[1], name))
+                    for n, pk in enumerate(part)
+                    for name in map(bytes.decode, replies[2 * n + 1])
+                ]
+                lists = node.execute([("LRANGE", key, 0, -1) for *_, key in wanted])
+                records = [{} for _ in part]
+                for (n, name, _), found in zip(wanted, lists, strict=True):
+                    records[n][name] = found
             for n, pk in enumerate(part):
-                batch.rows[pk] = decode_writes(replies[2 * n], replies[2 * n + 1])
+                tag = self.row_tag(pk)
+                writes = decode_writes(replies[2 * n], replies[2 * n + 1], tag, records[n])
+                batch.rows[pk] = (writes.fields, writes.deltas)
+                if writes.forged:
+                    batch.forged[pk] = writes.forged
         batch.rows = {pk: batch.rows[pk] for pk in pks}  # in the order asked
         return batch
 
@@ -237,9 +260,84 @@ class Queue(ModelState):
         return waiting, flying
 
 
-def decode_writes(fields: dict, deltas: dict) -> tuple[dict[str, Any], dict[str, int]]:
-    """Decode a row's pending (or batched) fields and deltas hashes."""
-    return (
-        {k.decode(): codec.decode_value(v) for k, v in fields.items()},
-        {k.decode(): int(v) for k, v in deltas.items()},
-    )
+class Writes(NamedTuple):
+    """A row's pending writes as read back: values saved, increments, and what is refused.
+
+    ``forged``: field name -> why its write is not used (its MAC does not verify).
+    """
+
+    fields: dict[str, Any]
+    deltas: dict[str, int]
+    forged: dict[str, str]
+
+
+def decode_writes(
+    fields: dict, deltas: dict, row: bytes, records: dict[str, list[bytes]] | None = None
+) -> Writes:
+    """Decode a row's pending (or batched, or set aside) fields and deltas hashes.
+
+    ``row``: the row's key tag, which the values' MACs bind. A value whose MAC does not
+    verify is left out (and never decoded), named in ``forged``, and so is one the
+    serializer cannot read (a flush would otherwise stop at it, batch after batch).
+    ``records``: per counter, its signed increment records (``Queue.contents`` reads them
+    for a flush); the increments are then their sum, and what Redis summed beyond them is
+    refused. Without them (reads, listings) a counter's increments are the sum Redis holds.
+    """
+    out, forged = {}, {}
+    for key, value in fields.items():
+        name = key.decode()
+        try:
+            out[name] = codec.open_value(row, name, value)
+        except Exception as exc:  # not verified, or (signed, yet) not the serializer's
+            forged[name] = f"saved value {_shown(value)}: {exc}"
+    sums = {}
+    for key, value in deltas.items():
+        name = key.decode()
+        if records is None:
+            sums[name] = int(value)
+            continue
+        amount, problem = _verified_sum(row, name, value, records.get(name, []))
+        if amount:
+            sums[name] = amount
+        if problem:
+            forged[name] = problem
+    return Writes(out, sums, forged)
+
+
+def _verified_sum(row: bytes, name: str, total: bytes, records: list[bytes]) -> tuple[int, str]:
+    """Return the sum of a counter's increment records that verify, and what is wrong.
+
+    Each record counts once (its writer and number make it unique); ``total`` is what
+    Redis summed, and any difference with the verified sum is refused.
+    """
+    signer = conf.settings().signer
+    assert signer is not None  # records are read only when signing
+    seen, amount, bad = set(), 0, 0
+    for record in records:
+        try:
+            step, origin = signer.open_increment(row, name, record)
+        except (Unverified, ValueError):
+            bad += 1
+            continue
+        if origin not in seen:
+            seen.add(origin)
+            amount += step
+    problems = []
+    if bad:
+        problems.append(f"{bad} increment record(s) do not verify")
+    try:
+        summed = int(total)
+    except ValueError:
+        summed = None
+    if summed != amount:
+        problems.append(
+            f"Redis holds a sum of {_shown(total)}, its signed increments add up to "
+            f"{amount}; {amount} is written"
+        )
+    return amount, "; ".join(problems)
+
+
+def _shown(value: bytes) -> str:
+    """Return bytes read from Redis as a log or a dead letter shows them: short, inert."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"

@@ -56,6 +56,10 @@ class ModelState:
         """Return the keys of row ``pk``: view, fields, deltas, lease."""
         return keys.behind_row(self.prefix, self.opts.label, pk)
 
+    def row_tag(self, pk: Any) -> bytes:
+        """Return the tag of row ``pk``'s keys, which the MACs of its values bind."""
+        return keys.behind_row_tag(self.prefix, self.opts.label, pk).encode()
+
     def batch_row(self, pk: Any, batch_id: str) -> tuple[str, str]:
         """Return the keys of row ``pk``'s fields and deltas in batch ``batch_id``."""
         return keys.behind_batch_row(self.prefix, self.opts.label, pk, batch_id)

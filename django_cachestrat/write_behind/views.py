@@ -1,10 +1,10 @@
 """A write-behind row's cached view: read it, lease it, wait for it, fill it, store it.
 
-A view is a Redis hash of encoded field values, plus ``__f`` (the fingerprint of the schema
-that wrote it: another schema's view, during a rolling deploy, is no view to this process),
-``__v`` (the model version it was filled under), ``__p`` (pinned: it has unflushed writes,
-so it has no TTL and survives ``invalidate_model``) and ``__n`` ("no such row", for
-``NEGATIVE_TTL``).
+A view is a Redis hash of encoded field values (signed, but a counter's: see
+``codec.view_value``), plus ``__f`` (the fingerprint of the schema that wrote it: another
+schema's view, during a rolling deploy, is no view to this process), ``__v`` (the model
+version it was filled under), ``__p`` (pinned: it has unflushed writes, so it has no TTL
+and survives ``invalidate_model``) and ``__n`` ("no such row", for ``NEGATIVE_TTL``).
 """
 
 from __future__ import annotations
@@ -76,14 +76,16 @@ class Views(ModelState):
         """
         ops = []
         fp = self.opts.fingerprint
+        counters = self.opts.counters
         for pk, values, ttl, pinned in items:
             lease, waiters, ready = self.fill_keys(pk)
             args: list[Any] = [token, 0 if pinned else ttl, "__f", fp]
             if values is None:
                 args += ["__n", version]
             else:
+                tag = self.row_tag(pk)
                 for name, value in values.items():
-                    args += [name, codec.encode_value(value)]
+                    args += [name, codec.view_value(tag, name, value, counters)]
                 args += ["__v", version]
                 if pinned:
                     args += ["__p", "1"]
@@ -93,7 +95,7 @@ class Views(ModelState):
     def store(self, items: Sequence[tuple[Any, dict[str, bytes], int]]) -> int:
         """Store the views of new rows whose inserts committed, per ``(pk, encoded, ttl)``.
 
-        ``encoded``: field values as ``codec.encode_value`` made them. Not over a view
+        ``encoded``: field values as ``codec.view_value`` made them. Not over a view
         that is as new (see ``scripts.VIEW_STORE``); each row's lease is deleted, as an
         invalidation deletes it. One round trip; return how many were stored.
         """
