@@ -100,8 +100,10 @@ def test_worker_killed_mid_flush_loses_nothing_and_applies_once(
     wait_until(lambda: flusher.waiting() == {}, what=rescuer.log)
     assert db_views(rows) == expected  # exactly once: no counter applied twice
     assert PageStats.objects.get(pk=rows[0]).note == "kept"
-    # One batch's marker (on a ring or a cluster, a batch a node holding some of the rows).
-    assert AppliedBatch.objects.count() == len(nodes_of(*map(entry_key, rows)))
+    # One batch's marker (on a ring or a cluster, up to one a node holding some of the rows:
+    # a flush prunes the markers of acknowledged batches once old enough, and the flush of
+    # every node's batch takes a while).
+    assert 1 <= AppliedBatch.objects.count() <= len(nodes_of(*map(entry_key, rows)))
 
 
 def entry_key(pk):
