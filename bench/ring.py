@@ -26,6 +26,29 @@ NODES = 3
 GOAL = 1.1
 
 
+def swapped(transports: dict, alias: str, manager, pks: list, chunks: list) -> tuple:
+    """Return ``get(transport)`` and ``many(transport)``: ops that first make ``transport``
+    the cache alias's (one dict write), then read one row by pk, or a chunk of rows."""
+
+    def get(transport):
+        def op(i):
+            transports[alias] = transport
+            return manager.get_cached(pk=pks[i % len(pks)])
+
+        return op
+
+    def many(transport):
+        def op(i):
+            transports[alias] = transport
+            got = manager.get_many_cached(chunks[i % len(chunks)])
+            assert len(got) == len(chunks[0])
+            return got
+
+        return op
+
+    return get, many
+
+
 def run_section(args: argparse.Namespace, started: bool) -> list[str]:
     from django.conf import settings
     from django.test import override_settings
@@ -56,23 +79,8 @@ def run_section(args: argparse.Namespace, started: bool) -> list[str]:
             for transport in (single, ring):
                 transports[alias] = transport
                 prime(model, pks, size)
-            manager = model.objects
 
-            def get(transport):
-                def op(i):
-                    transports[alias] = transport
-                    return manager.get_cached(pk=pks[i % len(pks)])
-
-                return op
-
-            def many(transport):
-                def op(i):
-                    transports[alias] = transport
-                    got = manager.get_many_cached(chunks[i % len(chunks)])
-                    assert len(got) == size
-                    return got
-
-                return op
+            get, many = swapped(transports, alias, model.objects, pks, chunks)
 
             # The floor of a ring's bulk read: its MGETs, one after another or at once.
             label = options.get(model).label

@@ -7,8 +7,9 @@ Usage: ``scripts/bench`` or ``.venv/bin/python -m bench.run [--rounds N] [--prof
 ``bench/write_behind.py``), ``stampede``, ``dashboard`` (the admin page's server time,
 ``bench/dashboard.py``), ``workers`` (write-behind flush throughput with 1, 2 and 4
 worker processes, on PostgreSQL and then on SQLite, ``bench/flush_workers.py``) and
-``ring`` (hits through a ring of three Redis nodes against one server, ``bench/ring.py``);
-all run by default.
+``ring`` (hits through a ring of three Redis nodes against one server, ``bench/ring.py``)
+and ``cluster`` (hits on a Redis Cluster of 3 masters against one server,
+``bench/cluster.py``); all run by default.
 
 Method. The operations compared with each other run interleaved, in rounds: each round
 runs a small batch of every variant (in an order that rotates from round to round) and
@@ -43,7 +44,16 @@ import sys
 import time
 from collections.abc import Callable
 
-SECTIONS = ("core", "serializer", "write-behind", "stampede", "dashboard", "workers", "ring")
+SECTIONS = (
+    "core",
+    "serializer",
+    "write-behind",
+    "stampede",
+    "dashboard",
+    "workers",
+    "ring",
+    "cluster",
+)
 
 # -- set-up before Django -------------------------------------------------------------
 
@@ -640,6 +650,11 @@ def run(args: argparse.Namespace, redis_url: str, started: bool) -> None:
 
             print()
             missed["ring"] = ring.run_section(args, started)
+        if "cluster" in args.only:
+            from bench import cluster
+
+            print()
+            missed["cluster"] = cluster.run_section(args, started)
     finally:
         # Sent now, while the server runs: not at exit, once the benchmark has stopped it.
         stats.flush()

@@ -41,6 +41,25 @@ KEYS: dict[str, _Key] = {
         '{"alias": name, "weight": n}; two or more replace CACHE_ALIAS (see Scaling out)',
         None,
     ),
+    "SHARDS": _Key(
+        16,
+        (int,),
+        "shards of each model's keys on a Redis Cluster, spread over its masters (ignored "
+        "on one server and on a ring; changing it is a key layout change, see Scaling out)",
+        1,
+    ),
+    "REPLICA_ACKS": _Key(
+        1,
+        (int,),
+        "on a Redis Cluster, replicas a write-behind write must reach (WAIT) before it is "
+        "acknowledged, so a failover loses none; 0: do not wait",
+    ),
+    "REPLICA_ACK_TIMEOUT": _Key(
+        0.1,
+        (int, float),
+        "seconds a write-behind write waits for REPLICA_ACKS replicas at most (then it is "
+        "acknowledged anyway, logged, and replicas are not waited for during FAILURE_COOLDOWN)",
+    ),
     "DEFAULT_TTL": _Key(3600, (int,), "seconds an entry lives unless CacheMeta.ttl says"),
     "TTL_JITTER": _Key(0.1, (int, float), "fraction of the TTL taken off at random"),
     "KEY_PREFIX": _Key("cachestrat", (str,), "first part of every Redis key", None),
@@ -121,6 +140,9 @@ class Settings:
     # Set from KEYS in __init__; declared for the type checker.
     CACHE_ALIAS: str
     NODES: list | tuple
+    SHARDS: int
+    REPLICA_ACKS: int
+    REPLICA_ACK_TIMEOUT: float
     DEFAULT_TTL: int
     TTL_JITTER: float
     KEY_PREFIX: str

@@ -133,10 +133,11 @@ def _charts(minutes: int) -> tuple[charts.Chart, charts.Chart]:
 def _servers(problems: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Return what the Redis server says of itself; on a ring, also each node's figures.
 
-    One ``INFO`` a node. A ring's cards add up its nodes (keys, hits, clients); a node
-    that cannot be reached is listed as such, and named among the problems.
+    On a cluster, each master's. One ``INFO`` a node. A ring's cards add up its nodes (keys,
+    hits, clients); a node that cannot be reached is listed as such, and named among the
+    problems.
     """
-    nodes = backends.get(conf.settings().CACHE_ALIAS).nodes
+    nodes = backends.get(conf.settings().CACHE_ALIAS).servers
     infos: list[tuple[Any, dict[str, Any] | None]] = []
     for node in nodes:
         try:

@@ -16,6 +16,7 @@ from django_cachestrat.signals import (
     cache_wait,
     cache_wait_timeout,
 )
+from tests import redis_server
 
 
 class RingClient:
@@ -83,10 +84,94 @@ class RingClient:
             client.close()
 
 
+class ClusterClient:
+    """The suite's Redis Cluster (``CACHESTRAT_TEST_CLUSTER``) seen as one server, for tests
+    that look at keys: a command names keys as on one server, and they are renamed as the
+    app names them on the cluster (``backends.cluster.placed``); a model's keys are the first
+    shard's copy (``delete`` deletes every copy). ``scan_iter`` names what it finds as on one
+    server.
+    """
+
+    _ROUTED = RingClient._ROUTED
+
+    def __init__(self):
+        from redis.cluster import RedisCluster
+
+        self.cluster = RedisCluster.from_url(settings.CACHES["default"]["LOCATION"])
+
+    def key(self, name):
+        from django_cachestrat.backends.cluster import placed
+
+        text = name.decode() if isinstance(name, bytes) else name
+        return placed(text, 0, conf.settings().SHARDS)
+
+    def __getattr__(self, name):
+        if name in self._ROUTED:
+
+            def routed(key, *args, **kwargs):
+                if isinstance(key, list | tuple):
+                    names = [self.key(k) for k in key]
+                    reply = getattr(self.cluster, name)(names, *args, **kwargs)
+                    if name == "blpop" and reply is not None:
+                        from django_cachestrat.backends.cluster import unplaced
+
+                        return (unplaced(reply[0].decode()).encode(), reply[1])
+                    return reply
+                return getattr(self.cluster, name)(self.key(key), *args, **kwargs)
+
+            return routed
+        return getattr(self.cluster, name)
+
+    def config_resetstat(self):
+        """Reset the statistics of every primary (redis-py asks one node)."""
+        return self.cluster.config_resetstat(target_nodes="primaries")
+
+    def info(self, *section):
+        """``INFO`` of every primary, numbers summed (commands counted over the cluster)."""
+        return _summed(self.cluster.info(*section, target_nodes="primaries").values())
+
+    def delete(self, *names):
+        """Delete keys; a model's key on every shard (as if Redis lost it)."""
+        from django_cachestrat.backends.cluster import placed
+
+        shards = conf.settings().SHARDS
+        found = 0
+        for name in names:
+            text = name.decode() if isinstance(name, bytes) else name
+            copies = {placed(text, shard, shards) for shard in range(shards)}
+            found += sum(self.cluster.delete(copy) for copy in copies)
+        return found
+
+    def scan_iter(self, *args, **kwargs):
+        from django_cachestrat.backends.cluster import unplaced
+
+        for name in self.cluster.scan_iter(*args, **kwargs):
+            yield unplaced(name.decode()).encode()
+
+    def close(self):
+        self.cluster.close()
+
+
+def _summed(infos):
+    total = {}
+    for info in infos:
+        for name, value in info.items():
+            if isinstance(value, dict):
+                total[name] = _summed([total.get(name, {}), value])
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                total[name] = total.get(name, 0) + value
+            else:
+                total.setdefault(name, value)
+    return total
+
+
 @pytest.fixture
 def raw_redis():
-    """A plain client on the suite's Redis (on a ring, a ``RingClient``)."""
-    if len(conf.settings().ring) > 1:
+    """A plain client on the suite's Redis (on a ring, a ``RingClient``; on a cluster, a
+    ``ClusterClient``)."""
+    if settings.CLUSTER:
+        client = ClusterClient()
+    elif len(conf.settings().ring) > 1:
         client = RingClient()
     else:
         client = redis.Redis.from_url(settings.CACHES["default"]["LOCATION"])
@@ -96,7 +181,11 @@ def raw_redis():
 
 def node_clients():
     """A plain client on each node of the suite's cache: one, or the ring's
-    (``CACHESTRAT_TEST_RING``)."""
+    (``CACHESTRAT_TEST_RING``), or the cluster's client (``CACHESTRAT_TEST_CLUSTER``)."""
+    if settings.CLUSTER:
+        from redis.cluster import RedisCluster
+
+        return [RedisCluster.from_url(settings.CACHES["default"]["LOCATION"])]
     aliases = [alias for alias, _ in conf.settings().ring] or [conf.settings().CACHE_ALIAS]
     return [redis.Redis.from_url(settings.CACHES[alias]["LOCATION"]) for alias in aliases]
 
@@ -130,8 +219,8 @@ def clean_cache(raw_redis):
     def wipe():
         for client in node_clients():
             keys = list(client.scan_iter(f"{prefix}:*", count=1000))
-            if keys:
-                client.delete(*keys)
+            for start in range(0, len(keys), 1000):  # a cluster's delete splits by slot
+                client.delete(*keys[start : start + 1000])
             client.close()
 
     wipe()
@@ -220,7 +309,7 @@ def child_env():
     from django.db import connection, connections
 
     env = dict(os.environ)
-    env["REDIS_URL"] = settings.CACHES["default"]["LOCATION"]
+    env["REDIS_URL"] = redis_server.url()  # the server's, not the cluster's
     env["DJANGO_SETTINGS_MODULE"] = "tests.settings"
     if connection.vendor == "postgresql":
         env["PGDATABASE"] = connection.settings_dict["NAME"]

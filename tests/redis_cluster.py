@@ -18,6 +18,7 @@ is short (1000 ms), so a killed master's replica takes over in a few seconds.
 from __future__ import annotations
 
 import atexit
+import os
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -354,3 +355,18 @@ def keys_on_every_slot(prefix: str = "k") -> list[str]:
         found.setdefault(key_slot(tag.encode()), f"{prefix}:{{{tag}}}")
         n += 1
     return [found[slot] for slot in range(REDIS_CLUSTER_HASH_SLOTS)]
+
+
+_shared: Cluster | None = None
+
+
+def url() -> str:
+    """``REDIS_CLUSTER_URL``, or the URL of a cluster started once for this process
+    (``CACHESTRAT_TEST_CLUSTER``); processes the tests start inherit it."""
+    global _shared
+    if os.environ.get("REDIS_CLUSTER_URL"):
+        return os.environ["REDIS_CLUSTER_URL"]
+    if _shared is None:
+        _shared = Cluster().start()
+        os.environ["REDIS_CLUSTER_URL"] = _shared.url
+    return _shared.url

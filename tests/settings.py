@@ -117,6 +117,22 @@ if RING >= 2:
         CACHES[f"node{_n}"] = {**CACHES["default"], "LOCATION": _url}
     CACHESTRAT["NODES"] = list(CACHES)
 
+# CACHESTRAT_TEST_CLUSTER=1 runs the suite on a Redis Cluster of 3 masters with a replica each
+# (tests/redis_cluster.py), started once (worker processes inherit REDIS_CLUSTER_URL). The
+# suite's own server stays the Celery broker: a cluster has no database numbers.
+CLUSTER = os.environ.get("CACHESTRAT_TEST_CLUSTER", "") not in ("", "0")
+if CLUSTER:
+    from tests import redis_cluster
+
+    CACHES["default"] = {
+        **CACHES["default"],
+        "LOCATION": redis_cluster.url(),
+        "OPTIONS": {
+            **CACHES["default"]["OPTIONS"],
+            "CONNECTION_FACTORY": "django_cachestrat.backends.cluster.ClusterConnectionFactory",
+        },
+    }
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -138,7 +154,7 @@ def _broker_url(cache_url):
 # take each other's tasks. A message a killed worker held is delivered again about 3-4 s after
 # it was first delivered. The flip side: a countdown/ETA longer than 3 s is delivered again,
 # and a task running longer than 3 s may also be delivered to a second polling worker.
-CELERY_BROKER_URL = _broker_url(CACHES["default"]["LOCATION"])
+CELERY_BROKER_URL = _broker_url(redis_server.url())
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": 3,

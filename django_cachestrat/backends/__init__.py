@@ -1,7 +1,9 @@
 """Transports, one per cache alias, built on first use and dropped when settings change.
 
 ``CACHESTRAT["NODES"]`` with two or more aliases makes the transport a ring of those
-nodes (``ring.RingTransport``); otherwise it is one ``RedisTransport``.
+nodes (``ring.RingTransport``); a cache whose connection is a ``RedisCluster``
+(``cluster.ClusterConnectionFactory``) makes it a ``cluster.ClusterTransport``; otherwise
+it is one ``RedisTransport``.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 from django_redis import get_redis_connection
+from redis.cluster import RedisCluster
 
 from django_cachestrat import conf
+from django_cachestrat.backends.cluster import ClusterNode, ClusterTransport, ShardClient
 from django_cachestrat.backends.redis import CacheUnavailable, RedisTransport, WriteUncertain
 from django_cachestrat.backends.ring import RingNode, RingTransport
 
 __all__ = [
     "CacheUnavailable",
+    "ClusterTransport",
     "RedisTransport",
     "RingTransport",
     "Transport",
@@ -30,8 +35,8 @@ __all__ = [
     "reset",
 ]
 
-#: What ``get`` returns: one server, or a ring of them.
-Transport = RedisTransport | RingTransport
+#: What ``get`` returns: one server, a ring of them, or a Redis Cluster.
+Transport = RedisTransport | RingTransport | ClusterTransport
 
 _lock = threading.Lock()
 _transports: dict[str, Transport] = {}
@@ -51,7 +56,11 @@ def get(alias: str) -> Transport:
 def _build(alias: str) -> Transport:
     options = conf.settings()
     if len(options.ring) < 2:
-        return connect(options.ring[0][0] if options.ring else alias)
+        alias = options.ring[0][0] if options.ring else alias
+        client = _client(alias)
+        if isinstance(client, RedisCluster):
+            return _cluster(alias, client)
+        return connect(alias)
     nodes = [connect(name, ring=True) for name, _ in options.ring]
     return RingTransport(
         [node for node in nodes if isinstance(node, RingNode)],
@@ -61,8 +70,7 @@ def _build(alias: str) -> Transport:
     )
 
 
-def connect(alias: str, *, ring: bool = False) -> RedisTransport:
-    """Return a new transport to the server of cache ``alias`` (a ``RingNode`` if ``ring``)."""
+def _client(alias: str) -> Any:
     if alias not in django_settings.CACHES:
         raise ImproperlyConfigured(
             f"CACHESTRAT['CACHE_ALIAS'] is {alias!r}, which is not in CACHES "
@@ -75,6 +83,35 @@ def connect(alias: str, *, ring: bool = False) -> RedisTransport:
             f"CACHES[{alias!r}] must use django_redis.cache.RedisCache: django_cachestrat "
             "needs a Redis connection."
         ) from exc
+    return client
+
+
+def _cluster(alias: str, client: RedisCluster) -> ClusterTransport:
+    options = conf.settings()
+    shards = options.SHARDS
+    nodes = [
+        ClusterNode(
+            ShardClient(client, shard, shards, options.KEY_PREFIX),
+            acks=options.REPLICA_ACKS,
+            ack_timeout=options.REPLICA_ACK_TIMEOUT,
+            cooldown=options.FAILURE_COOLDOWN,
+            max_pending=options.MAX_PENDING_INVALIDATIONS,
+            resends=options.RESENDS,
+            name=f"{alias}|{shard}",
+        )
+        for shard in range(shards)
+    ]
+    return ClusterTransport(nodes, shards=shards)
+
+
+def connect(alias: str, *, ring: bool = False) -> RedisTransport:
+    """Return a new transport to the server of cache ``alias`` (a ``RingNode`` if ``ring``)."""
+    client = _client(alias)
+    if isinstance(client, RedisCluster):
+        raise ImproperlyConfigured(
+            f"CACHES[{alias!r}] connects to a Redis Cluster: a cluster cannot be a node of "
+            "CACHESTRAT['NODES'] (use it alone, as CACHE_ALIAS)."
+        )
     options = conf.settings()
     cooldown, kept, resends = (
         options.FAILURE_COOLDOWN,

@@ -83,6 +83,11 @@ class RedisTransport:
         """The servers, each with its own copy of the model-level keys: this one."""
         return (self,)
 
+    @property
+    def servers(self) -> tuple[RedisTransport, ...]:
+        """The Redis servers, each with a ``name`` and ``info()`` (the dashboard's): this one."""
+        return (self,)
+
     def node(self, key: str) -> RedisTransport:
         """Return the server that holds ``key`` (a row's or the statistics'): this one."""
         return self

@@ -178,71 +178,53 @@ def _nothing() -> None:
     """Nothing: a call that only lets the transport replay what it kept."""
 
 
-class RingTransport:
-    """The transport over a ring of ``RingNode``s: each call goes to the node of its keys.
+class Routed:
+    """What a transport over several nodes shares: each call goes to the node of its keys.
 
-    A call whose keys are on several nodes, or only model-level keys (on every node), is a
-    caller's mistake and raises ``ValueError``: split batches with ``split`` and send
-    model-level calls to each of ``nodes``. ``delete`` and ``bump`` split by themselves.
+    A subclass says where a key lives (``_place``: a node, or None for a model-level key
+    that every node has its own copy of) and lists its ``nodes``. A call whose keys are on
+    several nodes, or only model-level keys, is a caller's mistake and raises
+    ``ValueError``: split batches with ``split`` and send model-level calls to each of
+    ``nodes``. ``delete`` and ``bump`` split by themselves.
     """
 
-    def __init__(
-        self,
-        nodes: Sequence[RingNode],
-        weights: Sequence[tuple[str, int]],
-        *,
-        prefix: str,
-        connect: Callable[[str], RedisTransport] | None = None,
-    ):
-        self.prefix = prefix
-        self.placement = Placement(weights)
-        self.by_alias = {node.name: node for node in nodes}
-        self.nodes: tuple[RingNode, ...] = tuple(nodes)
-        self.stats_node = self.nodes[0]
-        #: The newest epoch seen in any node's record.
-        self.epoch = 0
-        #: Other rings that nodes' records name (a deploy in progress), with their nodes.
-        self.others: dict[str, tuple[Placement, dict[str, RedisTransport]]] = {}
-        self._connect = connect
-        # The hot path of a read: a key's node, remembered (a key never changes node).
-        self._node_of: Callable[[str], RingNode | None] = functools.lru_cache(maxsize=1 << 16)(
-            self._place
-        )
-        self._lock = threading.Lock()
-        self._surveyed = False
-        self._warned: set[str] = set()
-        for node in nodes:
-            node.ring = self
-            node.record_key = keys.ring_record(prefix)
+    nodes: tuple[RedisTransport, ...]
+    _node_of: Callable[[str], Any]
+
+    def _place(self, key: str) -> Any:
+        raise NotImplementedError
+
+    def _owners(self, key: str) -> list[RedisTransport]:
+        return [self.node(key)]
+
+    def _everywhere(self) -> list[RedisTransport]:
+        return list(self.nodes)
+
+    @property
+    def servers(self) -> Sequence[Any]:
+        """The servers, each with a ``name`` and ``info()`` (the dashboard's): the nodes."""
+        return self.nodes
 
     # -- where keys live ---------------------------------------------------------------
 
-    def _place(self, key: str) -> RingNode | None:
-        tag = keys.hash_tag(key)
-        if ":" in tag:  # a row's (or a lookup value's)
-            return self.by_alias[self.placement.owner(tag)]
-        if tag == keys.STATS_TAG:
-            return self.stats_node
-        return None  # a model's, or a node's own: on every node
-
-    def node(self, key: str) -> RingNode:
+    def node(self, key: str) -> Any:
         """Return the node holding ``key``; ``ValueError`` for a key every node has."""
         found = self._node_of(key)
         if found is None:
-            raise ValueError(f"{key!r} is kept on every node of the ring: ask each of .nodes")
+            raise ValueError(f"{key!r} is kept on every node: ask each of .nodes")
         return found
 
-    def split(self, keys_: Sequence[str]) -> list[tuple[RingNode, list[int]]]:
+    def split(self, keys_: Sequence[str]) -> list[tuple[Any, list[int]]]:
         """Group the positions of ``keys_`` by the node holding each, in first-seen order."""
         if len(keys_) == 1:  # a point read
             return [(self.node(keys_[0]), [0])]
-        groups: dict[RingNode, list[int]] = {}
+        groups: dict[Any, list[int]] = {}
         node = self.node
         for i, key in enumerate(keys_):
             groups.setdefault(node(key), []).append(i)
         return list(groups.items())
 
-    def _op_node(self, op: Op) -> RingNode:
+    def _op_node(self, op: Op) -> Any:
         if isinstance(op[0], Script):
             names = op[1]
         elif op[0].upper() in _MULTI_KEY:
@@ -256,11 +238,11 @@ class RingTransport:
             raise ValueError(f"{op!r} names keys of several nodes")
         return placed[0]
 
-    def _one_node(self, ops: Sequence[Op]) -> RingNode:
+    def _one_node(self, ops: Sequence[Op]) -> Any:
         node = self._op_node(ops[0])
         for op in ops[1:]:
             if self._op_node(op) is not node:
-                raise ValueError("a batch spans nodes of the ring: split it (transport.split)")
+                raise ValueError("a batch spans nodes: split it (transport.split)")
         return node
 
     # -- what RedisTransport offers, routed --------------------------------------------
@@ -343,6 +325,53 @@ class RingTransport:
                 failed = exc
         if failed is not None:
             raise failed
+
+
+class RingTransport(Routed):
+    """The transport over a ring of ``RingNode``s (see ``Routed``).
+
+    A row's keys go to the node its tag hashes to, a model's keys are on every node, the
+    statistics on the first.
+    """
+
+    def __init__(
+        self,
+        nodes: Sequence[RingNode],
+        weights: Sequence[tuple[str, int]],
+        *,
+        prefix: str,
+        connect: Callable[[str], RedisTransport] | None = None,
+    ):
+        self.prefix = prefix
+        self.placement = Placement(weights)
+        self.by_alias = {node.name: node for node in nodes}
+        self.nodes: tuple[RingNode, ...] = tuple(nodes)
+        self.stats_node = self.nodes[0]
+        #: The newest epoch seen in any node's record.
+        self.epoch = 0
+        #: Other rings that nodes' records name (a deploy in progress), with their nodes.
+        self.others: dict[str, tuple[Placement, dict[str, RedisTransport]]] = {}
+        self._connect = connect
+        # The hot path of a read: a key's node, remembered (a key never changes node).
+        self._node_of: Callable[[str], RingNode | None] = functools.lru_cache(maxsize=1 << 16)(
+            self._place
+        )
+        self._lock = threading.Lock()
+        self._surveyed = False
+        self._warned: set[str] = set()
+        for node in nodes:
+            node.ring = self
+            node.record_key = keys.ring_record(prefix)
+
+    # -- where keys live (a ring's) ---------------------------------------------------
+
+    def _place(self, key: str) -> RingNode | None:
+        tag = keys.hash_tag(key)
+        if ":" in tag:  # a row's (or a lookup value's)
+            return self.by_alias[self.placement.owner(tag)]
+        if tag == keys.STATS_TAG:
+            return self.stats_node
+        return None  # a model's, or a node's own: on every node
 
     def _owners(self, key: str) -> list[RedisTransport]:
         own: RedisTransport = self.node(key)
