@@ -20,7 +20,7 @@ into the cluster layout on the way out (and the keys in replies back). So a hit 
 **Failures.** Each shard has its own breaker and replay (a dead master opens the breakers
 of the shards on it, one by one as they are used; the others keep serving). Writes that
 must survive a failover (write-behind records) are followed, in the same pipeline, by a
-``WAIT`` on the shard's master for ``CLUSTER_REPLICA_ACKS`` replicas.
+``WAIT`` on the shard's master for ``REPLICA_ACKS`` replicas.
 """
 
 from __future__ import annotations
